@@ -1,0 +1,568 @@
+"""Build one DICOM series (its slice headers from :mod:`dicom_index`) as a SimpleITK image.
+
+Geometry (:func:`series_geometry`):
+
+- Slices are sorted by their position along the slice normal, dot(ImagePositionPatient,
+  row x column), never by file name or InstanceNumber. The image's k axis is that normal,
+  so the direction is [row, column, normal] (right-handed) and the origin is the
+  ImagePositionPatient of the lowest slice. Any orientation works, oblique included; every
+  slice must share ImageOrientationPatient (within 1e-4), Rows, Columns and PixelSpacing,
+  else the series is refused with the names of two disagreeing files.
+- Two different instances at the same position are refused (naming both files); identical
+  copies of one instance were already dropped by the index.
+- Slices must lie on a line along the normal (in-plane drift at most 0.01 mm or 1% of the
+  pixel spacing); a sheared stack (gantry tilt) is refused rather than shown distorted.
+- Slice spacing: steps within 1% (or 0.01 mm) of the median step are uniform; the spacing
+  is then (last - first) / (n - 1). A step of 1.5 times the median or more means missing
+  slices: the series is refused with "k slices missing between z=a and z=b" (z = position
+  along the normal, mm) unless ``allow_gaps=True``. Any other variation, and gaps when
+  allowed, are resampled with a warning: the span from the first to the last slice is cut
+  into round(span / median) equal steps and each output slice is linearly interpolated
+  between its two neighbouring slices along the normal.
+- A single slice takes its spacing along the normal from SpacingBetweenSlices, else
+  SliceThickness (else 1 mm, with a warning: one slice has no extent to get wrong).
+- Multi-frame (enhanced) images are not supported yet and are refused with that message.
+
+Pixels (:func:`read_series_image`):
+
+- Each slice is rescaled with its own RescaleSlope/RescaleIntercept (PET slopes vary per
+  slice) and, when ``slice_scale`` is given (SUV factors), multiplied by its factor.
+- Output type: int16 when every slope is 1, every intercept a whole number and the values
+  fit (CT in HU); otherwise float32. When an int16 candidate turns out not to fit, the
+  image is converted to float32 and loading goes on.
+- Uncompressed transfer syntaxes are read with one seek and one read per file at the offset
+  the header scan recorded (np.frombuffer; no pydicom pixel handling); others are decoded
+  by pydicom with whatever handler is installed. A transfer syntax that no installed
+  handler decodes is refused before anything is read, naming the file, the syntax and the
+  packages that would decode it.
+- Slices are decoded by a thread pool (file reads and numpy release the GIL) into slabs of
+  a few slices (8 MiB) that are pasted into the preallocated SimpleITK image while the next
+  slab is being decoded, so the peak memory is the final image plus two slabs. Progress and
+  cancel callbacks run on the calling thread, once per slab.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import pydicom
+import SimpleITK as sitk
+from pydicom.uid import UID
+
+from .dicom_index import (
+    CancelCallback,
+    IndexedSeries,
+    PathLike,
+    ProgressCallback,
+    SliceHeader,
+    check_cancel,
+    scan_paths,
+)
+from .geometry import Grid
+
+ORIENTATION_TOLERANCE = 1e-4
+SAME_POSITION_TOLERANCE_MM = 1e-3
+UNIFORM_RELATIVE_TOLERANCE = 0.01
+UNIFORM_ABSOLUTE_TOLERANCE_MM = 0.01
+GAP_FACTOR = 1.5
+SHEAR_ABSOLUTE_TOLERANCE_MM = 0.01
+SHEAR_RELATIVE_TOLERANCE = 0.01
+INTERPOLATION_SNAP = 1e-6  # weights closer than this to 0 or 1 take the slice itself
+SLAB_BYTES = 8 * 1024 * 1024
+INT16_RANGE = (-32768, 32767)
+
+
+class DicomSeriesError(ValueError):
+    """A series that cannot be built into an image; the message names the series or file."""
+
+
+class MissingSlicesError(DicomSeriesError):
+    """Slices are missing from the series (refused unless gaps are allowed)."""
+
+
+class UnsupportedPixelDataError(DicomSeriesError):
+    """Pixel data in a form no installed handler decodes (or not supported yet)."""
+
+
+@dataclass
+class SliceGap:
+    """Where slices are missing: between two consecutive slices, positions along the normal (mm)."""
+
+    below: float
+    above: float
+    missing: int
+    below_file: Path
+    above_file: Path
+
+
+@dataclass
+class SeriesGeometry:
+    """Where the slices of a series are and the grid of the image built from them."""
+
+    label: str
+    headers: List[SliceHeader]  # sorted along the slice normal
+    positions: np.ndarray  # position of each header along the normal (mm), ascending
+    grid: Grid
+    resampled: bool  # True when output slices are interpolated (varying spacing or allowed gaps)
+    gaps: List[SliceGap] = field(default_factory=list)
+    warnings: List[str] = field(default_factory=list)
+
+    def slice_plan(self) -> List[Tuple[int, int, float]]:
+        """For each output slice k: (a, b, w) meaning (1 - w) * slice a + w * slice b."""
+        count = self.grid.size[2]
+        if not self.resampled:
+            return [(k, k, 0.0) for k in range(count)]
+        step = self.grid.spacing[2]
+        plan = []
+        last = len(self.positions) - 1
+        for k in range(count):
+            target = self.positions[0] + k * step
+            below = int(np.clip(np.searchsorted(self.positions, target, side="right") - 1, 0, max(0, last - 1)))
+            above = min(below + 1, last)
+            span = self.positions[above] - self.positions[below]
+            weight = float(np.clip((target - self.positions[below]) / span, 0.0, 1.0)) if span > 0 else 0.0
+            if weight < INTERPOLATION_SNAP:
+                plan.append((below, below, 0.0))
+            elif weight > 1.0 - INTERPOLATION_SNAP:
+                plan.append((above, above, 0.0))
+            else:
+                plan.append((below, above, weight))
+        return plan
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def _headers_and_label(
+    series: Union[IndexedSeries, Sequence[SliceHeader]], label: Optional[str]
+) -> Tuple[List[SliceHeader], str]:
+    if isinstance(series, IndexedSeries):
+        return list(series.headers), label or series.label
+    headers = list(series)
+    if not headers:
+        raise DicomSeriesError(f"{label or 'series'}: no slices")
+    first = headers[0]
+    return headers, label or f"{first.modality} series '{first.series_description}' ({first.series_uid})"
+
+
+def _require_same(
+    headers: Sequence[SliceHeader], label: str, what: str, value: Callable[[SliceHeader], object]
+) -> None:
+    reference = value(headers[0])
+    for header in headers[1:]:
+        if value(header) != reference:
+            raise DicomSeriesError(
+                f"{label}: slices differ in {what}: {headers[0].path} has {reference}, {header.path} has "
+                f"{value(header)}; one image cannot hold them"
+            )
+
+
+def _check_slices(headers: Sequence[SliceHeader], label: str) -> None:
+    for header in headers:
+        if header.number_of_frames > 1:
+            raise UnsupportedPixelDataError(
+                f"{header.path}: multi-frame (enhanced) DICOM with {header.number_of_frames} frames is not "
+                "supported yet; export the series as one file per slice"
+            )
+        if header.samples_per_pixel != 1:
+            raise UnsupportedPixelDataError(
+                f"{header.path}: {header.samples_per_pixel} samples per pixel (colour); "
+                "only greyscale images are supported"
+            )
+        if header.rows < 1 or header.columns < 1:
+            raise DicomSeriesError(f"{header.path}: Rows x Columns is {header.rows} x {header.columns}; no image")
+        for what, value in (
+            ("ImageOrientationPatient (0020,0037)", header.orientation),
+            ("ImagePositionPatient (0020,0032)", header.position),
+            ("PixelSpacing (0028,0030)", header.pixel_spacing),
+        ):
+            if value is None:
+                raise DicomSeriesError(f"{header.path}: {what} is missing; the slice cannot be placed in space")
+    _require_same(headers, label, "size (Rows x Columns)", lambda h: (h.rows, h.columns))
+    _require_same(headers, label, "PixelSpacing", lambda h: tuple(round(v, 6) for v in h.pixel_spacing or ()))
+    reference = np.asarray(headers[0].orientation)
+    for header in headers[1:]:
+        if np.max(np.abs(np.asarray(header.orientation) - reference)) > ORIENTATION_TOLERANCE:
+            raise DicomSeriesError(
+                f"{label}: slices have different orientations: {headers[0].path} has ImageOrientationPatient "
+                f"{list(headers[0].orientation or ())}, {header.path} has {list(header.orientation or ())}; "
+                "a series must have one orientation"
+            )
+
+
+def _axes(header: SliceHeader) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    orientation = np.asarray(header.orientation, dtype=float)
+    row, column = orientation[:3], orientation[3:]
+    if abs(np.linalg.norm(row) - 1) > 1e-3 or abs(np.linalg.norm(column) - 1) > 1e-3 or abs(row @ column) > 1e-3:
+        raise DicomSeriesError(
+            f"{header.path}: ImageOrientationPatient {list(orientation)} is not two orthogonal unit vectors"
+        )
+    row, column = row / np.linalg.norm(row), column / np.linalg.norm(column)
+    normal = np.cross(row, column)
+    return row, column, normal / np.linalg.norm(normal)
+
+
+def series_geometry(
+    series: Union[IndexedSeries, Sequence[SliceHeader]], allow_gaps: bool = False, label: Optional[str] = None
+) -> SeriesGeometry:
+    """Sort the slices along their normal and work out the image grid (see the module docstring).
+
+    Raises :class:`DicomSeriesError` (or :class:`MissingSlicesError`) with a message naming the
+    series and the files at fault.
+    """
+    headers, label = _headers_and_label(series, label)
+    _check_slices(headers, label)
+    row, column, normal = _axes(headers[0])
+    positions = np.array([np.dot(h.position, normal) for h in headers])
+    order = np.argsort(positions, kind="stable")
+    headers = [headers[i] for i in order]
+    positions = positions[order]
+    _check_distinct_positions(headers, positions, label)
+    _check_stacking(headers, normal, label)
+
+    warnings: List[str] = []
+    gaps: List[SliceGap] = []
+    resampled = False
+    if len(headers) == 1:
+        slice_spacing, count = _single_slice_spacing(headers[0], warnings), 1
+    else:
+        slice_spacing, count, gaps, resampled = _slice_spacing(headers, positions, allow_gaps, label, warnings)
+    row_spacing, column_spacing = headers[0].pixel_spacing  # type: ignore[misc]
+    grid = Grid(
+        size=(headers[0].columns, headers[0].rows, count),
+        spacing=(float(column_spacing), float(row_spacing), float(slice_spacing)),
+        origin=tuple(float(v) for v in headers[0].position),  # type: ignore[arg-type, union-attr]
+        direction=tuple(np.column_stack([row, column, normal]).ravel().tolist()),
+    )
+    return SeriesGeometry(label, headers, positions, grid, resampled, gaps, warnings)
+
+
+def _check_distinct_positions(headers: Sequence[SliceHeader], positions: np.ndarray, label: str) -> None:
+    for index in np.nonzero(np.diff(positions) < SAME_POSITION_TOLERANCE_MM)[0]:
+        first, second = headers[index], headers[index + 1]
+        raise DicomSeriesError(
+            f"{label}: two different slices at the same position ({positions[index]:.3f} mm along the normal): "
+            f"{first.path} (SOPInstanceUID {first.sop_instance_uid}) and {second.path} "
+            f"(SOPInstanceUID {second.sop_instance_uid}); the series mixes two acquisitions"
+        )
+
+
+def _check_stacking(headers: Sequence[SliceHeader], normal: np.ndarray, label: str) -> None:
+    origin = np.asarray(headers[0].position)
+    tolerance = max(SHEAR_ABSOLUTE_TOLERANCE_MM, SHEAR_RELATIVE_TOLERANCE * min(headers[0].pixel_spacing or (1.0,)))
+    for header in headers[1:]:
+        offset = np.asarray(header.position) - origin
+        drift = float(np.linalg.norm(offset - np.dot(offset, normal) * normal))
+        if drift > tolerance:
+            raise DicomSeriesError(
+                f"{label}: slices are not stacked along their normal: {header.path} is shifted {drift:.3f} mm "
+                f"in-plane from {headers[0].path} (gantry tilt or sheared series); this is not supported"
+            )
+
+
+def _single_slice_spacing(header: SliceHeader, warnings: List[str]) -> float:
+    for value in (header.spacing_between_slices, header.slice_thickness):
+        if value is not None and value > 0:
+            return float(value)
+    warnings.append(
+        f"{header.path}: a single slice without SpacingBetweenSlices or SliceThickness; its spacing along "
+        "the normal is set to 1 mm"
+    )
+    return 1.0
+
+
+def _slice_spacing(
+    headers: Sequence[SliceHeader], positions: np.ndarray, allow_gaps: bool, label: str, warnings: List[str]
+) -> Tuple[float, int, List[SliceGap], bool]:
+    """(spacing, slice count, gaps, resampled) of a stack of two or more slices."""
+    steps = np.diff(positions)
+    median = float(np.median(steps))
+    span = float(positions[-1] - positions[0])
+    gaps = [
+        SliceGap(
+            below=float(positions[i]),
+            above=float(positions[i + 1]),
+            missing=max(1, int(round(steps[i] / median)) - 1),
+            below_file=headers[i].path,
+            above_file=headers[i + 1].path,
+        )
+        for i in np.nonzero(steps >= GAP_FACTOR * median)[0]
+    ]
+    if gaps:
+        description = "; ".join(
+            f"{gap.missing} slice{'s' if gap.missing > 1 else ''} missing between z={gap.below:.2f} and "
+            f"z={gap.above:.2f} mm (between {gap.below_file.name} and {gap.above_file.name}; step "
+            f"{gap.above - gap.below:.3f} mm where the series has {median:.3f} mm)"
+            for gap in gaps
+        )
+        if not allow_gaps:
+            raise MissingSlicesError(
+                f"{label}: {description}. Find the missing files, or load with allow_gaps=True to interpolate "
+                "across the gap"
+            )
+        warnings.append(f"{label}: {description}; interpolated across the gap")
+    tolerance = max(UNIFORM_RELATIVE_TOLERANCE * median, UNIFORM_ABSOLUTE_TOLERANCE_MM)
+    if not gaps and float(np.max(np.abs(steps - median))) <= tolerance:
+        return span / (len(positions) - 1), len(positions), gaps, False
+    count = int(round(span / median)) + 1
+    spacing = span / (count - 1)
+    warnings.append(
+        f"{label}: slice spacing varies from {steps.min():.3f} to {steps.max():.3f} mm (median {median:.3f} mm); "
+        f"resampled onto {count} slices {spacing:.4f} mm apart by linear interpolation along the slice normal"
+    )
+    return spacing, count, gaps, True
+
+
+# --------------------------------------------------------------------------- pixels
+
+
+def _transfer_syntax_name(uid: str) -> str:
+    if not uid:
+        return "no transfer syntax (file without meta information)"
+    return f"{UID(uid).name} ({uid})"
+
+
+def check_decodable(header: SliceHeader) -> None:
+    """Raise :class:`UnsupportedPixelDataError` when no installed handler decodes this file's pixel data."""
+    if header.pixel_data_offset is not None or not header.transfer_syntax:
+        return
+    try:
+        from pydicom.pixels import get_decoder
+    except ImportError:  # pragma: no cover - pydicom 2.x: the decoding attempt reports instead
+        return
+    name = _transfer_syntax_name(header.transfer_syntax)
+    try:
+        decoder = get_decoder(UID(header.transfer_syntax))
+    except NotImplementedError:
+        raise UnsupportedPixelDataError(
+            f"{header.path}: pixel data in transfer syntax {name}: pydicom has no decoder for it"
+        ) from None
+    if not decoder.is_available:
+        raise UnsupportedPixelDataError(
+            f"{header.path}: pixel data are compressed as {name} and no installed package decodes them; "
+            f"install one of: {'; '.join(decoder.missing_dependencies)}"
+        )
+
+
+def _stored_dtype(header: SliceHeader, byte_order: str) -> np.dtype:
+    if header.bits_allocated not in (8, 16, 32):
+        raise UnsupportedPixelDataError(f"{header.path}: BitsAllocated {header.bits_allocated} is not supported")
+    kind = "i" if header.pixel_representation == 1 else "u"
+    return np.dtype(f"{byte_order}{kind}{header.bits_allocated // 8}")
+
+
+def _clear_unused_bits(stored: np.ndarray, header: SliceHeader) -> None:
+    """Keep BitsStored bits: mask unsigned values, sign-extend signed ones (as pydicom does)."""
+    unused = header.bits_allocated - header.bits_stored
+    if unused <= 0 or header.bits_stored <= 0:
+        return
+    if header.pixel_representation == 1:
+        np.left_shift(stored, unused, out=stored)
+        np.right_shift(stored, unused, out=stored)
+    else:
+        np.bitwise_and(stored, (1 << header.bits_stored) - 1, out=stored)
+
+
+def _read_native(header: SliceHeader) -> np.ndarray:
+    from .dicom_index import NATIVE_TRANSFER_SYNTAXES
+
+    dtype = _stored_dtype(header, NATIVE_TRANSFER_SYNTAXES[header.transfer_syntax][1])
+    needed = header.rows * header.columns * dtype.itemsize
+    if (header.pixel_data_length or 0) < needed:
+        raise DicomSeriesError(
+            f"{header.path}: the pixel data hold {header.pixel_data_length} bytes; {header.rows} x "
+            f"{header.columns} pixels of {header.bits_allocated} bits need {needed}"
+        )
+    buffer = bytearray(needed)
+    with open(header.path, "rb") as handle:
+        handle.seek(header.pixel_data_offset)  # type: ignore[arg-type]
+        read = handle.readinto(buffer)
+    if read != needed:
+        raise DicomSeriesError(f"{header.path}: the file is truncated ({read} of {needed} pixel bytes)")
+    stored = np.frombuffer(buffer, dtype=dtype).reshape(header.rows, header.columns)
+    _clear_unused_bits(stored, header)
+    return stored
+
+
+def _read_with_pydicom(header: SliceHeader) -> np.ndarray:
+    check_decodable(header)
+    try:
+        dataset = pydicom.dcmread(header.path, force=not header.transfer_syntax)
+        stored = dataset.pixel_array
+    except Exception as error:  # handlers raise many types on corrupt data
+        raise DicomSeriesError(
+            f"{header.path}: cannot decode the pixel data ({_transfer_syntax_name(header.transfer_syntax)}): {error}"
+        ) from None
+    if stored.shape != (header.rows, header.columns):
+        raise DicomSeriesError(
+            f"{header.path}: decoded pixel data have shape {stored.shape}, {header.rows} x {header.columns} expected"
+        )
+    return stored
+
+
+def decode_stored_slice(header: SliceHeader) -> np.ndarray:
+    """Stored pixel values of one slice (Rows x Columns), before rescaling."""
+    if header.pixel_data_offset is not None:
+        return _read_native(header)
+    return _read_with_pydicom(header)
+
+
+def _default_workers() -> int:
+    return max(2, min(8, os.cpu_count() or 1))
+
+
+class _SliceDecoder:
+    """Fills output slices from source slices: rescale, scale factor, interpolation."""
+
+    def __init__(self, geometry: SeriesGeometry, slice_scale: Optional[np.ndarray]):
+        self.headers = geometry.headers
+        self.plan = geometry.slice_plan()
+        self.scale = None if slice_scale is None else np.asarray(slice_scale, dtype=np.float64)
+
+    def integer_candidate(self) -> bool:
+        """True when int16 may hold the output exactly (checked per slice while decoding)."""
+        return (
+            self.scale is None
+            and all(a == b for a, b, _ in self.plan)
+            and all(h.rescale_slope == 1.0 and float(h.rescale_intercept).is_integer() for h in self.headers)
+        )
+
+    def rescaled(self, index: int) -> Tuple[np.ndarray, float, float]:
+        """(stored values, multiplier, offset) of source slice ``index``: value = stored * m + o."""
+        header = self.headers[index]
+        factor = 1.0 if self.scale is None else float(self.scale[index])
+        return decode_stored_slice(header), header.rescale_slope * factor, header.rescale_intercept * factor
+
+    def fill_int16(self, k: int, out: np.ndarray) -> bool:
+        """Write slice k as int16; False when its values do not fit int16."""
+        stored, _, offset = self.rescaled(self.plan[k][0])
+        intercept = int(offset)
+        if int(stored.min()) + intercept < INT16_RANGE[0] or int(stored.max()) + intercept > INT16_RANGE[1]:
+            return False
+        np.add(stored, np.int32(intercept), out=out, casting="unsafe")
+        return True
+
+    def fill_float32(self, k: int, out: np.ndarray) -> bool:
+        below, above, weight = self.plan[k]
+        stored, multiplier, offset = self.rescaled(below)
+        if weight == 0.0:
+            if offset == 0.0:
+                np.multiply(stored, multiplier, out=out, casting="unsafe")
+            else:
+                out[...] = stored * multiplier + offset
+            return True
+        upper, upper_multiplier, upper_offset = self.rescaled(above)
+        low = stored * multiplier + offset
+        high = upper * upper_multiplier + upper_offset
+        out[...] = (1.0 - weight) * low + weight * high
+        return True
+
+
+class _SlabFiller:
+    """Decodes slabs of output slices in a thread pool into two alternating buffers per type,
+    so that the next slab is decoded while the caller pastes the previous one."""
+
+    def __init__(self, pool: ThreadPoolExecutor, decoder: _SliceDecoder, grid: Grid, as_int16: bool):
+        self.pool = pool
+        self.decoder = decoder
+        self.columns, self.rows, self.count = grid.size
+        self.depth = max(1, min(self.count, SLAB_BYTES // (self.rows * self.columns * 4)))
+        self.as_int16 = as_int16
+        self.buffers: Dict[Tuple[type, int], np.ndarray] = {}
+
+    @property
+    def slab_count(self) -> int:
+        return -(-self.count // self.depth)
+
+    def bounds(self, index: int) -> Tuple[int, int]:
+        return index * self.depth, min(self.count, (index + 1) * self.depth)
+
+    def submit(self, index: int) -> Tuple[np.ndarray, List[Future]]:
+        """Start decoding slab ``index``; (its buffer, the futures: True when the slice fitted its type)."""
+        start, stop = self.bounds(index)
+        dtype = np.int16 if self.as_int16 else np.float32
+        key = (dtype, index % 2)
+        if key not in self.buffers:  # reused: fresh memory for every slab would cost page faults
+            self.buffers[key] = np.empty((self.depth, self.rows, self.columns), dtype=dtype)
+        slab = self.buffers[key][: stop - start]
+        fill = self.decoder.fill_int16 if self.as_int16 else self.decoder.fill_float32
+        return slab, [self.pool.submit(fill, k, slab[k - start]) for k in range(start, stop)]
+
+
+def _all_fitted(futures: Sequence[Future]) -> bool:
+    """Wait for every slice of a slab (all of them: the buffer is reused) and say whether all fitted."""
+    fitted = [future.result() for future in futures]
+    return all(fitted)
+
+
+def read_series_image(
+    geometry: SeriesGeometry,
+    slice_scale: Optional[Sequence[float]] = None,
+    integer_output: bool = True,
+    workers: Optional[int] = None,
+    progress: Optional[ProgressCallback] = None,
+    cancel: Optional[CancelCallback] = None,
+) -> sitk.Image:
+    """The series as a SimpleITK image on ``geometry.grid`` (see the module docstring).
+
+    ``slice_scale[n]`` multiplies the rescaled values of ``geometry.headers[n]`` (SUV factors).
+    ``integer_output=False`` forces float32. ``progress(fraction, message)`` and ``cancel()`` are
+    called from the calling thread only, once per slab of slices; ``cancel()`` returning True
+    stops with :class:`Cancelled` (nothing returned).
+    """
+    if slice_scale is not None and len(slice_scale) != len(geometry.headers):
+        raise ValueError(f"{len(slice_scale)} slice factors given for {len(geometry.headers)} slices")
+    for header in {h.transfer_syntax: h for h in geometry.headers}.values():  # one file per transfer syntax
+        check_decodable(header)
+    decoder = _SliceDecoder(geometry, None if slice_scale is None else np.asarray(slice_scale))
+    pool = ThreadPoolExecutor(max_workers=workers or _default_workers())
+    try:
+        filler = _SlabFiller(pool, decoder, geometry.grid, integer_output and decoder.integer_candidate())
+        pending = filler.submit(0)
+        image = sitk.Image(list(geometry.grid.size), sitk.sitkInt16 if filler.as_int16 else sitk.sitkFloat32)
+        geometry.grid.apply_to(image)
+        index = 0
+        while index < filler.slab_count:
+            check_cancel(cancel)
+            upcoming = filler.submit(index + 1) if index + 1 < filler.slab_count else None
+            slab, futures = pending
+            if not _all_fitted(futures):  # values beyond int16: float32 from here on, this slab again
+                if upcoming is not None:
+                    _all_fitted(upcoming[1])  # its buffer must not be written while it is reused
+                image = sitk.Cast(image, sitk.sitkFloat32)
+                filler.as_int16 = False
+                pending = filler.submit(index)
+                continue
+            start, stop = filler.bounds(index)
+            image[:, :, start:stop] = sitk.GetImageFromArray(slab)
+            if progress is not None:
+                progress(stop / filler.count, f"{geometry.label}: {stop}/{filler.count} slices")
+            pending, index = upcoming, index + 1  # type: ignore[assignment]
+    finally:
+        # On an error or a cancel, queued slices are dropped and running ones finish before returning.
+        pool.shutdown(wait=True, cancel_futures=True)
+    return image
+
+
+def load_series(
+    paths: Sequence[PathLike],
+    series_uid: Optional[str] = None,
+    allow_gaps: bool = False,
+    integer_output: bool = True,
+) -> sitk.Image:
+    """The one image series under ``paths`` (or the one with ``series_uid``) as a SimpleITK image."""
+    scan = scan_paths(paths)
+    if series_uid is not None:
+        series = scan.find_series(series_uid)
+    else:
+        found = scan.series
+        if len(found) != 1:
+            names = ", ".join(s.label for s in found) or "none"
+            raise DicomSeriesError(f"{len(found)} image series found under {list(map(str, paths))} ({names}); name one")
+        series = found[0]
+    return read_series_image(series_geometry(series, allow_gaps=allow_gaps), integer_output=integer_output)

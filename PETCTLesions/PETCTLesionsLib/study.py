@@ -1,0 +1,478 @@
+"""Load a paired PET/CT study from DICOM files, and report what a set of files holds.
+
+:func:`load_study` finds the studies under the given files or folders (:mod:`dicom_index`),
+takes the PET series asked for (or the only one), the CT paired with it, and builds the CT
+in HU and the PET in body-weight SUV (:mod:`dicom_series`, :mod:`suv`). Everything that can
+fail on the headers (geometry, SUV) is checked before any pixel is read.
+
+:func:`info_report` describes the files without reading pixels: studies, series (modality,
+files, size, spacing...), the PET/CT pairing with its rule and alternatives, and per PET
+series the SUVbw factor or the exact reason it cannot be computed. :func:`format_info`
+turns that report into text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+
+from .dicom_index import (
+    CancelCallback,
+    Cancelled,
+    IndexedSeries,
+    PathLike,
+    ProgressCallback,
+    ScanResult,
+    SeriesPairing,
+    check_cancel,
+    scan_paths,
+)
+from .dicom_series import DicomSeriesError, MissingSlicesError, SeriesGeometry, read_series_image, series_geometry
+from .geometry import Grid, Vector3
+from .resampling import resample_ct_to_pet
+from .suv import SUVError, SUVResult, suv_bw_factors
+
+__all__ = [
+    "Cancelled",
+    "DicomStudy",
+    "LoadedStudy",
+    "PetCtPair",
+    "SeriesInfo",
+    "StudyLoadError",
+    "describe_scan",
+    "format_info",
+    "info_report",
+    "load_study",
+]
+
+
+class StudyLoadError(ValueError):
+    """No loadable PET/CT pair (none found, several to choose from, no CT for the PET)."""
+
+
+@dataclass
+class SeriesInfo:
+    """One series as found on disk: identity, files and the geometry of the image it gives."""
+
+    series_uid: str
+    modality: str
+    description: str
+    series_number: Optional[int]
+    files: List[Path]
+    size: Optional[Tuple[int, int, int]]  # (i, j, k); None when the geometry cannot be worked out
+    spacing: Optional[Vector3]
+    origin: Optional[Vector3]
+    direction: Optional[Tuple[float, ...]]
+    frame_of_reference_uid: str
+    warnings: List[str] = field(default_factory=list)
+    error: Optional[str] = None  # why the series cannot be loaded as it is
+
+    @property
+    def label(self) -> str:
+        number = "?" if self.series_number is None else str(self.series_number)
+        return f"{self.modality} series {number} '{self.description}'"
+
+    @classmethod
+    def from_series(cls, series: IndexedSeries, geometry: Optional[SeriesGeometry] = None) -> SeriesInfo:
+        """Describe ``series``; the geometry is worked out from the headers unless given."""
+        error = None
+        if geometry is None:
+            try:
+                geometry = series_geometry(series)
+            except MissingSlicesError as missing:
+                error = str(missing)
+                geometry = series_geometry(series, allow_gaps=True)  # still worth reporting the grid
+            except DicomSeriesError as problem:
+                error = str(problem)
+        warnings = [
+            f"{copy}: identical copy of {kept} (same SOPInstanceUID); ignored" for copy, kept in series.duplicates
+        ]
+        grid = geometry.grid if geometry is not None else None
+        if geometry is not None:
+            warnings.extend(geometry.warnings)
+        return cls(
+            series_uid=series.series_uid,
+            modality=series.modality,
+            description=series.description,
+            series_number=series.series_number,
+            files=series.files,
+            size=grid.size if grid else None,
+            spacing=grid.spacing if grid else None,
+            origin=grid.origin if grid else None,
+            direction=grid.direction if grid else None,
+            frame_of_reference_uid=series.frame_of_reference_uid,
+            warnings=warnings,
+            error=error,
+        )
+
+
+@dataclass
+class PetCtPair:
+    study_uid: str
+    pet: SeriesInfo
+    ct: Optional[SeriesInfo]
+    rule: str
+    alternatives: List[str] = field(default_factory=list)
+    warnings: List[str] = field(default_factory=list)
+
+
+@dataclass
+class DicomStudy:
+    study_uid: str
+    patient_id: str
+    patient_name: str
+    study_date: str
+    description: str
+    series: List[SeriesInfo]
+    pairs: List[PetCtPair]
+
+
+def _key(series: IndexedSeries) -> Tuple[str, str]:
+    return series.series_uid, series.modality
+
+
+def describe_scan(scan: ScanResult) -> List[DicomStudy]:
+    """Studies with their series (geometry worked out) and PET/CT pairs, from a scan."""
+    infos = {_key(series): SeriesInfo.from_series(series) for series in scan.series}
+    result = []
+    for study in scan.studies:
+        pairs = [
+            PetCtPair(
+                study_uid=pairing.study_uid,
+                pet=infos[_key(pairing.pet)],
+                ct=None if pairing.ct is None else infos[_key(pairing.ct)],
+                rule=pairing.rule,
+                alternatives=list(pairing.alternatives),
+                warnings=list(pairing.warnings),
+            )
+            for pairing in scan.pairings
+            if pairing.study_uid == study.study_uid
+        ]
+        result.append(
+            DicomStudy(
+                study_uid=study.study_uid,
+                patient_id=study.patient_id,
+                patient_name=study.patient_name,
+                study_date=study.study_date,
+                description=study.description,
+                series=[infos[_key(series)] for series in study.series],
+                pairs=pairs,
+            )
+        )
+    return result
+
+
+# --------------------------------------------------------------------------- loading
+
+
+@dataclass
+class LoadedStudy:
+    """A PET/CT pair in memory: CT in HU (its own grid), PET in SUVbw (float32)."""
+
+    patient_id: str
+    study_uid: str
+    ct: sitk.Image
+    pet_suv: sitk.Image
+    suv: SUVResult
+    ct_series: SeriesInfo
+    pet_series: SeriesInfo
+    pairing_rule: str  # which CT was chosen for the PET, and by which rule
+    pairing_alternatives: List[str] = field(default_factory=list)  # CT series not chosen
+    warnings: List[str] = field(default_factory=list)
+
+    @property
+    def pet_grid(self) -> Grid:
+        return Grid.from_sitk(self.pet_suv)
+
+    @property
+    def ct_grid(self) -> Grid:
+        return Grid.from_sitk(self.ct)
+
+    def ct_on_pet_grid(self) -> sitk.Image:
+        """CT resampled onto the PET grid (float32 HU, linear, -1024 HU outside the CT field)."""
+        return resample_ct_to_pet(self.ct, self.pet_grid)
+
+
+def _sub_progress(progress: Optional[ProgressCallback], start: float, stop: float) -> Optional[ProgressCallback]:
+    if progress is None:
+        return None
+
+    def report(fraction: float, message: str) -> None:
+        progress(start + (stop - start) * fraction, message)
+
+    return report
+
+
+def _paths_text(paths: Sequence[PathLike]) -> str:
+    return ", ".join(str(p) for p in paths) or "(no paths)"
+
+
+def choose_pairing(
+    scan: ScanResult, study_uid: Optional[str] = None, pet_series_uid: Optional[str] = None, where: str = ""
+) -> SeriesPairing:
+    """The one PET/CT pairing matching the filters; :class:`StudyLoadError` when none or several do."""
+    pairings = [
+        p
+        for p in scan.pairings
+        if (study_uid is None or p.study_uid == study_uid)
+        and (pet_series_uid is None or p.pet.series_uid == pet_series_uid)
+    ]
+    if not pairings:
+        found = ", ".join(s.label for s in scan.series) or "no image series"
+        wanted = " and ".join(
+            text
+            for text in (
+                f"StudyInstanceUID {study_uid}" if study_uid else "",
+                f"SeriesInstanceUID {pet_series_uid}" if pet_series_uid else "",
+            )
+            if text
+        )
+        raise StudyLoadError(f"no PET series{' with ' + wanted if wanted else ''} under {where} (found: {found})")
+    if len(pairings) > 1:
+        listing = "; ".join(f"{p.pet.label} in study {p.study_uid}" for p in pairings)
+        raise StudyLoadError(
+            f"{len(pairings)} PET series under {where}: {listing}; choose one with study_uid or pet_series_uid"
+        )
+    pairing = pairings[0]
+    if pairing.ct is None:
+        raise StudyLoadError(f"{pairing.pet.label}: {pairing.rule}")
+    return pairing
+
+
+def load_study(
+    paths: Sequence[PathLike],
+    study_uid: Optional[str] = None,
+    pet_series_uid: Optional[str] = None,
+    progress: Optional[ProgressCallback] = None,
+    cancel: Optional[CancelCallback] = None,
+    allow_gaps: bool = False,
+    scan: Optional[ScanResult] = None,
+) -> LoadedStudy:
+    """Load the PET series under ``paths`` (the one asked for, or the only one) and its CT.
+
+    Raises :class:`StudyLoadError` (no or several PET series, no CT), :class:`SUVError` (SUV
+    cannot be computed: the message names the file and tag), :class:`DicomSeriesError`
+    (geometry or pixel data) or :class:`Cancelled`. ``scan`` reuses an earlier
+    :func:`scan_paths` result instead of reading the headers again.
+    """
+    if scan is None:
+        scan = scan_paths(paths, progress=_sub_progress(progress, 0.0, 0.2), cancel=cancel)
+    pairing = choose_pairing(scan, study_uid, pet_series_uid, _paths_text(paths))
+    assert pairing.ct is not None  # choose_pairing refuses a PET without CT
+    pet_geometry = series_geometry(pairing.pet, allow_gaps=allow_gaps)
+    ct_geometry = series_geometry(pairing.ct, allow_gaps=allow_gaps)
+    pet_headers = pet_geometry.headers
+    suv = suv_bw_factors([h.dataset for h in pet_headers], source=pairing.pet.label)  # type: ignore[misc]
+    check_cancel(cancel)
+
+    pet_voxels = float(np.prod(pet_geometry.grid.size))
+    ct_voxels = float(np.prod(ct_geometry.grid.size))
+    split = 0.2 + 0.8 * pet_voxels / (pet_voxels + ct_voxels)
+    pet_image = read_series_image(
+        pet_geometry,
+        slice_scale=suv.factors,
+        integer_output=False,
+        progress=_sub_progress(progress, 0.2, split),
+        cancel=cancel,
+    )
+    ct_image = read_series_image(ct_geometry, progress=_sub_progress(progress, split, 1.0), cancel=cancel)
+    pet_info = SeriesInfo.from_series(pairing.pet, pet_geometry)
+    ct_info = SeriesInfo.from_series(pairing.ct, ct_geometry)
+    if progress is not None:
+        progress(1.0, "PET/CT study loaded")
+    return LoadedStudy(
+        patient_id=pet_headers[0].patient_id,
+        study_uid=pairing.study_uid,
+        ct=ct_image,
+        pet_suv=pet_image,
+        suv=suv,
+        ct_series=ct_info,
+        pet_series=pet_info,
+        pairing_rule=pairing.rule,
+        pairing_alternatives=list(pairing.alternatives),
+        warnings=list(pairing.warnings) + ct_info.warnings + pet_info.warnings + list(suv.warnings),
+    )
+
+
+# --------------------------------------------------------------------------- info report
+
+
+def _suv_summary(series: IndexedSeries) -> Dict[str, Any]:
+    try:
+        result = suv_bw_factors([h.dataset for h in series.headers], source=series.label)  # type: ignore[misc]
+    except SUVError as error:
+        return {"error": str(error)}
+    factors = np.asarray(result.factors, dtype=float)
+    constant = bool(np.allclose(factors, factors[0], rtol=1e-12, atol=0))
+    return {
+        "factor": float(factors[0]) if constant else None,
+        "factor_min": float(factors.min()),
+        "factor_max": float(factors.max()),
+        "units": result.units,
+        "weight_kg": result.weight_kg,
+        "injected_dose_bq": result.injected_dose_bq,
+        "half_life_s": result.half_life_s,
+        "decay_time_s": result.decay_time_s,
+        "reference_time": result.reference_time,
+        "warnings": list(result.warnings),
+    }
+
+
+def _floats(values: Optional[Sequence[float]]) -> Optional[List[float]]:
+    return None if values is None else [float(v) for v in values]
+
+
+def _series_entry(info: SeriesInfo, series: IndexedSeries) -> Dict[str, Any]:
+    entry: Dict[str, Any] = {
+        "series_uid": info.series_uid,
+        "modality": info.modality,
+        "description": info.description,
+        "series_number": info.series_number,
+        "files": len(info.files),
+        "folders": sorted({str(path.parent) for path in info.files}),
+        "size": None if info.size is None else [int(v) for v in info.size],
+        "spacing": _floats(info.spacing),
+        "origin": _floats(info.origin),
+        "direction": _floats(info.direction),
+        "frame_of_reference_uid": info.frame_of_reference_uid,
+        "warnings": list(info.warnings),
+        "error": info.error,
+    }
+    if info.modality == "PT":
+        entry["suv"] = _suv_summary(series)
+    return entry
+
+
+def info_report(
+    paths: Sequence[PathLike],
+    progress: Optional[ProgressCallback] = None,
+    cancel: Optional[CancelCallback] = None,
+) -> Dict[str, Any]:
+    """What the files under ``paths`` hold, as a JSON-able dict (no pixel data are read)."""
+    scan = scan_paths(paths, progress=progress, cancel=cancel)
+    series_by_key = {_key(series): series for series in scan.series}
+    studies = []
+    for study in describe_scan(scan):
+        studies.append(
+            {
+                "study_uid": study.study_uid,
+                "patient_id": study.patient_id,
+                "patient_name": study.patient_name,
+                "study_date": study.study_date,
+                "description": study.description,
+                "series": [
+                    _series_entry(info, series_by_key[(info.series_uid, info.modality)]) for info in study.series
+                ],
+                "pet_ct_pairs": [
+                    {
+                        "pet_series_uid": pair.pet.series_uid,
+                        "ct_series_uid": None if pair.ct is None else pair.ct.series_uid,
+                        "rule": pair.rule,
+                        "alternatives": list(pair.alternatives),
+                        "warnings": list(pair.warnings),
+                    }
+                    for pair in study.pairs
+                ],
+                "pairing_note": None if study.pairs else "no PET series in this study",
+            }
+        )
+    return {
+        "paths": [str(p) for p in paths],
+        "files": {
+            "found": scan.files_found,
+            "dicom_images": sum(len(s.headers) + len(s.duplicates) for s in scan.series),
+            "skipped": len(scan.skipped),
+            "unreadable": len(scan.problems),
+        },
+        "skipped_files": [{"path": str(p.path), "reason": p.message} for p in scan.skipped],
+        "unreadable_files": [{"path": str(p.path), "message": p.message} for p in scan.problems],
+        "studies": studies,
+    }
+
+
+def _format_vector(values: Optional[Sequence[float]], digits: int = 3) -> str:
+    return "?" if values is None else " x ".join(f"{v:.{digits}f}" for v in values)
+
+
+def _format_suv(suv: Dict[str, Any]) -> str:
+    if "error" in suv:
+        return f"SUVbw cannot be computed: {suv['error']}"
+    if suv["factor"] is not None:
+        text = f"SUVbw factor {suv['factor']:.6g}"
+    else:
+        text = f"SUVbw factor per slice {suv['factor_min']:.6g} .. {suv['factor_max']:.6g}"
+    details = [f"units {suv['units']}"]
+    if suv["weight_kg"] is not None:
+        details.append(f"weight {suv['weight_kg']:g} kg")
+    if suv["injected_dose_bq"] is not None:
+        details.append(f"dose {suv['injected_dose_bq'] / 1e6:.4g} MBq")
+    if suv["decay_time_s"] is not None:
+        details.append(f"decay time {suv['decay_time_s']:.0f} s")
+    return f"{text} ({', '.join(details)}; reference: {suv['reference_time']})"
+
+
+def _skipped_summary(skipped: List[Dict[str, str]], examples: int = 3) -> List[str]:
+    """Skipped files grouped by reason, a few examples each: a folder of 1000 XMLs stays readable."""
+    by_reason: Dict[str, List[str]] = {}
+    for item in skipped:
+        by_reason.setdefault(item["reason"], []).append(item["path"])
+    lines = []
+    for reason, paths in by_reason.items():
+        lines.append(f"  skipped {len(paths)} file(s): {reason}, e.g.")
+        lines.extend(f"    {path}" for path in paths[:examples])
+        if len(paths) > examples:
+            lines.append(f"    ... and {len(paths) - examples} more (--json lists them all)")
+    return lines
+
+
+def format_info(report: Dict[str, Any]) -> str:
+    """Human-readable text of an :func:`info_report` dict."""
+    files = report["files"]
+    lines = [
+        f"Scanned {files['found']} files: {files['dicom_images']} DICOM images, {files['skipped']} skipped, "
+        f"{files['unreadable']} unreadable"
+    ]
+    lines.extend(_skipped_summary(report["skipped_files"]))
+    lines.extend(f"  UNREADABLE {item['message']}" for item in report["unreadable_files"])
+    if not report["studies"]:
+        lines.append("No DICOM image series found.")
+    series_labels = {}
+    for study in report["studies"]:
+        for series in study["series"]:
+            number = "?" if series["series_number"] is None else series["series_number"]
+            series_labels[series["series_uid"]] = f"{series['modality']} series {number} '{series['description']}'"
+    for study in report["studies"]:
+        lines.append("")
+        lines.append(
+            f"Study {study['study_uid']}: patient {study['patient_id']} ({study['patient_name']}), "
+            f"date {study['study_date'] or '?'}, '{study['description']}'"
+        )
+        for series in study["series"]:
+            lines.append(
+                f"  {series_labels[series['series_uid']]}: {series['files']} files, "
+                f"size {_format_vector(series['size'], 0)}, spacing {_format_vector(series['spacing'])} mm"
+            )
+            lines.append(f"      SeriesInstanceUID {series['series_uid']}")
+            if series["error"]:
+                lines.append(f"      cannot be loaded: {series['error']}")
+            lines.extend(f"      warning: {warning}" for warning in series["warnings"])
+            if "suv" in series:
+                lines.append(f"      {_format_suv(series['suv'])}")
+                lines.extend(f"      warning: {warning}" for warning in series["suv"].get("warnings", []))
+        if study["pairing_note"]:
+            lines.append(f"  PET/CT pairing: {study['pairing_note']}")
+        for pair in study["pet_ct_pairs"]:
+            ct = (
+                "no CT"
+                if pair["ct_series_uid"] is None
+                else series_labels.get(pair["ct_series_uid"], pair["ct_series_uid"])
+            )
+            lines.append(f"  PET/CT pairing: {series_labels[pair['pet_series_uid']]} -> {ct}")
+            lines.append(f"      rule: {pair['rule']}")
+            lines.extend(f"      not chosen: {alternative}" for alternative in pair["alternatives"])
+            lines.extend(f"      warning: {warning}" for warning in pair["warnings"])
+    return "\n".join(lines) + "\n"

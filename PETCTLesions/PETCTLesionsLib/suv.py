@@ -1,0 +1,575 @@
+"""Body-weight SUV conversion factors from PET DICOM headers.
+
+SUVbw = C[Bq/mL] x weight[g] / (injected dose[Bq] x 2^(-dt / half-life)), where C is the
+rescaled pixel value (stored x RescaleSlope + RescaleIntercept, per slice) and dt runs from
+injection to the time the images are decay corrected to. :func:`suv_bw_factors` returns, for
+every slice of a series, the factor that turns the rescaled value into SUVbw.
+
+Rules (see FORMATS.md section 3):
+
+- Units BQML: the formula above. Units GML: values are already SUV (factor 1). Units CNTS
+  (Philips): the private SUV scale factor (7053,xx00) of creator "Philips PET Private Group"
+  gives SUV directly from the rescaled value; failing that, the private Bq/mL scale factor
+  (7053,xx09) turns the rescaled value into Bq/mL and the BQML formula follows. Any other
+  Units value is refused.
+- DecayCorrection START: the reference is SeriesDate/SeriesTime, unless that is later than the
+  earliest AcquisitionDate/AcquisitionTime of the series (a post-processing artefact: the
+  series was re-created after the scan); then GE's private scan datetime (0009,xx0D) of
+  creator "GEMS_PETD_01" when present, else the earliest acquisition datetime.
+  DecayCorrection ADMIN: already corrected to the injection, dt = 0. Anything else is refused.
+- Injection time: RadiopharmaceuticalStartDateTime; else RadiopharmaceuticalStartTime on the
+  calendar day of the decay reference (SeriesDate in the usual case). When that puts the
+  injection after the reference, the injection is taken to be on the day before (injected
+  before midnight, scanned after) provided the delay is then at most 12 hours; otherwise the
+  headers are refused.
+- Only what a computation uses is required: PatientWeight, dose, half-life and start time
+  are needed for BQML (and Philips Bq/mL factors), not for GML or the Philips SUV factor.
+  Nothing is ever defaulted: a missing or invalid value raises :class:`SUVError` naming the
+  file and the tag.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pydicom
+from pydicom.multival import MultiValue
+
+SUPPORTED_UNITS = ("BQML", "GML", "CNTS")
+SUPPORTED_DECAY_CORRECTIONS = ("START", "ADMIN")
+
+PHILIPS_PRIVATE_CREATOR = "Philips PET Private Group"
+PHILIPS_GROUP = 0x7053
+PHILIPS_SUV_FACTOR_OFFSET = 0x00  # (7053,xx00) SUV Scale Factor, DS
+PHILIPS_BQML_FACTOR_OFFSET = 0x09  # (7053,xx09) Activity Concentration Scale Factor, DS
+GE_PRIVATE_CREATOR = "GEMS_PETD_01"
+GE_GROUP = 0x0009
+GE_SCAN_DATETIME_OFFSET = 0x0D  # (0009,xx0D) scan datetime the data are decay corrected to, DT
+
+# An injection before midnight with the scan after midnight is accepted only when the
+# resulting uptake delay is plausible; a longer one means the headers are inconsistent.
+MAX_MIDNIGHT_ROLLOVER_DELAY = datetime.timedelta(hours=12)
+
+# (gggg,eeee) of every public tag named in messages.
+_TAGS = {
+    "Modality": "(0008,0060)",
+    "SeriesDate": "(0008,0021)",
+    "SeriesTime": "(0008,0031)",
+    "AcquisitionDate": "(0008,0022)",
+    "AcquisitionTime": "(0008,0032)",
+    "PatientWeight": "(0010,1030)",
+    "RadiopharmaceuticalStartTime": "(0018,1072)",
+    "RadionuclideTotalDose": "(0018,1074)",
+    "RadionuclideHalfLife": "(0018,1075)",
+    "RadiopharmaceuticalStartDateTime": "(0018,1078)",
+    "CorrectedImage": "(0028,0051)",
+    "RadiopharmaceuticalInformationSequence": "(0054,0016)",
+    "Units": "(0054,1001)",
+    "DecayCorrection": "(0054,1102)",
+}
+_PHILIPS_SUV_TAG_NAME = f"Philips SUV scale factor (7053,1000) [{PHILIPS_PRIVATE_CREATOR}]"
+_PHILIPS_BQML_TAG_NAME = f"Philips Bq/mL scale factor (7053,1009) [{PHILIPS_PRIVATE_CREATOR}]"
+_GE_SCAN_TAG_NAME = f"GE private scan datetime (0009,100D) [{GE_PRIVATE_CREATOR}]"
+
+
+class SUVError(ValueError):
+    """SUV cannot be computed; the message names the file (when known) and the tag at fault."""
+
+
+@dataclass
+class SUVResult:
+    """Per-slice SUVbw factors and the header values they were computed from.
+
+    ``SUVbw = (stored * RescaleSlope + RescaleIntercept) * factors[n]`` for dataset ``n``.
+    """
+
+    factors: np.ndarray
+    units: str
+    weight_kg: Optional[float]
+    injected_dose_bq: Optional[float]
+    half_life_s: Optional[float]
+    decay_time_s: Optional[float]
+    reference_time: str
+    warnings: List[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- DICOM date/time
+
+
+_TIME_RE = re.compile(r"^(\d{2})(\d{2})?(\d{2})?(?:\.(\d+))?$")
+_DATE_RE = re.compile(r"^(\d{4})(\d{2})(\d{2})$")
+_DATETIME_RE = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.(\d+))?([+-]\d{4})?$")
+
+
+def _microseconds(fraction: Optional[str]) -> int:
+    # DICOM allows up to 6 fraction digits; longer (non-conformant) fractions are truncated.
+    return int((fraction or "0")[:6].ljust(6, "0"))
+
+
+def parse_dicom_time(value: Any) -> datetime.time:
+    """A DICOM TM value (``HHMMSS.FFFFFF``, ``HHMM``, ``HH``; old ``HH:MM:SS`` too) as a time."""
+    if isinstance(value, datetime.time):
+        return value
+    text = _as_text(value).replace(":", "")
+    match = _TIME_RE.match(text)
+    if not match or (match.group(4) is not None and match.group(3) is None):
+        raise ValueError(f"{value!r} is not a DICOM time (HHMMSS.FFFFFF)")
+    hour, minute, second, fraction = match.groups()
+    return datetime.time(int(hour), int(minute or 0), int(second or 0), _microseconds(fraction))
+
+
+def parse_dicom_date(value: Any) -> datetime.date:
+    """A DICOM DA value (``YYYYMMDD``; old ``YYYY.MM.DD`` too) as a date."""
+    if isinstance(value, datetime.datetime):
+        return value.date()
+    if isinstance(value, datetime.date):
+        return value
+    text = _as_text(value).replace(".", "").replace("-", "")
+    match = _DATE_RE.match(text)
+    if not match:
+        raise ValueError(f"{value!r} is not a DICOM date (YYYYMMDD)")
+    return datetime.date(*(int(part) for part in match.groups()))
+
+
+def parse_dicom_datetime(value: Any) -> datetime.datetime:
+    """A DICOM DT value (``YYYYMMDDHHMMSS.FFFFFF&ZZXX``) as a naive local datetime.
+
+    A UTC offset suffix is dropped: the series times it is compared with carry none, and
+    all of them are the acquisition site's local time.
+    """
+    if isinstance(value, datetime.datetime):
+        return value.replace(tzinfo=None)
+    text = _as_text(value)
+    match = _DATETIME_RE.match(text)
+    if not match or (match.group(7) is not None and match.group(6) is None):
+        raise ValueError(f"{value!r} is not a DICOM datetime (YYYYMMDDHHMMSS.FFFFFF)")
+    year, month, day, hour, minute, second, fraction, _offset = match.groups()
+    return datetime.datetime(
+        int(year),
+        int(month or 1),
+        int(day or 1),
+        int(hour or 0),
+        int(minute or 0),
+        int(second or 0),
+        _microseconds(fraction),
+    )
+
+
+# --------------------------------------------------------------------------- header access
+
+
+def _as_text(value: Any) -> str:
+    """Element value as stripped text; private tags read as UN arrive as bytes."""
+    if isinstance(value, bytes):
+        value = value.decode("ascii", errors="replace")
+    return str(value).strip().strip("\x00").strip()
+
+
+def _is_empty(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, (str, bytes)):
+        return _as_text(value) == ""
+    if isinstance(value, (list, tuple, MultiValue)):
+        return len(value) == 0
+    return False
+
+
+def _tag_name(keyword: str) -> str:
+    return f"{keyword} {_TAGS.get(keyword, '')}".strip()
+
+
+def _dataset_label(dataset: pydicom.Dataset, index: int, count: int, source: str) -> str:
+    filename = getattr(dataset, "filename", None)
+    if isinstance(filename, (str, Path)) and str(filename):
+        return str(filename)
+    if count == 1:
+        return source or "PET dataset"
+    return f"{source or 'PET series'} (dataset #{index})"
+
+
+@dataclass
+class _Slice:
+    """One dataset with the label used in messages."""
+
+    dataset: pydicom.Dataset
+    label: str
+
+    def raw(self, keyword: str) -> Any:
+        try:
+            # pydicom converts a value read from file on first access; a malformed one fails here.
+            value = self.dataset.get(keyword)
+        except (ValueError, TypeError, OverflowError) as error:
+            raise self.fail(f"{_tag_name(keyword)} cannot be read: {error}") from None
+        return None if value is None or _is_empty(value) else value
+
+    def text(self, keyword: str) -> Optional[str]:
+        value = self.raw(keyword)
+        if value is None:
+            return None
+        if isinstance(value, MultiValue):
+            return "\\".join(_as_text(v) for v in value)
+        return _as_text(value)
+
+    def number(self, keyword: str) -> Optional[float]:
+        value = self.raw(keyword)
+        if value is None:
+            return None
+        return _parse_number(value, f"{self.label}: {_tag_name(keyword)}")
+
+    def fail(self, message: str) -> SUVError:
+        return SUVError(f"{self.label}: {message}")
+
+
+def _parse_number(value: Any, what: str) -> float:
+    if isinstance(value, MultiValue):
+        raise SUVError(f"{what} has {len(value)} values where one number is expected")
+    try:
+        number = float(_as_text(value)) if isinstance(value, (str, bytes)) else float(value)
+    except (TypeError, ValueError):
+        raise SUVError(f"{what} is {value!r}, which is not a number") from None
+    if not math.isfinite(number):
+        raise SUVError(f"{what} is {value!r}, which is not a finite number")
+    return number
+
+
+def _radiopharmaceutical_item(item: _Slice) -> _Slice:
+    sequence = item.dataset.get("RadiopharmaceuticalInformationSequence")
+    if not sequence:
+        raise item.fail(
+            f"{_tag_name('RadiopharmaceuticalInformationSequence')} is missing or empty; "
+            "the injected dose, half-life and injection time are needed for SUV"
+        )
+    return _Slice(sequence[0], f"{item.label}: {_tag_name('RadiopharmaceuticalInformationSequence')}[0]")
+
+
+def _private_value(item: _Slice, group: int, creator: str, offset: int) -> Any:
+    """Value of a private element found through its private creator, or None."""
+    try:
+        block = item.dataset.private_block(group, creator)
+    except KeyError:
+        return None
+    if offset not in block:
+        return None
+    value = block[offset].value
+    return None if _is_empty(value) else value
+
+
+# --------------------------------------------------------------------------- series-level values
+
+
+def _series_text(slices: Sequence[_Slice], keyword: str) -> str:
+    """A text value every slice must carry, identical across the series."""
+    values = []
+    for item in slices:
+        value = item.text(keyword)
+        if value is None:
+            raise item.fail(f"{_tag_name(keyword)} is missing or empty; SUV cannot be computed without it")
+        values.append(value.upper())
+    _require_same(slices, keyword, values)
+    return values[0]
+
+
+def _series_number(slices: Sequence[_Slice], keyword: str, *, in_sequence: bool = False) -> float:
+    """A positive number every slice must carry, identical across the series."""
+    values = []
+    for item in slices:
+        holder = _radiopharmaceutical_item(item) if in_sequence else item
+        value = holder.number(keyword)
+        if value is None:
+            raise holder.fail(f"{_tag_name(keyword)} is missing or empty; SUV cannot be computed without it")
+        if value <= 0:
+            raise holder.fail(f"{_tag_name(keyword)} is {value:g}; it must be greater than zero to compute SUV")
+        values.append(value)
+    _require_same(slices, keyword, values)
+    return values[0]
+
+
+def _require_same(slices: Sequence[_Slice], keyword: str, values: Sequence[Any]) -> None:
+    for item, value in zip(slices, values):
+        same = math.isclose(value, values[0], rel_tol=1e-9) if isinstance(value, float) else value == values[0]
+        if not same:
+            raise item.fail(
+                f"{_tag_name(keyword)} is {value!r} but {values[0]!r} in {slices[0].label}; "
+                "one series must have one value"
+            )
+
+
+def _informative_number(slices: Sequence[_Slice], keyword: str, in_sequence: bool = False) -> Optional[float]:
+    """A value reported for information only (not used by the computation), or None."""
+    try:
+        holder = _radiopharmaceutical_item(slices[0]) if in_sequence else slices[0]
+        value = holder.number(keyword)
+    except SUVError:
+        return None
+    return value if value is not None and value > 0 else None
+
+
+def _corrected_image_warnings(slices: Sequence[_Slice]) -> List[str]:
+    warnings: List[str] = []
+    seen = set()
+    for item in slices:
+        raw = item.raw("CorrectedImage")
+        raw_values = raw if isinstance(raw, (list, tuple, MultiValue)) else [raw]
+        values = tuple(sorted(_as_text(v).upper() for v in raw_values if v))
+        if values in seen:
+            continue
+        seen.add(values)
+        if not values:
+            warnings.append(
+                f"{item.label}: {_tag_name('CorrectedImage')} is absent; attenuation and decay correction "
+                "cannot be confirmed"
+            )
+            continue
+        missing = [flag for flag in ("ATTN", "DECY") if flag not in values]
+        if missing:
+            warnings.append(
+                f"{item.label}: {_tag_name('CorrectedImage')} is {'/'.join(values)} without "
+                f"{' and '.join(missing)}; SUV from these images may be wrong"
+            )
+    return warnings
+
+
+# --------------------------------------------------------------------------- decay reference
+
+
+def _parse_or_fail(item: _Slice, keyword: str, parser: Any, value: Any) -> Any:
+    try:
+        return parser(value)
+    except ValueError as error:
+        raise item.fail(f"{_tag_name(keyword)}: {error}") from None
+
+
+def _series_datetime(slices: Sequence[_Slice]) -> datetime.datetime:
+    values = []
+    for item in slices:
+        date_text, time_text = item.raw("SeriesDate"), item.raw("SeriesTime")
+        for keyword, value in (("SeriesDate", date_text), ("SeriesTime", time_text)):
+            if value is None:
+                raise item.fail(f"{_tag_name(keyword)} is missing; it is the decay-correction reference (START)")
+        date = _parse_or_fail(item, "SeriesDate", parse_dicom_date, date_text)
+        time = _parse_or_fail(item, "SeriesTime", parse_dicom_time, time_text)
+        values.append(datetime.datetime.combine(date, time))
+    _require_same(slices, "SeriesTime", values)
+    return values[0]
+
+
+def _earliest_acquisition(slices: Sequence[_Slice], series_date: datetime.date) -> Optional[datetime.datetime]:
+    earliest: Optional[datetime.datetime] = None
+    for item in slices:
+        time_text = item.raw("AcquisitionTime")
+        if time_text is None:
+            continue
+        date_text = item.raw("AcquisitionDate")
+        date = (
+            series_date if date_text is None else _parse_or_fail(item, "AcquisitionDate", parse_dicom_date, date_text)
+        )
+        time = _parse_or_fail(item, "AcquisitionTime", parse_dicom_time, time_text)
+        moment = datetime.datetime.combine(date, time)
+        if earliest is None or moment < earliest:
+            earliest = moment
+    return earliest
+
+
+def _ge_scan_datetime(slices: Sequence[_Slice]) -> Optional[datetime.datetime]:
+    values = []
+    for item in slices:
+        value = _private_value(item, GE_GROUP, GE_PRIVATE_CREATOR, GE_SCAN_DATETIME_OFFSET)
+        if value is None:
+            continue
+        try:
+            values.append((item, parse_dicom_datetime(value)))
+        except ValueError as error:
+            raise item.fail(f"{_GE_SCAN_TAG_NAME}: {error}") from None
+    if not values:
+        return None
+    for item, moment in values:
+        if moment != values[0][1]:
+            raise item.fail(f"{_GE_SCAN_TAG_NAME} is {moment} but {values[0][1]} in {values[0][0].label}")
+    return values[0][1]
+
+
+def _start_reference(slices: Sequence[_Slice]) -> Tuple[datetime.datetime, str]:
+    """Decay-correction reference datetime for DecayCorrection START, with a description."""
+    series = _series_datetime(slices)
+    earliest = _earliest_acquisition(slices, series.date())
+    if earliest is None or series <= earliest:
+        return series, f"series date/time {series.isoformat(sep=' ')}"
+    ge_scan = _ge_scan_datetime(slices)
+    if ge_scan is not None:
+        return ge_scan, (
+            f"{_GE_SCAN_TAG_NAME} {ge_scan.isoformat(sep=' ')} (series date/time "
+            f"{series.isoformat(sep=' ')} is after the earliest acquisition {earliest.isoformat(sep=' ')})"
+        )
+    return earliest, (
+        f"earliest acquisition date/time {earliest.isoformat(sep=' ')} (series date/time "
+        f"{series.isoformat(sep=' ')} is after it: post-processed series)"
+    )
+
+
+def _injection_datetime(
+    slices: Sequence[_Slice], reference: datetime.datetime, warnings: List[str]
+) -> datetime.datetime:
+    """Injection datetime, identical across the series (see the module docstring for the rules)."""
+    values = []
+    for index, item in enumerate(slices):
+        info = _radiopharmaceutical_item(item)
+        # Every slice is checked; the first one speaks for the series in warnings.
+        values.append(_slice_injection(info, reference, warnings if index == 0 else []))
+    _require_same(slices, "RadiopharmaceuticalStartDateTime", values)
+    return values[0]
+
+
+def _slice_injection(info: _Slice, reference: datetime.datetime, warnings: List[str]) -> datetime.datetime:
+    start_datetime, start_time = info.raw("RadiopharmaceuticalStartDateTime"), info.raw("RadiopharmaceuticalStartTime")
+    if start_datetime is not None:
+        injection = _parse_or_fail(info, "RadiopharmaceuticalStartDateTime", parse_dicom_datetime, start_datetime)
+        if start_time is not None:
+            time = _parse_or_fail(info, "RadiopharmaceuticalStartTime", parse_dicom_time, start_time)
+            message = (
+                f"{info.label}: {_tag_name('RadiopharmaceuticalStartTime')} {time} differs from "
+                f"{_tag_name('RadiopharmaceuticalStartDateTime')} {injection}; the date/time was used"
+            )
+            if time != injection.time():
+                warnings.append(message)
+        if injection > reference:
+            raise info.fail(
+                f"{_tag_name('RadiopharmaceuticalStartDateTime')} {injection} is after the decay reference "
+                f"{reference}; the injection time is wrong"
+            )
+        return injection
+    if start_time is None:
+        raise info.fail(
+            f"{_tag_name('RadiopharmaceuticalStartTime')} and {_tag_name('RadiopharmaceuticalStartDateTime')} "
+            "are missing; the injection time is needed for decay correction"
+        )
+    time = _parse_or_fail(info, "RadiopharmaceuticalStartTime", parse_dicom_time, start_time)
+    injection = datetime.datetime.combine(reference.date(), time)
+    if injection <= reference:
+        return injection
+    day_before = injection - datetime.timedelta(days=1)
+    if reference - day_before > MAX_MIDNIGHT_ROLLOVER_DELAY:
+        raise info.fail(
+            f"{_tag_name('RadiopharmaceuticalStartTime')} {time} is after the decay reference {reference} "
+            "on the same day, and taking it on the day before would mean an uptake of more than "
+            f"{MAX_MIDNIGHT_ROLLOVER_DELAY.total_seconds() / 3600:g} hours; the injection time is wrong"
+        )
+    message = (
+        f"{info.label}: {_tag_name('RadiopharmaceuticalStartTime')} {time} is later in the day than the "
+        f"decay reference {reference}; the injection was taken to be on the day before ({day_before})"
+    )
+    warnings.append(message)
+    return day_before
+
+
+# --------------------------------------------------------------------------- the computation
+
+
+def _philips_factors(slices: Sequence[_Slice], offset: int, tag_name: str) -> Optional[np.ndarray]:
+    """Per-slice Philips private factors, None when no slice has them; all or none must."""
+    values = [_private_value(item, PHILIPS_GROUP, PHILIPS_PRIVATE_CREATOR, offset) for item in slices]
+    if all(value is None for value in values):
+        return None
+    factors = []
+    for item, value in zip(slices, values):
+        if value is None:
+            raise item.fail(f"{tag_name} is missing although other slices of the series have it")
+        factor = _parse_number(value, f"{item.label}: {tag_name}")
+        if factor <= 0:
+            raise item.fail(f"{tag_name} is {factor:g}; it must be greater than zero")
+        factors.append(factor)
+    return np.asarray(factors, dtype=np.float64)
+
+
+def _check_modality(slices: Sequence[_Slice]) -> None:
+    for item in slices:
+        modality = item.text("Modality")
+        if modality is not None and modality.upper() != "PT":
+            raise item.fail(f"{_tag_name('Modality')} is {modality!r}; SUV needs a PET (PT) image")
+
+
+def suv_bw_factors(datasets: Sequence[pydicom.Dataset], source: str = "") -> SUVResult:
+    """Body-weight SUV factors for the slices (headers) of one PET series, one per dataset.
+
+    ``source`` (a path or description) names the data in messages when a dataset has no
+    ``filename``. Raises :class:`SUVError` when SUV cannot be computed from the headers.
+    """
+    datasets = list(datasets)
+    if not datasets:
+        raise SUVError(f"{source or 'PET series'}: no DICOM datasets given")
+    slices = [_Slice(ds, _dataset_label(ds, n, len(datasets), source)) for n, ds in enumerate(datasets)]
+    _check_modality(slices)
+    units = _series_text(slices, "Units")
+    if units not in SUPPORTED_UNITS:
+        raise slices[0].fail(
+            f"{_tag_name('Units')} is {units!r}; SUV can only be computed from {', '.join(SUPPORTED_UNITS)}"
+        )
+    warnings = _corrected_image_warnings(slices)
+
+    if units == "GML":
+        return _without_decay(slices, units, np.ones(len(slices)), "GML: values are already SUVbw", warnings)
+
+    bqml_scale = np.ones(len(slices))
+    if units == "CNTS":
+        suv_scale = _philips_factors(slices, PHILIPS_SUV_FACTOR_OFFSET, _PHILIPS_SUV_TAG_NAME)
+        if suv_scale is not None:
+            return _without_decay(slices, units, suv_scale, f"CNTS: {_PHILIPS_SUV_TAG_NAME}", warnings)
+        philips_bqml = _philips_factors(slices, PHILIPS_BQML_FACTOR_OFFSET, _PHILIPS_BQML_TAG_NAME)
+        if philips_bqml is None:
+            raise slices[0].fail(
+                f"{_tag_name('Units')} is CNTS but neither {_PHILIPS_SUV_TAG_NAME} nor {_PHILIPS_BQML_TAG_NAME} "
+                "is present; counts cannot be converted to SUV"
+            )
+        bqml_scale = philips_bqml
+
+    weight_kg = _series_number(slices, "PatientWeight")
+    dose_bq = _series_number(slices, "RadionuclideTotalDose", in_sequence=True)
+    decay_correction = _series_text(slices, "DecayCorrection")
+    if decay_correction == "ADMIN":
+        half_life_s = _informative_number(slices, "RadionuclideHalfLife", in_sequence=True)
+        decay_time_s = 0.0
+        reference = "ADMIN: images are decay corrected to the administration (injection) time, dt = 0"
+    elif decay_correction == "START":
+        half_life_s = _series_number(slices, "RadionuclideHalfLife", in_sequence=True)
+        reference_datetime, reference = _start_reference(slices)
+        injection = _injection_datetime(slices, reference_datetime, warnings)
+        decay_time_s = (reference_datetime - injection).total_seconds()
+    else:
+        raise slices[0].fail(
+            f"{_tag_name('DecayCorrection')} is {decay_correction!r}; only "
+            f"{' and '.join(SUPPORTED_DECAY_CORRECTIONS)} are supported"
+        )
+    decay = 1.0 if decay_time_s == 0.0 else 2.0 ** (-decay_time_s / half_life_s)  # type: ignore[operator]
+    factor = weight_kg * 1000.0 / (dose_bq * decay)
+    return SUVResult(
+        factors=bqml_scale * factor,
+        units=units,
+        weight_kg=weight_kg,
+        injected_dose_bq=dose_bq,
+        half_life_s=half_life_s,
+        decay_time_s=decay_time_s,
+        reference_time=reference,
+        warnings=warnings,
+    )
+
+
+def _without_decay(
+    slices: Sequence[_Slice], units: str, factors: np.ndarray, reference: str, warnings: List[str]
+) -> SUVResult:
+    """Result for data whose SUV needs no decay computation (GML, Philips SUV factor)."""
+    return SUVResult(
+        factors=np.asarray(factors, dtype=np.float64),
+        units=units,
+        weight_kg=_informative_number(slices, "PatientWeight"),
+        injected_dose_bq=_informative_number(slices, "RadionuclideTotalDose", in_sequence=True),
+        half_life_s=_informative_number(slices, "RadionuclideHalfLife", in_sequence=True),
+        decay_time_s=None,
+        reference_time=reference,
+        warnings=warnings,
+    )

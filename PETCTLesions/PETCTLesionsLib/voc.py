@@ -1,0 +1,389 @@
+"""PASCAL VOC XML boxes as written by LabelImg and as published in TCIA Lung-PET-CT-Dx.
+
+Lung-PET-CT-Dx keeps one XML file per annotated CT slice in ``Annotation/<A0001>/<SOPInstanceUID>.xml``;
+the file name minus ``.xml`` is the only link to the slice. Each ``<object>`` is one box whose
+``<name>`` is the histology letter (``A``, ``B``, ``E`` or ``G``).
+
+Box coordinate convention (PASCAL VOC devkit): pixel coordinates are 1-based and inclusive.
+``x`` is the column and ``y`` the row of the slice (512x512 in Lung-PET-CT-Dx). A box covering the
+0-based columns ``c0..c1`` and rows ``r0..r1`` of the slice array (indexed ``[row, column]``) has
+``xmin = c0 + 1``, ``xmax = c1 + 1``, ``ymin = r0 + 1``, ``ymax = r1 + 1``; a valid box satisfies
+``1 <= xmin <= xmax <= width`` and ``1 <= ymin <= ymax <= height``.
+
+Reading accepts the quirks of the real files: ``<annotation verified="no">``, ``Unknow`` in
+``folder``/``filename``/``path``, mixed text in ``<source>``, ``<Difficult>`` as well as
+``<difficult>``, float coordinates such as ``278.0`` (rounded half up) and stray whitespace.
+Documents that declare a DOCTYPE or ENTITY are refused before any XML parser sees them, so
+entity expansion (billion laughs, external entities) can never happen.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+from xml.sax.saxutils import escape
+
+import numpy as np
+
+from .fileio import OutputExistsError, atomic_write_text
+
+VALID_CLASSES: Tuple[str, ...] = ("A", "B", "E", "G")
+MAX_XML_BYTES = 1_000_000  # real files are ~0.5 kB; anything this large is not a LabelImg annotation
+MAX_UID_LENGTH = 64  # DICOM UI value representation
+_UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+# A DOCTYPE is the only place entities can be declared; refusing both markers keeps the
+# parser away from every entity-expansion attack whatever the parser's own defences are.
+_FORBIDDEN_MARKUP = re.compile(r"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
+_LUNG_DX_PATIENT = re.compile(r"^Lung_Dx-([A-Za-z])(\w*)$")
+_UNSAFE_NAME_CHARS = re.compile(r'[\\/:*?"<>|\x00-\x1f\x7f]')
+_INDENT = "  "
+
+
+class VocError(ValueError):
+    """A VOC annotation file (or one to be written) is unusable; the message names file and problem."""
+
+
+@dataclass
+class VocBox:
+    """One labelled box in VOC pixel coordinates (1-based, inclusive; x = column, y = row)."""
+
+    name: str
+    xmin: int
+    ymin: int
+    xmax: int
+    ymax: int
+    pose: str = "Unspecified"
+    truncated: int = 0
+    difficult: int = 0
+
+    def to_pixel_ranges(self) -> Tuple[int, int, int, int]:
+        """0-based inclusive (c0, r0, c1, r1): the columns and rows of the slice array the box covers."""
+        return (self.xmin - 1, self.ymin - 1, self.xmax - 1, self.ymax - 1)
+
+    @classmethod
+    def from_pixel_ranges(cls, name: str, c0: int, r0: int, c1: int, r1: int) -> VocBox:
+        """Box covering 0-based inclusive columns c0..c1 and rows r0..r1."""
+        return cls(name=name, xmin=int(c0) + 1, ymin=int(r0) + 1, xmax=int(c1) + 1, ymax=int(r1) + 1)
+
+    def problem(self, width: int, height: int, valid_classes: Optional[Sequence[str]] = VALID_CLASSES) -> Optional[str]:
+        """Why this box is unusable on a ``width`` x ``height`` slice, or None when it is fine."""
+        if not self.name:
+            return "has no class name"
+        if valid_classes is not None and self.name not in valid_classes:
+            return f"has unknown class {self.name!r} (expected one of {', '.join(valid_classes)})"
+        if self.xmin > self.xmax or self.ymin > self.ymax:
+            return f"is inverted (xmin {self.xmin}, xmax {self.xmax}, ymin {self.ymin}, ymax {self.ymax})"
+        if self.xmin < 1 or self.ymin < 1 or self.xmax > width or self.ymax > height:
+            return (
+                f"lies outside the {width}x{height} image (xmin {self.xmin}, ymin {self.ymin}, "
+                f"xmax {self.xmax}, ymax {self.ymax}; valid 1..{width} x 1..{height})"
+            )
+        return None
+
+
+@dataclass
+class VocAnnotation:
+    """All boxes of one CT slice, identified by the slice's SOPInstanceUID."""
+
+    sop_instance_uid: str
+    width: int
+    height: int
+    depth: int = 1
+    boxes: List[VocBox] = field(default_factory=list)
+    folder: str = ""
+    source_path: Optional[Path] = None
+
+
+def is_dicom_uid(text: str) -> bool:
+    """True when ``text`` looks like a DICOM UID: digits and dots, at most 64 characters."""
+    return len(text) <= MAX_UID_LENGTH and bool(_UID_PATTERN.match(text))
+
+
+# ----------------------------------------------------------------------------------------- reading
+
+
+def parse_voc_xml(path: Path, valid_classes: Optional[Sequence[str]] = VALID_CLASSES) -> VocAnnotation:
+    """Read one VOC XML file strictly: any unusable box raises :class:`VocError`.
+
+    ``valid_classes=None`` accepts any non-empty class name.
+    """
+    annotation, box_problems = read_voc_file(path, valid_classes)
+    if box_problems:
+        raise VocError(box_problems[0])
+    return annotation
+
+
+def read_voc_file(
+    path: Path, valid_classes: Optional[Sequence[str]] = VALID_CLASSES
+) -> Tuple[VocAnnotation, List[str]]:
+    """Read one VOC XML file, keeping only its usable boxes.
+
+    Returns the annotation and one message per skipped box. A file that cannot be read as a
+    whole (not XML, forbidden DOCTYPE, bad size, file name not a UID) raises :class:`VocError`.
+    """
+    path = Path(path)
+    uid = path.name[: -len(".xml")] if path.name.lower().endswith(".xml") else path.name
+    if not is_dicom_uid(uid):
+        raise VocError(f"{path}: file name is not <SOPInstanceUID>.xml (digits and dots, at most {MAX_UID_LENGTH})")
+    root = _parse_xml_safely(path)
+    if root.tag != "annotation":
+        raise VocError(f"{path}: root element is <{root.tag}>, expected <annotation>")
+    width, height, depth = _read_size(root, path)
+    boxes: List[VocBox] = []
+    problems: List[str] = []
+    for index, element in enumerate(root.findall("object"), start=1):
+        try:
+            box = _read_box(element)
+        except VocError as error:
+            problems.append(f"{path}: object {index}: {error}")
+            continue
+        problem = box.problem(width, height, valid_classes)
+        if problem:
+            problems.append(f"{path}: object {index} ({box.name or 'no name'}) {problem}; skipped")
+            continue
+        boxes.append(box)
+    annotation = VocAnnotation(
+        sop_instance_uid=uid,
+        width=width,
+        height=height,
+        depth=depth,
+        boxes=boxes,
+        folder=_child_text(root, "folder"),
+        source_path=path,
+    )
+    return annotation, problems
+
+
+def read_voc_folder(
+    folder: Path, valid_classes: Optional[Sequence[str]] = VALID_CLASSES
+) -> Tuple[List[VocAnnotation], List[str]]:
+    """Read every ``*.xml`` in ``folder`` (sorted by name), skipping what is unusable.
+
+    Returns (annotations, problems). Malformed files and unusable boxes are reported (the
+    message names the file and the object) and skipped; reading goes on with the rest. A file
+    whose boxes were all unusable is skipped too, so that it never reads as a lesion-free slice.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise VocError(f"{folder}: not a folder of VOC XML files")
+    annotations: List[VocAnnotation] = []
+    problems: List[str] = []
+    for path in sorted(p for p in folder.iterdir() if p.suffix.lower() == ".xml" and p.is_file()):
+        try:
+            annotation, box_problems = read_voc_file(path, valid_classes)
+        except VocError as error:
+            problems.append(f"{error}; file skipped")
+            continue
+        problems.extend(box_problems)
+        if box_problems and not annotation.boxes:
+            problems.append(f"{path}: no usable box left; file skipped")
+            continue
+        annotations.append(annotation)
+    return annotations, problems
+
+
+def _parse_xml_safely(path: Path) -> ET.Element:
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_XML_BYTES + 1)
+    except OSError as error:
+        raise VocError(f"{path}: cannot read: {error.strerror or error}") from error
+    if len(data) > MAX_XML_BYTES:
+        raise VocError(f"{path}: larger than {MAX_XML_BYTES} bytes; not a LabelImg annotation")
+    try:
+        # Decoding ourselves means the DOCTYPE check below sees the same characters the parser
+        # would (a UTF-16 document could otherwise hide its DOCTYPE from a byte search).
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise VocError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from error
+    if _FORBIDDEN_MARKUP.search(text):
+        raise VocError(f"{path}: contains a DOCTYPE or ENTITY declaration; refused (entities are never expanded)")
+    try:
+        return ET.fromstring(text)
+    except ET.ParseError as error:
+        raise VocError(f"{path}: malformed XML ({error})") from error
+
+
+def _child_text(element: ET.Element, tag: str) -> str:
+    """Stripped text of the first child ``tag`` (case-insensitive match on the tag), "" if absent."""
+    child = _find_child(element, tag)
+    return (child.text or "").strip() if child is not None else ""
+
+
+def _find_child(element: ET.Element, tag: str) -> Optional[ET.Element]:
+    exact = element.find(tag)
+    if exact is not None:
+        return exact
+    # LabelImg writes <difficult>, Lung-PET-CT-Dx has <Difficult>: accept either spelling.
+    wanted = tag.lower()
+    return next((child for child in element if isinstance(child.tag, str) and child.tag.lower() == wanted), None)
+
+
+def _read_size(root: ET.Element, path: Path) -> Tuple[int, int, int]:
+    size = _find_child(root, "size")
+    if size is None:
+        raise VocError(f"{path}: no <size> element")
+    try:
+        width = _parse_int(_child_text(size, "width"), "width")
+        height = _parse_int(_child_text(size, "height"), "height")
+        depth_text = _child_text(size, "depth")
+        depth = _parse_int(depth_text, "depth") if depth_text else 1
+    except VocError as error:
+        raise VocError(f"{path}: <size>: {error}") from None
+    if width < 1 or height < 1 or depth < 1:
+        raise VocError(f"{path}: <size> must be positive (width {width}, height {height}, depth {depth})")
+    return width, height, depth
+
+
+def _read_box(element: ET.Element) -> VocBox:
+    bndbox = _find_child(element, "bndbox")
+    if bndbox is None:
+        raise VocError("has no <bndbox>")
+    coordinates = {tag: _parse_int(_child_text(bndbox, tag), tag) for tag in ("xmin", "ymin", "xmax", "ymax")}
+    return VocBox(
+        name=_child_text(element, "name"),
+        pose=_child_text(element, "pose") or "Unspecified",
+        truncated=_parse_flag(_child_text(element, "truncated"), "truncated"),
+        difficult=_parse_flag(_child_text(element, "difficult"), "difficult"),
+        **coordinates,
+    )
+
+
+def _parse_int(text: str, what: str) -> int:
+    """Integer from text such as "278" or "278.0"; non-integral values are rounded half up."""
+    if not text:
+        raise VocError(f"<{what}> is missing or empty")
+    try:
+        value = float(text)
+    except ValueError:
+        raise VocError(f"<{what}> is not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise VocError(f"<{what}> is not a finite number: {text!r}")
+    return int(math.floor(value + 0.5))
+
+
+def _parse_flag(text: str, what: str) -> int:
+    return _parse_int(text, what) if text else 0
+
+
+# ----------------------------------------------------------------------------------------- writing
+
+
+def voc_xml_text(annotation: VocAnnotation, folder: str) -> str:
+    """LabelImg-compatible VOC XML for ``annotation`` (deterministic, two-space indented).
+
+    ``filename`` and ``path`` carry the SOPInstanceUID: the slice is a DICOM instance, not an
+    image file, and the UID is what links the boxes to it.
+    """
+    _check_annotation(annotation)
+    uid = escape(annotation.sop_instance_uid)
+    lines = [
+        "<annotation>",
+        f"{_INDENT}<folder>{escape(folder)}</folder>",
+        f"{_INDENT}<filename>{uid}</filename>",
+        f"{_INDENT}<path>{uid}</path>",
+        f"{_INDENT}<source>",
+        f"{_INDENT * 2}<database>Unknown</database>",
+        f"{_INDENT}</source>",
+        f"{_INDENT}<size>",
+        f"{_INDENT * 2}<width>{annotation.width}</width>",
+        f"{_INDENT * 2}<height>{annotation.height}</height>",
+        f"{_INDENT * 2}<depth>{annotation.depth}</depth>",
+        f"{_INDENT}</size>",
+        f"{_INDENT}<segmented>0</segmented>",
+    ]
+    for box in annotation.boxes:
+        lines.extend(_box_lines(box))
+    lines.append("</annotation>")
+    return "\n".join(lines) + "\n"
+
+
+def _box_lines(box: VocBox) -> List[str]:
+    i1, i2, i3 = _INDENT, _INDENT * 2, _INDENT * 3
+    return [
+        f"{i1}<object>",
+        f"{i2}<name>{escape(box.name)}</name>",
+        f"{i2}<pose>{escape(box.pose)}</pose>",
+        f"{i2}<truncated>{int(box.truncated)}</truncated>",
+        f"{i2}<difficult>{int(box.difficult)}</difficult>",
+        f"{i2}<bndbox>",
+        f"{i3}<xmin>{int(box.xmin)}</xmin>",
+        f"{i3}<ymin>{int(box.ymin)}</ymin>",
+        f"{i3}<xmax>{int(box.xmax)}</xmax>",
+        f"{i3}<ymax>{int(box.ymax)}</ymax>",
+        f"{i2}</bndbox>",
+        f"{i1}</object>",
+    ]
+
+
+def write_voc_annotation(annotation: VocAnnotation, out_dir: Path, overwrite: bool = False) -> Path:
+    """Write ``out_dir/<SOPInstanceUID>.xml`` atomically; returns its path.
+
+    Raises :class:`VocError` for an unusable annotation or an ``out_dir`` that is not a folder,
+    and :class:`~PETCTLesionsLib.fileio.OutputExistsError` when the file exists and ``overwrite``
+    is False.
+    """
+    out_dir = Path(out_dir)
+    _check_annotation(annotation)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise VocError(f"{out_dir}: exists and is not a folder; cannot write {annotation.sop_instance_uid}.xml")
+    target = out_dir / f"{annotation.sop_instance_uid}.xml"
+    text = voc_xml_text(annotation, annotation.folder or out_dir.name)
+    try:
+        return atomic_write_text(target, text, overwrite=overwrite)
+    except OutputExistsError:
+        raise
+    except OSError as error:
+        raise VocError(f"{target}: cannot write: {error.strerror or error}") from error
+
+
+def _check_annotation(annotation: VocAnnotation) -> None:
+    uid = annotation.sop_instance_uid
+    if not is_dicom_uid(uid):
+        raise VocError(f"SOPInstanceUID {uid!r} is not a DICOM UID (digits and dots, at most {MAX_UID_LENGTH})")
+    if annotation.width < 1 or annotation.height < 1 or annotation.depth < 1:
+        size = f"{annotation.width}x{annotation.height}x{annotation.depth}"
+        raise VocError(f"{uid}: image size must be positive ({size})")
+    for index, box in enumerate(annotation.boxes, start=1):
+        problem = box.problem(annotation.width, annotation.height, valid_classes=None)
+        if problem:
+            raise VocError(f"{uid}: object {index} ({box.name or 'no name'}) {problem}")
+
+
+# ----------------------------------------------------------------------------------------- helpers
+
+
+def tight_box(mask2d: np.ndarray, name: str) -> Optional[VocBox]:
+    """Tight box of all true pixels of a slice mask indexed [row, column]; None when empty."""
+    mask2d = np.asarray(mask2d)
+    if mask2d.ndim != 2:
+        raise ValueError(f"tight_box needs a 2D [row, column] mask, got shape {mask2d.shape}")
+    rows = np.flatnonzero(mask2d.any(axis=1))
+    if rows.size == 0:
+        return None
+    columns = np.flatnonzero(mask2d.any(axis=0))
+    return VocBox.from_pixel_ranges(name, int(columns[0]), int(rows[0]), int(columns[-1]), int(rows[-1]))
+
+
+def patient_folder_name(patient_id: str) -> str:
+    """Annotation folder of a patient: "Lung_Dx-A0001" -> "A0001" (TCIA layout); others sanitized."""
+    match = _LUNG_DX_PATIENT.match(patient_id.strip())
+    if match:
+        return match.group(1) + match.group(2)
+    name = _UNSAFE_NAME_CHARS.sub("_", patient_id).strip()
+    if not name or set(name) <= {"."}:
+        raise VocError(f"Patient ID {patient_id!r} cannot be used as an annotation folder name")
+    return name
+
+
+def histology_class(patient_id: str) -> Optional[str]:
+    """Histology letter of a Lung-PET-CT-Dx Patient ID ("Lung_Dx-G0012" -> "G"); None when unknown."""
+    match = _LUNG_DX_PATIENT.match(patient_id.strip())
+    if not match:
+        return None
+    letter = match.group(1)
+    return letter if letter in VALID_CLASSES else None

@@ -1,0 +1,346 @@
+"""One DICOM series becomes one SimpleITK image with the geometry and voxels of what was written:
+the real Lung-PET-CT-Dx CT matches SimpleITK's own reader; synthetic series (dicom_writer) come
+back on their Grid, oblique too, whatever the file order; gaps, uneven spacing, mixed
+orientations, duplicates, multi-frame and undecodable transfer syntaxes are handled by the
+documented policy with messages that name the files."""
+
+from __future__ import annotations
+
+import datetime
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+from pydicom.uid import JPEGBaseline8Bit, JPEGLSLossless, RLELossless
+
+from PETCTLesionsLib.dicom_index import read_slice_header, scan_paths
+from PETCTLesionsLib.dicom_series import (
+    DicomSeriesError,
+    MissingSlicesError,
+    UnsupportedPixelDataError,
+    load_series,
+    read_series_image,
+    series_geometry,
+)
+from PETCTLesionsLib.dicom_writer import (
+    PatientInfo,
+    PetAcquisition,
+    StudyInfo,
+    make_uid,
+    write_ct_series,
+    write_pet_series,
+)
+from PETCTLesionsLib.geometry import Grid
+from PETCTLesionsLib.suv import suv_bw_factors
+
+LUNG_DX_CT = (
+    Path(__file__).resolve().parents[1]
+    / "Data"
+    / "Lung-PET-CT-Dx"
+    / "Lung_Dx-A0001"
+    / "04-04-2007-NA-Chest-07990"
+    / "2.000000-5mm-40805"
+)
+CT_GRID = Grid(size=(40, 32, 12), spacing=(0.8417, 0.9123, 3.27), origin=(-120.53, -88.241, -301.7))
+PET_GRID = Grid(size=(24, 20, 10), spacing=(4.0728, 4.0728, 2.027), origin=(-48.83, -40.71, -280.35))
+STUDY = StudyInfo(
+    patient=PatientInfo("SER-0001", "Series^Test", "M", 55, 80.0),
+    study_uid=make_uid("series test study"),
+    frame_of_reference_uid=make_uid("series test frame"),
+    study_date=datetime.date(2022, 1, 2),
+    study_time=datetime.time(8, 30),
+    study_description="series test",
+)
+ACQUISITION = PetAcquisition(
+    injected_dose_bq=3.0e8,
+    injection_datetime=datetime.datetime(2022, 1, 2, 7, 20),
+    series_datetime=datetime.datetime(2022, 1, 2, 8, 25, 30),
+)
+
+
+def _oblique(angle_deg: float) -> tuple:
+    axis = np.array([0.3, -0.5, 0.81])
+    axis /= np.linalg.norm(axis)
+    a = np.deg2rad(angle_deg)
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    return tuple((np.eye(3) + np.sin(a) * k + (1 - np.cos(a)) * (k @ k)).ravel().tolist())
+
+
+def _hu(grid: Grid, high: int = 3071) -> np.ndarray:
+    return np.random.default_rng(11).integers(-1024, high, size=grid.shape).astype(np.int32)
+
+
+def _write_ct(folder: Path, grid: Grid = CT_GRID, hu: np.ndarray = None):
+    hu = _hu(grid) if hu is None else hu
+    return hu, write_ct_series(hu, grid, STUDY, folder)
+
+
+def _series(paths) -> object:
+    scan = scan_paths(paths)
+    assert len(scan.series) == 1, [s.label for s in scan.series]
+    return scan.series[0]
+
+
+def _read(paths, **kwargs) -> sitk.Image:
+    return read_series_image(series_geometry(_series(paths), **kwargs))
+
+
+def _rewrite(path: Path, change) -> None:
+    ds = pydicom.dcmread(path)
+    change(ds)
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_real_lung_dx_ct_equals_simpleitk_series_reader():
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(LUNG_DX_CT)))
+    expected = reader.Execute()
+
+    image = load_series([LUNG_DX_CT])
+
+    assert image.GetSize() == expected.GetSize() == (512, 512, 11)
+    assert image.GetSpacing() == pytest.approx(expected.GetSpacing(), abs=1e-9)
+    assert image.GetSpacing() == pytest.approx((0.841796875, 0.841796875, 5.0), abs=1e-12)
+    assert image.GetOrigin() == pytest.approx(expected.GetOrigin(), abs=1e-9)
+    assert image.GetDirection() == pytest.approx(expected.GetDirection(), abs=1e-12)
+    assert image.GetPixelID() == sitk.sitkInt16  # slope 1, intercept -1024, 12 bits stored: HU fit int16
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(expected))
+
+
+def test_native_pixel_offset_reads_the_same_bytes_as_pydicom():
+    for path in (LUNG_DX_CT / "1-13.dcm", LUNG_DX_CT / "1-23.dcm"):  # implicit VR little endian
+        header = read_slice_header(path)
+        assert header.transfer_syntax == pydicom.uid.ImplicitVRLittleEndian
+        with open(path, "rb") as handle:
+            handle.seek(header.pixel_data_offset)
+            raw = np.frombuffer(handle.read(header.pixel_data_length), dtype="<u2").reshape(512, 512)
+        np.testing.assert_array_equal(raw, pydicom.dcmread(path).pixel_array)
+
+
+@pytest.mark.parametrize("direction", [None, _oblique(23.0)], ids=["axial", "oblique"])
+def test_synthetic_ct_comes_back_on_its_grid_with_exact_hu(tmp_path, direction):
+    grid = CT_GRID if direction is None else Grid(CT_GRID.size, CT_GRID.spacing, CT_GRID.origin, direction)
+    hu, _ = _write_ct(tmp_path / "ct", grid)
+
+    image = _read([tmp_path / "ct"])
+
+    assert Grid.from_sitk(image).same_as(grid, tolerance_mm=1e-6)
+    assert image.GetPixelID() == sitk.sitkInt16
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), hu)
+
+
+def test_file_order_and_names_do_not_matter(tmp_path):
+    hu, written = _write_ct(tmp_path / "ct")
+    shuffled = tmp_path / "flat  folder with spaces"
+    shuffled.mkdir()
+    order = np.random.default_rng(3).permutation(len(written.paths))
+    for rank, index in enumerate(order):
+        shutil.copy(written.paths[index], shuffled / f"{rank * 7919 % 1000:03d} x {index}.bin")
+
+    image = _read([shuffled])
+
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), hu)
+    assert Grid.from_sitk(image).same_as(CT_GRID, tolerance_mm=1e-6)
+
+
+def test_pet_per_slice_slopes_and_suv_factors_give_the_written_suv(tmp_path):
+    suv = np.random.default_rng(4).gamma(2.0, 1.0, size=PET_GRID.shape)
+    suv *= np.linspace(0.5, 6.0, PET_GRID.size[2])[:, None, None]
+    written = write_pet_series(suv, PET_GRID, STUDY, ACQUISITION, tmp_path / "pt")
+    geometry = series_geometry(_series([tmp_path / "pt"]))
+    slopes = {h.rescale_slope for h in geometry.headers}
+    assert len(slopes) == PET_GRID.size[2]  # every slice its own slope
+    factors = suv_bw_factors([h.dataset for h in geometry.headers]).factors
+
+    image = read_series_image(geometry, slice_scale=factors, integer_output=False)
+
+    assert image.GetPixelID() == sitk.sitkFloat32
+    values = sitk.GetArrayFromImage(image)
+    relative = np.abs(values - written.stored_values) / np.abs(written.stored_values).max(axis=(1, 2))[:, None, None]
+    assert relative.max() < 1e-6
+
+
+def test_single_pet_file_uses_spacing_between_slices(tmp_path):
+    suv = np.random.default_rng(8).gamma(2.0, 1.0, size=PET_GRID.shape)
+    written = write_pet_series(suv, PET_GRID, STUDY, ACQUISITION, tmp_path / "pt")
+    k = 4
+    series = _series([written.paths[k]])
+    geometry = series_geometry(series)
+    factors = suv_bw_factors([h.dataset for h in geometry.headers]).factors
+
+    image = read_series_image(geometry, slice_scale=factors)
+
+    assert image.GetSize() == (24, 20, 1)
+    assert image.GetSpacing() == pytest.approx((4.0728, 4.0728, 2.027), abs=1e-9)
+    assert image.GetOrigin() == pytest.approx(tuple(PET_GRID.index_to_lps((0, 0, k))), abs=1e-6)
+    np.testing.assert_allclose(sitk.GetArrayFromImage(image)[0], written.stored_values[k], rtol=1e-6)
+    assert geometry.warnings == []
+
+
+def test_missing_slice_is_refused_with_positions_unless_gaps_are_allowed(tmp_path):
+    hu, written = _write_ct(tmp_path / "ct")
+    written.paths[5].unlink()
+    z4, z6 = (CT_GRID.index_to_lps((0, 0, k))[2] for k in (4, 6))
+
+    with pytest.raises(MissingSlicesError) as refused:
+        series_geometry(_series([tmp_path / "ct"]))
+    message = str(refused.value)
+    assert f"1 slice missing between z={z4:.2f} and z={z6:.2f} mm" in message
+    assert written.paths[4].name in message and written.paths[6].name in message
+
+    geometry = series_geometry(_series([tmp_path / "ct"]), allow_gaps=True)
+    assert geometry.resampled and len(geometry.gaps) == 1 and geometry.gaps[0].missing == 1
+    assert "interpolated across the gap" in geometry.warnings[0]
+    image = read_series_image(geometry)
+    assert Grid.from_sitk(image).same_as(CT_GRID, tolerance_mm=1e-6)
+    values = sitk.GetArrayFromImage(image)
+    np.testing.assert_array_equal(values[[0, 1, 2, 3, 4, 6, 7]], hu[[0, 1, 2, 3, 4, 6, 7]])
+    np.testing.assert_allclose(values[5], 0.5 * hu[4] + 0.5 * hu[6], atol=1e-3)
+
+
+def test_uneven_spacing_is_resampled_to_the_median_with_a_warning(tmp_path):
+    hu, written = _write_ct(tmp_path / "ct")
+    k = 7
+    moved_z = CT_GRID.index_to_lps((0, 0, k))[2] + 1.0
+
+    def move(ds):
+        x, y, _ = (float(v) for v in ds.ImagePositionPatient)
+        ds.ImagePositionPatient = [x, y, round(moved_z, 6)]
+
+    _rewrite(written.paths[k], move)
+
+    geometry = series_geometry(_series([tmp_path / "ct"]))
+    image = read_series_image(geometry)
+
+    assert geometry.resampled and geometry.gaps == []
+    assert "slice spacing varies from 2.270 to 4.270 mm (median 3.270 mm)" in geometry.warnings[0]
+    assert Grid.from_sitk(image).same_as(CT_GRID, tolerance_mm=1e-6)
+    assert image.GetPixelID() == sitk.sitkFloat32
+    values = sitk.GetArrayFromImage(image)
+    unchanged = [i for i in range(12) if i != k]
+    np.testing.assert_allclose(values[unchanged], hu[unchanged], atol=1e-3)
+    weight = 3.27 / 4.27  # target z_k lies 3.27 mm above slice k-1 and 1 mm below the moved slice
+    np.testing.assert_allclose(values[k], (1 - weight) * hu[k - 1] + weight * hu[k], atol=2e-3)
+
+
+def test_small_spacing_jitter_is_uniform(tmp_path):
+    _, written = _write_ct(tmp_path / "ct")
+
+    def jitter(ds):
+        x, y, z = (float(v) for v in ds.ImagePositionPatient)
+        ds.ImagePositionPatient = [x, y, z + 0.005]
+
+    _rewrite(written.paths[3], jitter)
+    geometry = series_geometry(_series([tmp_path / "ct"]))
+    assert not geometry.resampled and geometry.warnings == []
+    assert geometry.grid.spacing[2] == pytest.approx(3.27, abs=1e-9)
+
+
+def test_mixed_orientations_are_refused_naming_both_files(tmp_path):
+    _, written = _write_ct(tmp_path / "ct")
+    _rewrite(written.paths[2], lambda ds: setattr(ds, "ImageOrientationPatient", [1, 0, 0, 0, 0.99955, 0.03]))
+
+    with pytest.raises(DicomSeriesError, match="slices have different orientations") as refused:
+        series_geometry(_series([tmp_path / "ct"]))
+    assert str(written.paths[2]) in str(refused.value)
+
+
+def test_two_instances_at_one_position_are_refused_and_identical_copies_dropped(tmp_path):
+    hu, written = _write_ct(tmp_path / "ct")
+    copy_folder = tmp_path / "copies"
+    copy_folder.mkdir()
+    shutil.copy(written.paths[3], copy_folder / "same instance.dcm")
+    series = _series([tmp_path / "ct", copy_folder])
+    # The copy kept is the first by path ("copies/..." sorts before "ct/...").
+    assert len(series.headers) == 12 and series.duplicates == [(written.paths[3], copy_folder / "same instance.dcm")]
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(read_series_image(series_geometry(series))), hu)
+
+    other = copy_folder / "other instance.dcm"
+    shutil.copy(written.paths[3], other)
+    _rewrite(other, lambda ds: setattr(ds, "SOPInstanceUID", make_uid("another instance")))
+    with pytest.raises(DicomSeriesError, match="two different slices at the same position") as refused:
+        series_geometry(_series([tmp_path / "ct", other]))
+    assert str(other) in str(refused.value) and str(written.paths[3]) in str(refused.value)
+
+
+def test_values_beyond_int16_turn_the_image_to_float32(tmp_path):
+    hu = _hu(CT_GRID)
+    hu[9, 3, 4] = 40000  # above int16; the writer stores up to 64511 HU
+    _write_ct(tmp_path / "ct", hu=hu)
+
+    image = _read([tmp_path / "ct"])
+
+    assert image.GetPixelID() == sitk.sitkFloat32
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), hu.astype(np.float32))
+
+
+def test_rle_lossless_is_decoded_by_pydicom(tmp_path):
+    hu, written = _write_ct(tmp_path / "ct")
+    for path in written.paths[::2]:
+        _rewrite(path, lambda ds: ds.compress(RLELossless))
+    assert read_slice_header(written.paths[0]).pixel_data_offset is None  # not the native fast path
+
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(_read([tmp_path / "ct"])), hu)
+
+
+def _declare_compressed(path: Path, transfer_syntax) -> None:
+    """Claim a compressed transfer syntax, with encapsulated junk as the 'compressed' frame."""
+
+    def change(ds):
+        ds.file_meta.TransferSyntaxUID = transfer_syntax
+        ds.PixelData = pydicom.encaps.encapsulate([b"\xff\xd8not really compressed\xff\xd9"])
+        ds["PixelData"].VR = "OB"
+        ds["PixelData"].is_undefined_length = True
+
+    _rewrite(path, change)
+
+
+@pytest.mark.parametrize("transfer_syntax", [JPEGBaseline8Bit, JPEGLSLossless], ids=["jpeg-baseline", "jpeg-ls"])
+def test_compressed_data_without_a_usable_decoder_give_a_clear_message(tmp_path, transfer_syntax):
+    _, written = _write_ct(tmp_path / "ct")
+    _declare_compressed(written.paths[6], transfer_syntax)
+    geometry = series_geometry(_series([tmp_path / "ct"]))
+    decoder = pydicom.pixels.get_decoder(transfer_syntax)
+
+    with pytest.raises(DicomSeriesError) as refused:
+        read_series_image(geometry)
+
+    message = str(refused.value)
+    assert str(written.paths[6]) in message and transfer_syntax.name in message
+    if decoder.is_available:  # e.g. Pillow decodes JPEG Baseline: the junk frame itself fails
+        assert "cannot decode the pixel data" in message
+    else:
+        assert isinstance(refused.value, UnsupportedPixelDataError)
+        assert "no installed package decodes them; install one of:" in message
+        assert "pylibjpeg" in message or "gdcm" in message
+
+
+def test_multi_frame_is_refused_as_not_supported_yet(tmp_path):
+    _, written = _write_ct(tmp_path / "ct")
+    _rewrite(written.paths[0], lambda ds: setattr(ds, "NumberOfFrames", 2))
+
+    with pytest.raises(UnsupportedPixelDataError, match="multi-frame .* not supported yet") as refused:
+        series_geometry(_series([tmp_path / "ct"]))
+    assert str(written.paths[0]) in str(refused.value)
+
+
+def test_signed_values_with_unused_high_bits_are_sign_extended(tmp_path):
+    _, written = _write_ct(tmp_path / "ct", hu=np.zeros(CT_GRID.shape, dtype=np.int32))
+    stored = np.full((32, 40), -5, dtype="<i2")
+    stored[0, 0] = 0x0123 | 0x7000  # bits above BitsStored (12) set: garbage pydicom and GDCM discard
+
+    def signed12(ds):
+        ds.PixelRepresentation, ds.BitsStored, ds.HighBit = 1, 12, 11
+        ds.RescaleIntercept = "0"
+        ds.PixelData = stored.tobytes()
+
+    _rewrite(written.paths[0], signed12)
+    header = read_slice_header(written.paths[0])
+    image = read_series_image(series_geometry([header]))
+
+    expected = pydicom.dcmread(written.paths[0]).pixel_array
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image)[0], expected)
+    assert expected[0, 0] == 0x123 and expected[1, 1] == -5

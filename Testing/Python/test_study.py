@@ -1,0 +1,277 @@
+"""Loading a PET/CT study gives the CT in HU and the PET in SUVbw exactly as written, whatever the
+file layout; the info report lists studies, series, pairing and SUV factors (or the reason SUV
+cannot be computed) as JSON and as text."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+
+from PETCTLesionsLib.dicom_index import Cancelled
+from PETCTLesionsLib.dicom_series import MissingSlicesError
+from PETCTLesionsLib.dicom_writer import (
+    PatientInfo,
+    PetAcquisition,
+    StudyInfo,
+    make_uid,
+    write_ct_series,
+    write_pet_series,
+)
+from PETCTLesionsLib.geometry import Grid
+from PETCTLesionsLib.study import StudyLoadError, format_info, info_report, load_study
+from PETCTLesionsLib.suv import SUVError
+
+LUNG_DX_CT = (
+    Path(__file__).resolve().parents[1]
+    / "Data"
+    / "Lung-PET-CT-Dx"
+    / "Lung_Dx-A0001"
+    / "04-04-2007-NA-Chest-07990"
+    / "2.000000-5mm-40805"
+)
+CT_GRID = Grid(size=(36, 30, 14), spacing=(0.9, 0.95, 2.5), origin=(-16.0, -14.0, -20.0))
+PET_GRID = Grid(size=(14, 12, 9), spacing=(4.07, 4.07, 3.0), origin=(-27.0, -23.0, -18.5))
+ACQUISITION = PetAcquisition(
+    injected_dose_bq=3.3e8,
+    injection_datetime=datetime.datetime(2020, 11, 5, 9, 12, 40),
+    series_datetime=datetime.datetime(2020, 11, 5, 10, 21, 5),
+)
+F18_HALF_LIFE_S = 6586.2
+
+
+def _oblique(angle_deg: float) -> tuple:
+    axis = np.array([-0.2, 0.6, 0.77])
+    axis /= np.linalg.norm(axis)
+    a = np.deg2rad(angle_deg)
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    return tuple((np.eye(3) + np.sin(a) * k + (1 - np.cos(a)) * (k @ k)).ravel().tolist())
+
+
+def _study(number: int = 1) -> StudyInfo:
+    return StudyInfo(
+        patient=PatientInfo(f"STU-{number:04d}", f"Study^Patient{number}", "F", 48, 64.5 + number),
+        study_uid=make_uid("study test", number),
+        frame_of_reference_uid=make_uid("study frame", number),
+        study_date=datetime.date(2020, 11, 5),
+        study_time=datetime.time(9, 55),
+        study_description=f"PET/CT {number}",
+    )
+
+
+@dataclasses.dataclass
+class Written:
+    study: StudyInfo
+    hu: np.ndarray
+    suv: np.ndarray  # what a correct reader decodes (SeriesWriteResult.stored_values)
+    ct: object
+    pet: object
+
+
+def _write(root: Path, number: int = 1, ct_grid: Grid = CT_GRID, pet_grid: Grid = PET_GRID) -> Written:
+    rng = np.random.default_rng(number)
+    study = _study(number)
+    hu = rng.integers(-1024, 2000, size=ct_grid.shape)
+    suv = rng.gamma(2.0, 1.2, size=pet_grid.shape) * np.linspace(0.3, 5.0, pet_grid.size[2])[:, None, None]
+    ct = write_ct_series(hu, ct_grid, study, root / "CT 2.5 mm")
+    pet = write_pet_series(suv, pet_grid, study, ACQUISITION, root / "PET  AC")
+    return Written(study, hu, pet.stored_values, ct, pet)
+
+
+def _assert_loaded(loaded, written: Written, ct_grid: Grid = CT_GRID, pet_grid: Grid = PET_GRID) -> None:
+    assert Grid.from_sitk(loaded.ct).same_as(ct_grid, tolerance_mm=1e-6)
+    assert Grid.from_sitk(loaded.pet_suv).same_as(pet_grid, tolerance_mm=1e-6)
+    assert loaded.ct.GetPixelID() == sitk.sitkInt16 and loaded.pet_suv.GetPixelID() == sitk.sitkFloat32
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(loaded.ct), written.hu)
+    suv = sitk.GetArrayFromImage(loaded.pet_suv)
+    assert np.max(np.abs(suv - written.suv) / np.abs(written.suv)) < 1e-6
+
+
+def test_load_study_gives_hu_and_the_written_suv(tmp_path):
+    written = _write(tmp_path)
+
+    loaded = load_study([tmp_path])
+
+    _assert_loaded(loaded, written)
+    assert (loaded.patient_id, loaded.study_uid) == ("STU-0001", written.study.study_uid)
+    uptake_s = (ACQUISITION.series_datetime - ACQUISITION.injection_datetime).total_seconds()
+    expected_factor = 65.5 * 1000 / (3.3e8 * 2 ** (-uptake_s / F18_HALF_LIFE_S))
+    np.testing.assert_allclose(loaded.suv.factors, expected_factor, rtol=1e-12)
+    assert loaded.suv.decay_time_s == pytest.approx(uptake_s)
+    assert loaded.warnings == []
+    assert loaded.ct_series.series_uid == written.ct.series_uid and loaded.ct_series.size == CT_GRID.size
+    assert loaded.pet_series.files and len(loaded.pet_series.files) == 9
+    assert loaded.pairing_rule.startswith("the only CT series (same study)")
+
+
+def test_oblique_study_comes_back_on_the_written_grids(tmp_path):
+    direction = _oblique(14.0)
+    ct_grid = dataclasses.replace(CT_GRID, direction=direction)
+    pet_grid = dataclasses.replace(PET_GRID, direction=direction)
+    written = _write(tmp_path, ct_grid=ct_grid, pet_grid=pet_grid)
+
+    _assert_loaded(load_study([tmp_path]), written, ct_grid, pet_grid)
+
+
+def test_two_studies_shuffled_into_one_flat_folder_load_identically(tmp_path):
+    first, second = _write(tmp_path / "study one", 1), _write(tmp_path / "study two", 2)
+    flat = tmp_path / "everything  mixed"
+    flat.mkdir()
+    files = [p for w in (first, second) for p in w.ct.paths + w.pet.paths]
+    for rank, index in enumerate(np.random.default_rng(5).permutation(len(files))):
+        shutil.copy(files[index], flat / f"img {rank:03d}")
+
+    with pytest.raises(StudyLoadError, match="2 PET series under .*choose one with study_uid or pet_series_uid"):
+        load_study([flat])
+    for written in (first, second):
+        loaded = load_study([flat], study_uid=written.study.study_uid)
+        _assert_loaded(loaded, written)
+        assert loaded.patient_id == written.study.patient.patient_id
+    by_series = load_study([flat], pet_series_uid=second.pet.series_uid)
+    assert by_series.study_uid == second.study.study_uid
+
+
+def test_ct_on_pet_grid_is_on_the_pet_grid_with_air_outside_the_ct(tmp_path):
+    written = _write(tmp_path)
+    rng = np.random.default_rng(2)
+    constant = tmp_path / "constant"
+    write_ct_series(np.full(CT_GRID.shape, 140), CT_GRID, written.study, constant / "ct", series_number=4)
+    write_pet_series(rng.gamma(2.0, 1.0, PET_GRID.shape), PET_GRID, written.study, ACQUISITION, constant / "pt")
+
+    resampled = load_study([constant]).ct_on_pet_grid()
+
+    assert Grid.from_sitk(resampled).same_as(PET_GRID, tolerance_mm=1e-9)
+    assert resampled.GetPixelID() == sitk.sitkFloat32
+    # Inside the CT buffer (continuous index within [-0.5, size - 0.5]) linear interpolation of a
+    # constant is that constant; outside, air.
+    k, j, i = np.indices(PET_GRID.shape)
+    points = PET_GRID.index_to_lps(np.stack([i, j, k], axis=-1).reshape(-1, 3).astype(float))
+    ct_index = CT_GRID.lps_to_index(points)
+    limit = np.array(CT_GRID.size) - 0.5
+    margin = np.minimum(ct_index + 0.5, limit - ct_index).min(axis=1)
+    assert np.all(np.abs(margin) > 1e-3)  # no PET voxel sits on the CT's border
+    inside = (margin > 0).reshape(PET_GRID.shape)
+    values = sitk.GetArrayFromImage(resampled)
+    assert 0 < inside.sum() < inside.size
+    np.testing.assert_array_equal(values[inside], 140.0)
+    np.testing.assert_array_equal(values[~inside], -1024.0)
+
+
+def test_missing_slice_refuses_the_load_and_info_names_it(tmp_path):
+    written = _write(tmp_path)
+    written.ct.paths[6].unlink()
+    z5, z7 = (CT_GRID.index_to_lps((0, 0, k))[2] for k in (5, 7))
+    expected = f"1 slice missing between z={z5:.2f} and z={z7:.2f} mm"
+
+    with pytest.raises(MissingSlicesError, match=expected):
+        load_study([tmp_path])
+    loaded = load_study([tmp_path], allow_gaps=True)
+    assert loaded.ct.GetSize() == CT_GRID.size and any(expected in warning for warning in loaded.warnings)
+
+    report = info_report([tmp_path])
+    ct_entry = next(s for s in report["studies"][0]["series"] if s["modality"] == "CT")
+    assert expected in ct_entry["error"] and ct_entry["size"] == [36, 30, 14] and ct_entry["files"] == 13
+
+
+def test_pet_without_patient_weight_info_names_the_tag_and_load_raises(tmp_path):
+    written = _write(tmp_path)
+    for path in written.pet.paths:
+        ds = pydicom.dcmread(path)
+        del ds.PatientWeight
+        ds.save_as(path, enforce_file_format=True)
+
+    report = info_report([tmp_path])
+    pet_entry = next(s for s in report["studies"][0]["series"] if s["modality"] == "PT")
+    assert "PatientWeight (0010,1030) is missing or empty" in pet_entry["suv"]["error"]
+    assert "SUVbw cannot be computed:" in format_info(report) and "PatientWeight (0010,1030)" in format_info(report)
+    with pytest.raises(SUVError, match=r"PatientWeight \(0010,1030\) is missing or empty"):
+        load_study([tmp_path])
+
+
+def test_info_report_is_json_and_text(tmp_path):
+    written = _write(tmp_path / "study")
+    (tmp_path / "study" / "readme.txt").write_text("hello")
+    broken = tmp_path / "study" / "broken.dcm"
+    broken.write_bytes(written.ct.paths[0].read_bytes()[:-50])
+
+    report = info_report([tmp_path])
+
+    assert json.loads(json.dumps(report)) == report
+    assert report["files"] == {"found": 25, "dicom_images": 23, "skipped": 1, "unreadable": 1}
+    assert report["unreadable_files"][0]["path"] == str(broken)
+    (study,) = report["studies"]
+    assert (study["patient_id"], study["study_uid"], study["pairing_note"]) == (
+        "STU-0001",
+        written.study.study_uid,
+        None,
+    )
+    ct_entry, pet_entry = study["series"]
+    assert (ct_entry["modality"], ct_entry["files"], ct_entry["size"]) == ("CT", 14, [36, 30, 14])
+    assert ct_entry["spacing"] == pytest.approx([0.9, 0.95, 2.5])
+    assert ct_entry["folders"] == [str(tmp_path / "study" / "CT 2.5 mm")] and ct_entry["error"] is None
+    assert pet_entry["suv"]["factor"] == pytest.approx(load_study([tmp_path]).suv.factors[0], rel=1e-12)
+    assert pet_entry["suv"]["units"] == "BQML" and pet_entry["suv"]["weight_kg"] == 65.5
+    (pair,) = study["pet_ct_pairs"]
+    assert (pair["pet_series_uid"], pair["ct_series_uid"]) == (written.pet.series_uid, written.ct.series_uid)
+
+    text = format_info(report)
+    assert "Scanned 25 files: 23 DICOM images, 1 skipped, 1 unreadable" in text
+    assert f"UNREADABLE {broken}: the file is truncated" in text
+    assert "CT series 2 'CT 3mm': 14 files, size 36 x 30 x 14, spacing 0.900 x 0.950 x 2.500 mm" in text
+    assert f"SUVbw factor {pet_entry['suv']['factor']:.6g} (units BQML, weight 65.5 kg, dose 330 MBq" in text
+    assert "PET/CT pairing: PT series 3 'PET WB AC' -> CT series 2 'CT 3mm'" in text
+
+
+def test_real_lung_dx_ct_info_reports_no_pet_and_load_refuses():
+    report = info_report([LUNG_DX_CT])
+
+    (study,) = report["studies"]
+    assert study["pairing_note"] == "no PET series in this study" and study["pet_ct_pairs"] == []
+    (series,) = study["series"]
+    assert (series["modality"], series["files"], series["size"]) == ("CT", 11, [512, 512, 11])
+    assert series["spacing"] == pytest.approx([0.841796875, 0.841796875, 5.0])
+    assert series["origin"] == pytest.approx([-228.036842, -93.0631599, -234.0])
+    assert "PET/CT pairing: no PET series in this study" in format_info(report)
+    with pytest.raises(StudyLoadError, match=r"no PET series under .* \(found: CT series 2 '5mm'"):
+        load_study([LUNG_DX_CT])
+
+
+def test_a_single_pet_file_loads_with_its_ct(tmp_path):
+    written = _write(tmp_path)
+
+    loaded = load_study([written.pet.paths[4], tmp_path / "CT 2.5 mm"])
+
+    assert loaded.pet_suv.GetSize() == (14, 12, 1)
+    assert loaded.pet_suv.GetOrigin() == pytest.approx(tuple(PET_GRID.index_to_lps((0, 0, 4))), abs=1e-6)
+    np.testing.assert_allclose(sitk.GetArrayFromImage(loaded.pet_suv)[0], written.suv[4], rtol=1e-6)
+
+
+def test_pet_without_ct_is_refused_with_the_reason(tmp_path):
+    written = _write(tmp_path)
+    with pytest.raises(StudyLoadError, match="no CT series in the study"):
+        load_study([tmp_path / "PET  AC"])
+    assert written.pet.paths
+
+
+def test_progress_rises_to_one_and_cancel_leaves_nothing(tmp_path):
+    _write(tmp_path)
+    seen = []
+    load_study([tmp_path], progress=lambda fraction, message: seen.append((fraction, message)))
+    fractions = [fraction for fraction, _ in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0 and fractions[0] == 0.0
+    assert seen[-1][1] == "PET/CT study loaded"
+
+    calls = []
+    load_study([tmp_path], cancel=lambda: bool(calls.append(1)))
+    assert len(calls) == 23 + 1 + 1 + 1  # every file of the scan, after the SUV, one slab of PET, one of CT
+
+    calls.clear()
+    with pytest.raises(Cancelled):  # the last check: before the CT pixels are decoded
+        load_study([tmp_path], cancel=lambda: calls.append(1) or len(calls) == 26)

@@ -1,0 +1,406 @@
+"""Body-weight SUV factors from PET headers as the vendors write them (built to the DICOM
+standard here, plus file round trips), checked against hand calculations; and the refusals
+that keep a wrong SUV from ever being shown."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Dict, List, Optional
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+
+from PETCTLesionsLib.suv import (
+    SUVError,
+    parse_dicom_date,
+    parse_dicom_datetime,
+    parse_dicom_time,
+    suv_bw_factors,
+)
+
+HALF_LIFE = 6586.2  # F-18, seconds
+
+
+def _pet_slice(
+    acquisition_time: str = "092006",
+    *,
+    units: str = "BQML",
+    weight: Optional[str] = "81.3",
+    dose: Optional[str] = "352000000",
+    half_life: Optional[str] = "6586.2",
+    start_time: Optional[str] = "081430",
+    start_datetime: Optional[str] = None,
+    series_date: str = "20190612",
+    series_time: str = "092005.5",
+    decay_correction: str = "START",
+    corrected: Optional[List[str]] = None,
+    manufacturer: str = "SIEMENS",
+) -> Dataset:
+    """Headers of one PET slice, Siemens-style by default (series time before acquisition)."""
+    ds = Dataset()
+    ds.Modality = "PT"
+    ds.Manufacturer = manufacturer
+    ds.SeriesDate = series_date
+    ds.SeriesTime = series_time
+    ds.AcquisitionDate = series_date
+    ds.AcquisitionTime = acquisition_time
+    if weight is not None:
+        ds.PatientWeight = weight
+    ds.Units = units
+    ds.DecayCorrection = decay_correction
+    ds.CorrectedImage = corrected if corrected is not None else ["NORM", "DTIM", "ATTN", "SCAT", "DECY", "RAN"]
+    ds.RescaleSlope = "1.234"
+    ds.RescaleIntercept = "0"
+    info = Dataset()
+    info.Radiopharmaceutical = "Fluorodeoxyglucose"
+    for keyword, value in (
+        ("RadiopharmaceuticalStartTime", start_time),
+        ("RadiopharmaceuticalStartDateTime", start_datetime),
+        ("RadionuclideTotalDose", dose),
+        ("RadionuclideHalfLife", half_life),
+    ):
+        if value is not None:
+            setattr(info, keyword, value)
+    ds.RadiopharmaceuticalInformationSequence = Sequence([info])
+    return ds
+
+
+def _series(times=("092006", "092210", "092414"), **kwargs) -> List[Dataset]:
+    return [_pet_slice(t, **kwargs) for t in times]
+
+
+def _bw_factor(weight_kg: float, dose_bq: float, dt_s: float, half_life_s: float = HALF_LIFE) -> float:
+    """The hand formula: weight[g] / (dose[Bq] x 2^(-dt / T1/2))."""
+    return weight_kg * 1000.0 / (dose_bq * 2.0 ** (-dt_s / half_life_s))
+
+
+def _add_private(ds: Dataset, group: int, creator: str, values: Dict[int, tuple]) -> None:
+    block = ds.private_block(group, creator, create=True)
+    for offset, (vr, value) in values.items():
+        block.add_new(offset, vr, value)
+
+
+def _save(ds: Dataset, path, implicit: bool) -> None:
+    ds = ds.copy()
+    ds.file_meta = FileMetaDataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.128"
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = (
+        pydicom.uid.ImplicitVRLittleEndian if implicit else pydicom.uid.ExplicitVRLittleEndian
+    )
+    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+
+
+# --------------------------------------------------------------------------- vendor variants
+
+
+def test_siemens_bqml_start_uses_the_series_time():
+    result = suv_bw_factors(_series(), source="siemens")
+    dt = (9 * 3600 + 20 * 60 + 5.5) - (8 * 3600 + 14 * 60 + 30)  # 3935.5 s
+    assert result.decay_time_s == dt
+    np.testing.assert_allclose(result.factors, [_bw_factor(81.3, 3.52e8, 3935.5)] * 3, rtol=1e-12)
+    assert result.factors[0] == pytest.approx(81300 / (352000000 * 2 ** (-3935.5 / 6586.2)), rel=1e-12)
+    assert (result.units, result.weight_kg, result.injected_dose_bq, result.half_life_s) == (
+        "BQML",
+        81.3,
+        3.52e8,
+        6586.2,
+    )
+    assert "series date/time 2019-06-12 09:20:05.500000" in result.reference_time
+    assert result.warnings == []
+
+
+def _ge_series(private_scan: Optional[str], series_time: str = "140500") -> List[Dataset]:
+    """GE: series re-created at 14:05 after a scan acquired from 11:30; injection 10:20:00."""
+    datasets = _series(
+        ("113000.00", "113300"),
+        series_date="20200101",
+        series_time=series_time,
+        start_time=None,
+        start_datetime="20200101102000.00",
+        manufacturer="GE MEDICAL SYSTEMS",
+    )
+    if private_scan is not None:
+        for ds in datasets:
+            _add_private(ds, 0x0009, "GEMS_PETD_01", {0x0D: ("DT", private_scan)})
+    return datasets
+
+
+def test_ge_series_after_acquisition_uses_the_private_scan_datetime():
+    result = suv_bw_factors(_ge_series("20200101112945.00"))
+    assert result.decay_time_s == 4185.0  # 10:20:00 -> 11:29:45
+    np.testing.assert_allclose(result.factors, _bw_factor(81.3, 3.52e8, 4185.0), rtol=1e-12)
+    assert "(0009,100D)" in result.reference_time and "11:29:45" in result.reference_time
+
+
+def test_ge_series_after_acquisition_without_private_uses_the_earliest_acquisition():
+    result = suv_bw_factors(_ge_series(None))
+    assert result.decay_time_s == 4200.0  # 10:20:00 -> 11:30:00 (earliest acquisition)
+    np.testing.assert_allclose(result.factors, _bw_factor(81.3, 3.52e8, 4200.0), rtol=1e-12)
+    assert "earliest acquisition" in result.reference_time
+
+
+def test_ge_private_datetime_is_ignored_when_the_series_time_is_consistent():
+    result = suv_bw_factors(_ge_series("20200101112945.00", series_time="112958"))
+    assert result.decay_time_s == 4198.0  # series time 11:29:58 is before the acquisitions: it is the reference
+    assert result.reference_time.startswith("series date/time")
+
+
+def test_ge_private_tag_survives_an_implicit_vr_file(tmp_path):
+    paths = []
+    for n, ds in enumerate(_ge_series("20200101112945")):
+        paths.append(tmp_path / f"ge{n}.dcm")
+        _save(ds, paths[-1], implicit=True)
+    result = suv_bw_factors([pydicom.dcmread(p) for p in paths])
+    assert result.decay_time_s == 4185.0
+    np.testing.assert_allclose(result.factors, _bw_factor(81.3, 3.52e8, 4185.0), rtol=1e-12)
+
+
+def test_ge_private_tag_as_unknown_bytes_is_decoded():
+    """Anonymisers and old toolkits leave private elements as UN: padded ASCII bytes."""
+    datasets = _ge_series(None)
+    for ds in datasets:
+        _add_private(ds, 0x0009, "GEMS_PETD_01", {0x0D: ("UN", b"20200101112945.00 ")})
+    assert isinstance(datasets[0][0x0009100D].value, bytes)
+    assert suv_bw_factors(datasets).decay_time_s == 4185.0
+
+
+def test_philips_cnts_with_the_private_suv_scale_factor():
+    datasets = _series(("100000", "100000"), units="CNTS", weight=None, decay_correction="NONE")
+    for ds, factor in zip(datasets, ("0.000123", "0.000456")):
+        _add_private(ds, 0x7053, "Philips PET Private Group", {0x00: ("DS", factor)})
+    result = suv_bw_factors(datasets)
+    np.testing.assert_array_equal(result.factors, [0.000123, 0.000456])  # applied to the rescaled value
+    assert (result.units, result.decay_time_s, result.weight_kg) == ("CNTS", None, None)
+    assert "(7053,1000)" in result.reference_time
+
+
+def test_philips_cnts_with_the_private_bqml_scale_factor(tmp_path):
+    datasets = _series(("092006", "092006"), units="CNTS")
+    for ds, factor in zip(datasets, ("3.2", "3.55")):
+        _add_private(ds, 0x7053, "Philips PET Private Group", {0x09: ("DS", factor)})
+    bw = _bw_factor(81.3, 3.52e8, 3935.5)
+    np.testing.assert_allclose(suv_bw_factors(datasets).factors, [3.2 * bw, 3.55 * bw], rtol=1e-12)
+
+    # The same through Explicit VR files: the private creator is found in a later block too.
+    path = tmp_path / "philips.dcm"
+    moved = _pet_slice(units="CNTS")
+    _add_private(moved, 0x7053, "Other Creator", {0x01: ("LO", "x")})
+    _add_private(moved, 0x7053, "Philips PET Private Group", {0x09: ("DS", "3.55")})
+    assert (0x7053, 0x1109) in moved
+    _save(moved, path, implicit=False)
+    np.testing.assert_allclose(suv_bw_factors([pydicom.dcmread(path)]).factors, [3.55 * bw], rtol=1e-12)
+
+
+def test_gml_is_already_suv():
+    result = suv_bw_factors(_series(units="GML", weight=None, dose=None))
+    np.testing.assert_array_equal(result.factors, [1.0, 1.0, 1.0])
+    assert (result.units, result.weight_kg, result.injected_dose_bq) == ("GML", None, None)
+
+
+def test_admin_decay_correction_means_no_decay():
+    result = suv_bw_factors(_series(decay_correction="ADMIN", start_time=None))
+    assert result.decay_time_s == 0.0
+    np.testing.assert_allclose(result.factors, 81.3 * 1000 / 3.52e8, rtol=1e-12)
+    assert result.reference_time.startswith("ADMIN")
+
+
+def test_start_datetime_is_preferred_and_carries_the_day_before():
+    """Injected 23:40:10 on 11 June, scanned 00:35:40 on 12 June: dt = 55 min 30 s."""
+    kwargs = {"series_date": "20190612", "series_time": "003540", "start_time": "234010"}
+    with_datetime = suv_bw_factors(_series(("003541",), start_datetime="20190611234010", **kwargs))
+    assert with_datetime.decay_time_s == 3330.0 and with_datetime.warnings == []
+    np.testing.assert_allclose(with_datetime.factors, _bw_factor(81.3, 3.52e8, 3330.0), rtol=1e-12)
+
+    # Only StartTime + SeriesDate: 23:40 is taken on the day before, and the result says so.
+    time_only = suv_bw_factors(_series(("003541",), **kwargs))
+    assert time_only.decay_time_s == 3330.0
+    np.testing.assert_array_equal(time_only.factors, with_datetime.factors)
+    assert len(time_only.warnings) == 1 and "day before" in time_only.warnings[0]
+
+    # Same day: StartTime combined with SeriesDate directly, no warning.
+    same_day = suv_bw_factors(_series(start_time="090005.5"))
+    assert same_day.decay_time_s == 1200.0 and same_day.warnings == []
+
+
+def test_start_time_with_fractional_and_missing_seconds():
+    assert suv_bw_factors(_series(start_time="0814")).decay_time_s == 3965.5
+    assert suv_bw_factors(_series(start_time="081429.75")).decay_time_s == 3935.75
+    assert suv_bw_factors(_series(start_datetime="201906120814")).decay_time_s == 3965.5
+
+
+def test_per_slice_factors_follow_the_slices():
+    datasets = _series(("092006", "092210"), units="CNTS")
+    for ds, factor in zip(datasets, ("2", "5")):
+        _add_private(ds, 0x7053, "Philips PET Private Group", {0x09: ("DS", factor)})
+    factors = suv_bw_factors(datasets).factors
+    assert factors.shape == (2,) and factors[1] / factors[0] == pytest.approx(2.5, rel=1e-15)
+    stored, slope = np.array([100, -3, 0]), 1.234
+    suv = (stored * slope + 0.0) * factors[1]
+    np.testing.assert_allclose(suv, stored * 1.234 * 5 * _bw_factor(81.3, 3.52e8, 3935.5), rtol=1e-12)
+
+
+def test_corrected_image_without_attenuation_or_decay_is_a_warning():
+    result = suv_bw_factors(_series(corrected=["NORM", "DECY"]))
+    assert len(result.warnings) == 1 and "ATTN" in result.warnings[0] and "(0028,0051)" in result.warnings[0]
+    both = suv_bw_factors(_series(corrected=["NORM"])).warnings
+    assert len(both) == 1 and "ATTN and DECY" in both[0]
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+def _without(keyword: str) -> List[Dataset]:
+    datasets = _series()
+    del datasets[1][keyword]
+    return datasets
+
+
+def _without_in_sequence(keyword: str) -> List[Dataset]:
+    datasets = _series()
+    for ds in datasets:
+        del ds.RadiopharmaceuticalInformationSequence[0][keyword]
+    return datasets
+
+
+REFUSALS = {
+    "missing weight": (lambda: _without("PatientWeight"), "PatientWeight (0010,1030) is missing"),
+    "empty weight": (lambda: _series(weight=""), "PatientWeight (0010,1030) is missing or empty"),
+    "zero weight": (lambda: _series(weight="0"), "PatientWeight (0010,1030) is 0"),
+    "missing dose": (lambda: _without_in_sequence("RadionuclideTotalDose"), "RadionuclideTotalDose (0018,1074)"),
+    "missing half-life": (lambda: _without_in_sequence("RadionuclideHalfLife"), "RadionuclideHalfLife (0018,1075)"),
+    "missing start time": (
+        lambda: _without_in_sequence("RadiopharmaceuticalStartTime"),
+        "RadiopharmaceuticalStartTime (0018,1072) and RadiopharmaceuticalStartDateTime (0018,1078) are missing",
+    ),
+    "missing sequence": (
+        lambda: _without("RadiopharmaceuticalInformationSequence"),
+        "RadiopharmaceuticalInformationSequence (0054,0016) is missing",
+    ),
+    "unknown units": (lambda: _series(units="PROPCPS"), "Units (0054,1001) is 'PROPCPS'"),
+    "missing units": (lambda: _without("Units"), "Units (0054,1001) is missing"),
+    "CNTS without private factors": (
+        lambda: _series(units="CNTS"),
+        "Units (0054,1001) is CNTS but neither Philips SUV scale factor (7053,1000)",
+    ),
+    "unknown decay correction": (lambda: _series(decay_correction="BOGUS"), "DecayCorrection (0054,1102) is 'BOGUS'"),
+    "decay correction NONE": (lambda: _series(decay_correction="NONE"), "DecayCorrection (0054,1102) is 'NONE'"),
+    "weights disagree": (
+        lambda: [_pet_slice(weight="81.3"), _pet_slice(weight="80")],
+        "PatientWeight (0010,1030) is 80.0 but 81.3",
+    ),
+    "doses disagree": (
+        lambda: [_pet_slice(dose="352000000"), _pet_slice(dose="351000000")],
+        "RadionuclideTotalDose (0018,1074) is 351000000.0",
+    ),
+    "units disagree": (lambda: [_pet_slice(units="BQML"), _pet_slice(units="GML")], "Units (0054,1001) is 'GML'"),
+    "not a number": (lambda: _malformed_dose("LO", "lots"), "RadionuclideTotalDose (0018,1074) is 'lots'"),
+    "undecodable number": (
+        lambda: _malformed_dose("DS", "1e8x"),
+        "RadionuclideTotalDose (0018,1074) is '1e8x', which is not a number",
+    ),
+    "two numbers": (lambda: _series(dose=["1e8", "2e8"]), "RadionuclideTotalDose (0018,1074) has 2 values"),
+    "injection after the scan": (
+        lambda: _series(start_time="093000"),
+        "RadiopharmaceuticalStartTime (0018,1072) 09:30:00 is after the decay reference",
+    ),
+    "start datetime after the scan": (
+        lambda: _series(start_datetime="20190612093000"),
+        "RadiopharmaceuticalStartDateTime (0018,1078) 2019-06-12 09:30:00 is after",
+    ),
+    "bad series time": (lambda: _malformed_series_time("9h20"), "SeriesTime (0008,0031): '9h20' is not a DICOM time"),
+    "not PET": (lambda: [_pet_slice()] + [_ct_slice()], "Modality (0008,0060) is 'CT'"),
+}
+
+
+def _malformed_dose(vr: str, text: str) -> List[Dataset]:
+    """A dose element as a file reader leaves it: raw bytes, converted (and failing) on access."""
+    datasets = _series()
+    for ds in datasets:
+        info = ds.RadiopharmaceuticalInformationSequence[0]
+        tag = pydicom.tag.Tag("RadionuclideTotalDose")
+        info[tag] = RawDataElement(tag, vr, len(text), text.encode(), 0, False, True)
+    return datasets
+
+
+def _malformed_series_time(text: str) -> List[Dataset]:
+    datasets = _series()
+    tag = pydicom.tag.Tag("SeriesTime")
+    for ds in datasets:
+        ds[tag] = RawDataElement(tag, "TM", len(text), text.encode(), 0, False, True)
+    return datasets
+
+
+def _ct_slice() -> Dataset:
+    ds = _pet_slice()
+    ds.Modality = "CT"
+    return ds
+
+
+@pytest.mark.parametrize("case", sorted(REFUSALS))
+def test_refuses_with_a_message_naming_the_tag(case):
+    build, message = REFUSALS[case]
+    with pytest.raises(SUVError) as raised:
+        suv_bw_factors(build(), source="/data/pet-series")
+    assert message in str(raised.value)
+    assert str(raised.value).startswith("/data/pet-series")
+
+
+def test_philips_factor_on_only_some_slices_is_refused():
+    datasets = _series(("092006", "092210"), units="CNTS")
+    _add_private(datasets[0], 0x7053, "Philips PET Private Group", {0x00: ("DS", "0.0001")})
+    with pytest.raises(SUVError, match=r"\(dataset #1\): Philips SUV scale factor \(7053,1000\).* is missing"):
+        suv_bw_factors(datasets, source="series")
+
+
+def test_error_names_the_file(tmp_path):
+    path = tmp_path / "slice 007.dcm"
+    _save(_pet_slice(weight="0"), path, implicit=False)
+    with pytest.raises(SUVError) as raised:
+        suv_bw_factors([pydicom.dcmread(path)])
+    assert str(raised.value).startswith(f"{path}: PatientWeight (0010,1030) is 0")
+    with pytest.raises(SUVError, match="no DICOM datasets"):
+        suv_bw_factors([], source="empty folder")
+
+
+# --------------------------------------------------------------------------- DICOM date/time parsing
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("092005.5", datetime.time(9, 20, 5, 500000)),
+        ("092005.123456", datetime.time(9, 20, 5, 123456)),
+        ("092005", datetime.time(9, 20, 5)),
+        ("0920", datetime.time(9, 20)),
+        ("09", datetime.time(9)),
+        ("09:20:05.25", datetime.time(9, 20, 5, 250000)),
+        (" 092005 ", datetime.time(9, 20, 5)),
+        (b"092005.5\x00", datetime.time(9, 20, 5, 500000)),
+    ],
+)
+def test_parse_dicom_time(text, expected):
+    assert parse_dicom_time(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "9", "0920.5", "2500", "092075", "ab"])
+def test_parse_dicom_time_rejects_malformed(text):
+    with pytest.raises(ValueError):
+        parse_dicom_time(text)
+
+
+def test_parse_dicom_date_and_datetime():
+    assert parse_dicom_date("20190612") == datetime.date(2019, 6, 12)
+    assert parse_dicom_date("2019.06.12") == datetime.date(2019, 6, 12)
+    assert parse_dicom_datetime("20190611234010.25") == datetime.datetime(2019, 6, 11, 23, 40, 10, 250000)
+    assert parse_dicom_datetime("20190611234010.25+0200") == datetime.datetime(2019, 6, 11, 23, 40, 10, 250000)
+    assert parse_dicom_datetime("201906112340") == datetime.datetime(2019, 6, 11, 23, 40)
+    for bad in ("2019061", "20191312", "20190611234010."):
+        with pytest.raises(ValueError):
+            (parse_dicom_date if len(bad) < 9 else parse_dicom_datetime)(bad)
