@@ -1109,6 +1109,8 @@ class _LesionPlacer:
         self.pet_centres = _pet_centre_pools(config, anatomy, values.names, pet_grid, pet_tissue, shift)
         self.extent_luts = {site: _tissue_lut(values.names, _SITE_EXTENT_TISSUES[site]) for site in LESION_SITES}
         self.placed: List[Tuple[LesionShape, float]] = []  # shape, bounding radius
+        # Lung nodules keep at least a CT voxel of lung around them (fully inside the lung on CT).
+        self.margins = dict(_SITE_MARGIN_MM, lung=max(_SITE_MARGIN_MM["lung"], max(ct_grid.spacing)))
 
     def place(self, count: int) -> List[Tuple[Lesion, LesionShape]]:
         weights = _SITE_WEIGHTS[self.config.body]
@@ -1159,7 +1161,7 @@ class _LesionPlacer:
         n_dirs = int(np.clip(4.0 * math.pi * radius * radius / 9.0, 64, 1500))
         surface = shape.boundary_offsets(_sphere_directions(n_dirs))
         length = np.linalg.norm(surface, axis=1, keepdims=True)
-        margin = _SITE_MARGIN_MM[site]
+        margin = self.margins[site]
         probes = np.concatenate([surface * (length + margin) / length, surface * 0.5, np.zeros((1, 3))])
         lut = self.extent_luts[site]
         for _ in range(6):
@@ -1175,6 +1177,8 @@ class _LesionPlacer:
                 if candidate is None:
                     continue
                 if candidate is not moved and not self._fits(candidate, site):
+                    continue
+                if not self._covers_only_allowed(candidate, site):
                     continue
                 self.placed.append((candidate, candidate.bounding_radius()))
                 return candidate
@@ -1202,6 +1206,15 @@ class _LesionPlacer:
             return None
         return shape.scaled(rho * 1.001)
 
+    def _covers_only_allowed(self, shape: LesionShape, site: str) -> bool:
+        """Exact test on the CT grid: every voxel the lesion will label lies in a tissue its site allows."""
+        window = _lesion_window(self.ct_grid, shape, 0.0)
+        if window is None:
+            return False
+        slices, (xs, ys, zs) = window
+        inside = shape.rho(xs[None, None, :], ys[None, :, None], zs[:, None, None]) <= 1.0
+        return bool(self.extent_luts[site][self.ct_map.tissue[slices][inside]].all())
+
     def _fits(self, shape: LesionShape, site: str) -> bool:
         """Full placement test for a grown shape."""
         radius = shape.bounding_radius()
@@ -1209,7 +1222,7 @@ class _LesionPlacer:
             return False
         surface = shape.boundary_offsets(_sphere_directions(int(np.clip(4.0 * math.pi * radius**2 / 9.0, 64, 1500))))
         length = np.linalg.norm(surface, axis=1, keepdims=True)
-        probes = np.asarray(shape.center) + surface * (length + _SITE_MARGIN_MM[site]) / length
+        probes = np.asarray(shape.center) + surface * (length + self.margins[site]) / length
         return bool(self.extent_luts[site][self.ct_map.at(probes)].all())
 
     def _make_lesion(self, label: int, site: str, shape: LesionShape, irregular: bool) -> Tuple[Lesion, LesionShape]:

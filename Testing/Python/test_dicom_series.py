@@ -14,6 +14,7 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from conftest import LUNG_DX_CT_SERIES
 from pydicom.uid import JPEGBaseline8Bit, JPEGLSLossless, RLELossless
 
 from PETCTLesionsLib.dicom_index import read_slice_header, scan_paths
@@ -36,14 +37,7 @@ from PETCTLesionsLib.dicom_writer import (
 from PETCTLesionsLib.geometry import Grid
 from PETCTLesionsLib.suv import suv_bw_factors
 
-LUNG_DX_CT = (
-    Path(__file__).resolve().parents[1]
-    / "Data"
-    / "Lung-PET-CT-Dx"
-    / "Lung_Dx-A0001"
-    / "04-04-2007-NA-Chest-07990"
-    / "2.000000-5mm-40805"
-)
+LUNG_DX_CT = LUNG_DX_CT_SERIES
 CT_GRID = Grid(size=(40, 32, 12), spacing=(0.8417, 0.9123, 3.27), origin=(-120.53, -88.241, -301.7))
 PET_GRID = Grid(size=(24, 20, 10), spacing=(4.0728, 4.0728, 2.027), origin=(-48.83, -40.71, -280.35))
 STUDY = StudyInfo(

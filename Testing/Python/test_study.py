@@ -14,6 +14,7 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from conftest import LUNG_DX_CT_SERIES
 
 from PETCTLesionsLib.dicom_index import Cancelled
 from PETCTLesionsLib.dicom_series import MissingSlicesError
@@ -29,14 +30,7 @@ from PETCTLesionsLib.geometry import Grid
 from PETCTLesionsLib.study import StudyLoadError, format_info, info_report, load_study
 from PETCTLesionsLib.suv import SUVError
 
-LUNG_DX_CT = (
-    Path(__file__).resolve().parents[1]
-    / "Data"
-    / "Lung-PET-CT-Dx"
-    / "Lung_Dx-A0001"
-    / "04-04-2007-NA-Chest-07990"
-    / "2.000000-5mm-40805"
-)
+LUNG_DX_CT = LUNG_DX_CT_SERIES
 CT_GRID = Grid(size=(36, 30, 14), spacing=(0.9, 0.95, 2.5), origin=(-16.0, -14.0, -20.0))
 PET_GRID = Grid(size=(14, 12, 9), spacing=(4.07, 4.07, 3.0), origin=(-27.0, -23.0, -18.5))
 ACQUISITION = PetAcquisition(

@@ -36,9 +36,10 @@ def test_suv_from_the_written_pet_tags_equals_the_phantom_suv(dataset):
     for case, phantom in zip(cases, phantoms):
         datasets = [pydicom.dcmread(str(p)) for p in case.pet.paths]  # paths[k] is grid slice k
         suv = suv_bw_factors(datasets, source=str(case.pet.paths[0].parent))
-        decoded = np.stack(
-            [ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept) for ds in datasets]
-        ) * suv.factors[:, None, None]
+        decoded = (
+            np.stack([ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept) for ds in datasets])
+            * suv.factors[:, None, None]
+        )
         # What a correct reader decodes is exactly what the generator says it stored ...
         np.testing.assert_allclose(decoded, case.pet.stored_values, rtol=1e-6, atol=1e-9)
         # ... and that is the phantom's SUV up to int16 quantisation (half a step per slice).
