@@ -17,6 +17,10 @@ CT_WINDOW_PRESETS: Dict[str, Tuple[float, float]] = {
     "Bone": (1500.0, 450.0),
 }
 DEFAULT_CT_PRESET = "Mediastinum"
+# PET colour tables Slicer provides (procedural colour nodes present in every scene).
+PET_COLORMAPS: Tuple[str, ...] = ("PET-Heat", "PET-Rainbow2", "PET-DICOM")
+DEFAULT_PET_COLORMAP = "PET-Heat"
+DEFAULT_PET_OPACITY = 0.5
 # (min, max) SUV mapped onto the PET colour map by default.
 DEFAULT_SUV_WINDOW: Tuple[float, float] = (0.0, 10.0)
 

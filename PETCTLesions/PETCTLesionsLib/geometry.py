@@ -127,6 +127,13 @@ class Grid:
             and np.allclose(self.direction, other.direction, atol=1e-6)
         )
 
+    def describe(self) -> str:
+        """Size, spacing and origin in words, for messages."""
+        size = "x".join(str(n) for n in self.size)
+        spacing = "x".join(f"{s:.4g}" for s in self.spacing)
+        origin = ", ".join(f"{o:.2f}" for o in self.origin)
+        return f"{size} voxels of {spacing} mm at ({origin}) LPS"
+
 
 def lps_to_ras_matrix() -> np.ndarray:
     """4x4 matrix flipping the first two axes (LPS <-> RAS; it is its own inverse)."""

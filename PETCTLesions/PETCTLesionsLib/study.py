@@ -39,6 +39,7 @@ from .suv import SUVError, SUVResult, suv_bw_factors
 __all__ = [
     "Cancelled",
     "DicomStudy",
+    "LoadedPet",
     "LoadedStudy",
     "PetCtPair",
     "SeriesInfo",
@@ -46,6 +47,7 @@ __all__ = [
     "describe_scan",
     "format_info",
     "info_report",
+    "load_pet_suv",
     "load_study",
 ]
 
@@ -70,6 +72,9 @@ class SeriesInfo:
     frame_of_reference_uid: str
     warnings: List[str] = field(default_factory=list)
     error: Optional[str] = None  # why the series cannot be loaded as it is
+    # SOPInstanceUID of the file behind each image slice k (the link VOC annotations use);
+    # empty when slices were interpolated and no file matches a slice exactly.
+    slice_sop_instance_uids: List[str] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -107,6 +112,11 @@ class SeriesInfo:
             frame_of_reference_uid=series.frame_of_reference_uid,
             warnings=warnings,
             error=error,
+            slice_sop_instance_uids=(
+                [header.sop_instance_uid for header in geometry.headers]
+                if geometry is not None and not geometry.resampled
+                else []
+            ),
         )
 
 
@@ -296,6 +306,56 @@ def load_study(
         pairing_alternatives=list(pairing.alternatives),
         warnings=list(pairing.warnings) + ct_info.warnings + pet_info.warnings + list(suv.warnings),
     )
+
+
+@dataclass
+class LoadedPet:
+    """One PET series in SUVbw (float32), e.g. to convert a PET that Slicer loaded in Bq/mL."""
+
+    pet_suv: sitk.Image
+    suv: SUVResult
+    series: SeriesInfo
+    warnings: List[str] = field(default_factory=list)
+
+    @property
+    def series_grid(self) -> Grid:
+        return Grid.from_sitk(self.pet_suv)
+
+
+def load_pet_suv(
+    paths: Sequence[PathLike],
+    series_uid: Optional[str] = None,
+    progress: Optional[ProgressCallback] = None,
+    cancel: Optional[CancelCallback] = None,
+) -> LoadedPet:
+    """The PET series under ``paths`` (the one asked for, or the only one) in SUVbw, no CT needed.
+
+    Same geometry rules and errors as :func:`load_study`; ``series.slice_sop_instance_uids``
+    names the file behind each slice, which is how a volume loaded elsewhere is matched.
+    """
+    scan = scan_paths(paths, progress=_sub_progress(progress, 0.0, 0.2), cancel=cancel)
+    candidates = [s for s in scan.series if s.modality == "PT" and (series_uid is None or s.series_uid == series_uid)]
+    where = _paths_text(paths)
+    if not candidates:
+        found = ", ".join(s.label for s in scan.series) or "no image series"
+        wanted = f" with SeriesInstanceUID {series_uid}" if series_uid else ""
+        raise StudyLoadError(f"no PET series{wanted} under {where} (found: {found})")
+    if len(candidates) > 1:
+        listing = "; ".join(s.label for s in candidates)
+        raise StudyLoadError(f"{len(candidates)} PET series under {where}: {listing}; choose one by SeriesInstanceUID")
+    series = candidates[0]
+    geometry = series_geometry(series)
+    suv = suv_bw_factors([h.dataset for h in geometry.headers], source=series.label)  # type: ignore[misc]
+    check_cancel(cancel)
+    image = read_series_image(
+        geometry,
+        slice_scale=suv.factors,
+        integer_output=False,
+        progress=_sub_progress(progress, 0.2, 1.0),
+        cancel=cancel,
+    )
+    info = SeriesInfo.from_series(series, geometry)
+    return LoadedPet(pet_suv=image, suv=suv, series=info, warnings=info.warnings + list(suv.warnings))
 
 
 # --------------------------------------------------------------------------- info report

@@ -269,3 +269,16 @@ def test_progress_rises_to_one_and_cancel_leaves_nothing(tmp_path):
     calls.clear()
     with pytest.raises(Cancelled):  # the last check: before the CT pixels are decoded
         load_study([tmp_path], cancel=lambda: calls.append(1) or len(calls) == 26)
+
+
+def test_load_pet_suv_reads_one_pet_series_without_its_ct_and_refuses_a_folder_without_pet(tmp_path):
+    from PETCTLesionsLib.study import load_pet_suv
+
+    written = _write(tmp_path)
+    pet = load_pet_suv([tmp_path / "PET  AC"])
+    assert Grid.from_sitk(pet.pet_suv).same_as(PET_GRID, tolerance_mm=1e-6)
+    suv = sitk.GetArrayFromImage(pet.pet_suv)
+    assert np.max(np.abs(suv - written.suv) / np.abs(written.suv)) < 1e-6
+    assert pet.series.slice_sop_instance_uids == written.pet.sop_instance_uids
+    with pytest.raises(StudyLoadError, match=r"no PET series under .*2\.000000-5mm-40805.*found: CT series 2"):
+        load_pet_suv([LUNG_DX_CT])

@@ -10,7 +10,9 @@ objects the application would create:
   interaction singletons that the Markups logic looks for);
 - the Colors, Volumes, Segmentations, Markups and SubjectHierarchy module logics, each
   given the application logic before the scene (the order Slicer uses) and reachable as
-  ``slicer.modules.<name>.logic()``, which is how ``slicer.util`` helpers find them.
+  ``slicer.modules.<name>.logic()``, which is how ``slicer.util`` helpers find them;
+- the Red (axial), Yellow (sagittal) and Green (coronal) slice views: slice nodes,
+  slice composite nodes and slice logics registered with the application logic.
 
 Inside the real application (``slicer.app`` exists) :func:`ensure_scene` does nothing but
 return the application's scene, so code that calls it runs unchanged in both places.
@@ -33,6 +35,9 @@ _MODULE_LOGIC_CLASSES = (
     ("SubjectHierarchy", "vtkSlicerSubjectHierarchyModuleLogic"),
 )
 
+# The slice views of Slicer's default layout: (layout name, orientation).
+SLICE_VIEWS = (("Red", "Axial"), ("Yellow", "Sagittal"), ("Green", "Coronal"))
+
 _headless: Optional[HeadlessSlicer] = None
 
 
@@ -53,6 +58,26 @@ class HeadlessSlicer:
                 logic.SetMRMLScene(self.scene)
             self.application_logic.SetModuleLogic(module_name, logic)
             self.module_logics[module_name] = logic
+        self.slice_logics = self._create_slice_views()
+
+    def _create_slice_views(self) -> vtk.vtkCollection:
+        """Red/Yellow/Green slice nodes, composite nodes and slice logics, as Slicer's layout makes them.
+
+        Display code (fused PET/CT, fitting views) then finds the same nodes and logics it
+        finds in the application, through the application logic.
+        """
+        slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(self.scene)
+        logics = vtk.vtkCollection()
+        for layout_name, orientation in SLICE_VIEWS:
+            logic = slicer.vtkMRMLSliceLogic()
+            logic.SetMRMLApplicationLogic(self.application_logic)
+            logic.SetMRMLScene(self.scene)
+            slice_node = logic.AddSliceNode(layout_name)
+            slice_node.SetDefaultOrientation(orientation)
+            slice_node.SetOrientation(orientation)
+            logics.AddItem(logic)
+        self.application_logic.SetSliceLogics(logics)
+        return logics
 
     def install(self) -> None:
         """Make the scene and logics reachable the way Slicer's own Python code looks for them."""
@@ -110,6 +135,14 @@ def ensure_scene() -> slicer.vtkMRMLScene:
         _headless = HeadlessSlicer()
         _headless.install()
     return _headless.scene
+
+
+def application_logic() -> slicer.vtkSlicerApplicationLogic:
+    """The application logic (slice logics, FitSliceToAll, ...): the application's, or the headless one."""
+    if in_slicer_application():
+        return slicer.app.applicationLogic()
+    ensure_scene()
+    return _headless.application_logic
 
 
 def reset_scene() -> slicer.vtkMRMLScene:

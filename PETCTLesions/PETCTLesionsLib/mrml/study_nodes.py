@@ -1,15 +1,43 @@
-"""A PET/CT study as Slicer volume nodes."""
+"""A PET/CT study as Slicer nodes: CT and PET (SUVbw) volumes with their DICOM identity."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Tuple
+from typing import TYPE_CHECKING, List, Optional, Tuple
 
-from .volumes import volume_node_from_image
+import numpy as np
+import SimpleITK as sitk
+import slicer
+
+from .volumes import grid_from_volume_node, volume_node_from_image
 
 if TYPE_CHECKING:
-    import slicer
-
     from ..phantom import PhantomStudy
+    from ..study import LoadedPet, LoadedStudy, SeriesInfo
+
+# How Slicer's PETDICOM extension marks a volume as body-weight SUV (DICOM CID 7180 / UCUM),
+# so that Slicer's data probe and other modules show "SUVbw" for our nodes too.
+SUV_QUANTITY = ("126400", "DCM", "Standardized Uptake Value")
+SUV_BW_UNITS = ("{SUVbw}g/ml", "UCUM", "Standardized Uptake Value body weight")
+# Node attribute listing the SOPInstanceUID of each slice, in slice (k) order, as Slicer's
+# DICOM scalar volume plugin stores it: the link between CT slices and VOC annotations.
+INSTANCE_UIDS_ATTRIBUTE = "DICOM.instanceUIDs"
+
+
+def _coded_entry(value: str, scheme: str, meaning: str) -> slicer.vtkCodedEntry:
+    entry = slicer.vtkCodedEntry()
+    entry.SetValueSchemeMeaning(value, scheme, meaning)
+    return entry
+
+
+def mark_as_suv_bw(pet_node: slicer.vtkMRMLScalarVolumeNode) -> None:
+    """Label the voxel values of ``pet_node`` as body-weight SUV (g/ml)."""
+    pet_node.SetVoxelValueQuantity(_coded_entry(*SUV_QUANTITY))
+    pet_node.SetVoxelValueUnits(_coded_entry(*SUV_BW_UNITS))
+
+
+def is_suv_bw(volume_node: slicer.vtkMRMLScalarVolumeNode) -> bool:
+    units = volume_node.GetVoxelValueUnits()
+    return units is not None and units.GetCodeValue() == SUV_BW_UNITS[0]
 
 
 def add_phantom_volumes(
@@ -18,4 +46,89 @@ def add_phantom_volumes(
     """Add a synthetic study's CT (HU, CT grid) and PET (SUVbw, PET grid) as volume nodes."""
     ct_node = volume_node_from_image(study.ct_grid.to_sitk(study.ct_hu), f"{name_prefix} CT")
     pet_node = volume_node_from_image(study.pet_grid.to_sitk(study.pet_suv), f"{name_prefix} PET SUVbw")
+    mark_as_suv_bw(pet_node)
     return ct_node, pet_node
+
+
+def add_study_nodes(
+    study: LoadedStudy, name_prefix: Optional[str] = None
+) -> Tuple[slicer.vtkMRMLScalarVolumeNode, slicer.vtkMRMLScalarVolumeNode]:
+    """Add a loaded study's CT (HU) and PET (SUVbw) as volume nodes under patient/study items.
+
+    The subject hierarchy gets the items Slicer's DICOM module creates (patient and study
+    items carrying their DICOM UIDs, one series item per volume with its SeriesInstanceUID),
+    so the nodes keep their DICOM identity however they were loaded.
+    """
+    prefix = name_prefix or study.patient_id
+    ct_node = volume_node_from_image(study.ct, f"{prefix} CT")
+    pet_node = volume_node_from_image(study.pet_suv, f"{prefix} PET SUVbw")
+    mark_as_suv_bw(pet_node)
+    study_item = _patient_study_items(study)
+    _add_series_item(ct_node, study.ct_series, study_item)
+    _add_series_item(pet_node, study.pet_series, study_item)
+    return ct_node, pet_node
+
+
+def _patient_study_items(study: LoadedStudy) -> int:
+    """The subject hierarchy study item of ``study`` (created with its patient item when missing)."""
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
+    constants = slicer.vtkMRMLSubjectHierarchyConstants
+    uid_name = constants.GetDICOMUIDName()
+    patient_item = hierarchy.GetItemByUID(uid_name, study.patient_id)
+    if not patient_item:
+        patient_item = hierarchy.CreateSubjectItem(hierarchy.GetSceneItemID(), study.patient_id)
+        hierarchy.SetItemUID(patient_item, uid_name, study.patient_id)
+        hierarchy.SetItemAttribute(patient_item, constants.GetDICOMPatientIDAttributeName(), study.patient_id)
+    study_item = hierarchy.GetItemByUID(uid_name, study.study_uid)
+    if not study_item:
+        study_item = hierarchy.CreateStudyItem(patient_item, f"Study {study.study_uid[-8:]}")
+        hierarchy.SetItemUID(study_item, uid_name, study.study_uid)
+        hierarchy.SetItemAttribute(study_item, constants.GetDICOMStudyInstanceUIDAttributeName(), study.study_uid)
+    return study_item
+
+
+def _add_series_item(node: slicer.vtkMRMLScalarVolumeNode, series: SeriesInfo, study_item: int) -> None:
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
+    constants = slicer.vtkMRMLSubjectHierarchyConstants
+    item = hierarchy.GetItemByDataNode(node)
+    if item:
+        hierarchy.SetItemParent(item, study_item)
+    else:  # nodes added while the scene had no subject hierarchy node yet have no item
+        item = hierarchy.CreateItem(study_item, node)
+    hierarchy.SetItemUID(item, constants.GetDICOMUIDName(), series.series_uid)
+    hierarchy.SetItemAttribute(item, constants.GetDICOMSeriesModalityAttributeName(), series.modality)
+    if series.series_number is not None:
+        hierarchy.SetItemAttribute(item, constants.GetDICOMSeriesNumberAttributeName(), str(series.series_number))
+    if series.slice_sop_instance_uids:
+        node.SetAttribute(INSTANCE_UIDS_ATTRIBUTE, " ".join(series.slice_sop_instance_uids))
+
+
+def slice_sop_instance_uids(volume_node: slicer.vtkMRMLVolumeNode) -> List[str]:
+    """SOPInstanceUID of each slice k of a volume loaded from DICOM (empty when unknown)."""
+    value = volume_node.GetAttribute(INSTANCE_UIDS_ATTRIBUTE)
+    return value.split() if value else []
+
+
+def convert_pet_node_to_suv(pet_node: slicer.vtkMRMLScalarVolumeNode, pet: LoadedPet) -> None:
+    """Replace the voxels of a PET node Slicer loaded from DICOM (Bq/mL or counts) by SUVbw.
+
+    ``pet`` is the same series read by :func:`PETCTLesionsLib.study.load_pet_suv`. The node
+    keeps its place in the scene and subject hierarchy (its DICOM identity); only values and
+    their units change. Refuses when the node and the files do not describe the same slices
+    in the same order at the same place, since the values would then land on wrong voxels.
+    """
+    name = pet_node.GetName()
+    node_grid = grid_from_volume_node(pet_node)
+    pet_grid = pet.series_grid
+    if not node_grid.same_as(pet_grid, tolerance_mm=1e-3):
+        raise ValueError(
+            f"PET volume {name!r} does not lie where its DICOM files {pet.series.label} put it "
+            f"(node: {node_grid.describe()}; files: {pet_grid.describe()})"
+        )
+    node_uids = slice_sop_instance_uids(pet_node)
+    if node_uids and pet.series.slice_sop_instance_uids and node_uids != pet.series.slice_sop_instance_uids:
+        raise ValueError(f"PET volume {name!r} has its slices in another order than {pet.series.label}")
+    slicer.util.updateVolumeFromArray(pet_node, np.ascontiguousarray(sitk.GetArrayViewFromImage(pet.pet_suv)))
+    mark_as_suv_bw(pet_node)
+    if pet.series.slice_sop_instance_uids and not node_uids:
+        pet_node.SetAttribute(INSTANCE_UIDS_ATTRIBUTE, " ".join(pet.series.slice_sop_instance_uids))

@@ -1,0 +1,169 @@
+"""Loading a study through Slicer's DICOM database: the pairs offered to the user, the PET turned
+into SUVbw in place (identity kept), and nothing left behind when a load fails.
+
+The DICOM database and its scalar volume plugin exist only in the application, so they are the
+one thing replaced here: a dictionary of files and a loader that reads a series the way the
+plugin does (ITK's GDCM series reader, slices by position, SOPInstanceUIDs in DICOM.instanceUIDs).
+Everything else is the real code on a real scene.
+"""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+
+from PETCTLesionsLib.dicom_writer import (
+    PatientInfo,
+    PetAcquisition,
+    StudyInfo,
+    make_uid,
+    write_ct_series,
+    write_pet_series,
+)
+from PETCTLesionsLib.geometry import Grid
+from PETCTLesionsLib.study import StudyLoadError
+
+CT_GRID = Grid(size=(24, 20, 10), spacing=(1.2, 1.2, 3.0), origin=(-14.0, -12.0, -15.0))
+PET_GRID = Grid(size=(10, 8, 7), spacing=(4.0, 4.0, 4.0), origin=(-18.0, -14.0, -12.0))
+
+
+def _write_study(root: Path, number: int, with_ct: bool = True) -> Dict[str, object]:
+    rng = np.random.default_rng(number)
+    study = StudyInfo(
+        patient=PatientInfo(f"PAT-{number}", f"Patient^{number}", "F", 50, 60.0 + number),
+        study_uid=make_uid("database study", number),
+        frame_of_reference_uid=make_uid("database frame", number),
+        study_date=datetime.date(2022, 5, number),
+        study_time=datetime.time(10, 0),
+        study_description="PET/CT",
+    )
+    acquisition = PetAcquisition(
+        injected_dose_bq=3.0e8,
+        injection_datetime=datetime.datetime(2022, 5, number, 9, 0),
+        series_datetime=datetime.datetime(2022, 5, number, 10, 2),
+    )
+    hu = rng.integers(-1000, 1200, size=CT_GRID.shape)
+    ct = write_ct_series(hu, CT_GRID, study, root / f"patient {number}" / "CT") if with_ct else None
+    pet = write_pet_series(
+        rng.gamma(2.0, 1.3, size=PET_GRID.shape), PET_GRID, study, acquisition, root / f"patient {number}" / "PET"
+    )
+    return {"hu": hu, "ct": ct, "pet": pet, "study": study}
+
+
+class FakeDicomDatabase:
+    """What the module asks ctkDICOMDatabase: files of a series, the file of an instance."""
+
+    def __init__(self, root: Path) -> None:
+        self.series_files: Dict[str, List[str]] = {}
+        self.instance_files: Dict[str, str] = {}
+        for path in sorted(root.rglob("*.dcm")):
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            self.series_files.setdefault(ds.SeriesInstanceUID, []).append(str(path))
+            self.instance_files[ds.SOPInstanceUID] = str(path)
+
+    def filesForSeries(self, series_uid):  # noqa: N802 - ctk's name
+        return self.series_files.get(series_uid, [])
+
+    def fileForInstance(self, sop_instance_uid):  # noqa: N802 - ctk's name
+        return self.instance_files.get(sop_instance_uid, "")
+
+
+def scalar_plugin_stand_in(database: FakeDicomDatabase, fail_on: str = ""):
+    """Loads a series like Slicer's DICOMScalarVolumePlugin: rescaled values, DICOM.instanceUIDs."""
+
+    def load(series_uid, cancel=None):
+        from PETCTLesionsLib.mrml.volumes import volume_node_from_image
+
+        if series_uid == fail_on:
+            raise RuntimeError("plugin failed")
+        folder = str(Path(database.filesForSeries(series_uid)[0]).parent)
+        files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, series_uid)
+        image = sitk.ReadImage(files, sitk.sitkFloat32)
+        node = volume_node_from_image(image, f"series {series_uid[-6:]}")
+        uids = [pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in files]
+        node.SetAttribute("DICOM.instanceUIDs", " ".join(uids))
+        return [node.GetID()]
+
+    return load
+
+
+def test_choices_pair_each_pet_with_its_ct_and_name_what_cannot_be_paired(tmp_path):
+    from PETCTLesionsLib.mrml.dicom_database import pet_ct_choices
+
+    first, second = _write_study(tmp_path, 1), _write_study(tmp_path, 2)
+    _write_study(tmp_path / "orphan", 3, with_ct=False)
+
+    choices, problems = pet_ct_choices([tmp_path])
+
+    by_patient = {choice.patient_id: choice for choice in choices}
+    assert sorted(by_patient) == ["PAT-1", "PAT-2"]
+    for patient, written in (("PAT-1", first), ("PAT-2", second)):
+        assert by_patient[patient].pet_series_uid == written["pet"].series_uid
+        assert by_patient[patient].ct_series_uid == written["ct"].series_uid
+        assert by_patient[patient].study_uid == written["study"].study_uid
+        assert by_patient[patient].label.startswith(f"{patient} 2022")
+    assert problems.startswith("PT series") and "no CT" in problems
+
+
+def test_loading_a_pair_gives_ct_in_hu_and_the_loaded_pet_converted_to_suv(mrml_scene, tmp_path):
+    import slicer
+
+    from PETCTLesionsLib.mrml.dicom_database import DicomDatabaseStudyLoader, pet_ct_choices
+    from PETCTLesionsLib.mrml.study_nodes import is_suv_bw
+
+    written = _write_study(tmp_path, 4)
+    database = FakeDicomDatabase(tmp_path)
+    (choice,) = pet_ct_choices([tmp_path])[0]
+    steps = []
+
+    ct_node, pet_node = DicomDatabaseStudyLoader(database, scalar_plugin_stand_in(database)).load(
+        choice, progress=lambda fraction, message: steps.append(fraction)
+    )
+
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(ct_node), written["hu"])
+    suv = slicer.util.arrayFromVolume(pet_node)
+    assert np.max(np.abs(suv - written["pet"].stored_values) / written["pet"].stored_values) < 1e-5
+    assert is_suv_bw(pet_node) and not is_suv_bw(ct_node)
+    assert pet_node.GetName() == f"series {choice.pet_series_uid[-6:]}"  # the plugin's node, kept
+    assert steps[0] == 0.0 and steps[-1] == 1.0 and steps == sorted(steps)
+    assert mrml_scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 2
+
+
+def test_a_failed_load_leaves_no_half_loaded_study_and_says_why(mrml_scene, tmp_path):
+    from PETCTLesionsLib.mrml.dicom_database import DicomDatabaseStudyLoader, PetCtChoice, pet_ct_choices
+
+    _write_study(tmp_path, 5)
+    database = FakeDicomDatabase(tmp_path)
+    (choice,) = pet_ct_choices([tmp_path])[0]
+
+    with pytest.raises(RuntimeError, match="plugin failed"):
+        DicomDatabaseStudyLoader(database, scalar_plugin_stand_in(database, fail_on=choice.pet_series_uid)).load(choice)
+    assert mrml_scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 0  # the CT was removed again
+
+    missing = PetCtChoice("PAT-5", choice.study_uid, "1.2.3.4", choice.ct_series_uid, "x", "rule")
+    with pytest.raises(StudyLoadError, match=r"series 1\.2\.3\.4 is not in the DICOM database; import its folder"):
+        DicomDatabaseStudyLoader(database, scalar_plugin_stand_in(database)).load(missing)
+    assert mrml_scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 0
+
+
+def test_a_pet_volume_without_dicom_identity_is_refused_not_guessed(mrml_scene, tmp_path):
+    from PETCTLesionsLib.mrml.dicom_database import DicomDatabaseStudyLoader
+    from PETCTLesionsLib.mrml.study_nodes import mark_as_suv_bw
+    from PETCTLesionsLib.mrml.volumes import volume_node_from_image
+
+    node = volume_node_from_image(PET_GRID.to_sitk(np.ones(PET_GRID.shape, np.float32) * 5000.0), "PET from NIfTI")
+    loader = DicomDatabaseStudyLoader(FakeDicomDatabase(tmp_path), scalar_plugin_stand_in(FakeDicomDatabase(tmp_path)))
+    with pytest.raises(StudyLoadError, match="'PET from NIfTI' is not in SUV and its DICOM files are not in"):
+        loader.convert_to_suv(node)
+
+    mark_as_suv_bw(node)  # e.g. loaded by the PETDICOM extension's SUV plugin: used as it is
+    loader.convert_to_suv(node)
+    import slicer
+
+    assert float(slicer.util.arrayFromVolume(node).max()) == 5000.0
