@@ -59,6 +59,39 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_convert(args: argparse.Namespace) -> int:
+    try:
+        from .mrml.convert import ConvertOptions, convert
+    except ImportError as error:
+        raise ValueError(
+            f"convert builds Slicer's own nodes and needs the slicer-core package ({error}); "
+            "install it with: pip install 'slicer-core==5.13.31053.0'"
+        ) from error
+    if args.nnunet and not args.case:
+        raise ValueError("--nnunet needs --case (the case id to import)")
+    for path in [*(args.dicom or []), args.voc, args.nnunet]:
+        if path is not None and not Path(path).exists():
+            raise FileNotFoundError(f"{path}: no such file or folder")
+    exports = set(args.export.split(","))
+    unknown = exports - {"voc", "nnunet"}
+    if unknown:
+        raise ValueError(f"--export: unknown format(s) {', '.join(sorted(unknown))}; use voc, nnunet or voc,nnunet")
+    options = ConvertOptions(
+        voc_dir=Path(args.voc) if args.voc else None,
+        nnunet_dataset=Path(args.nnunet) if args.nnunet else None,
+        case_id=args.case,
+        per_lesion=not args.one_segment,
+        voc_from_segmentation=args.voc_from_segmentation,
+        boxes_as_labels=args.boxes_as_labels,
+        export_voc="voc" in exports,
+        export_nnunet="nnunet" in exports,
+        overwrite=args.overwrite,
+    )
+    report = convert([Path(p) for p in args.dicom or []], Path(args.out), options)
+    print(report.text())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="petct-lesions",
@@ -115,6 +148,30 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--size", choices=("small", "full"), default="full", help="grid size (default full)")
     demo.add_argument("--overwrite", action="store_true", help="replace files from an earlier run")
     demo.set_defaults(func=_cmd_demo)
+
+    conv = commands.add_parser(
+        "convert",
+        help="import a study and its annotations into Slicer's representation and export VOC and/or nnU-Net",
+        description="Load every PET/CT (or CT-only) study under --dicom, import the VOC boxes (--voc) and/or an "
+        "nnU-Net label (--nnunet/--case) as Slicer ROI boxes and lesion segments, and export from there: "
+        "VOC XML in OUT/Annotation/<patient>/ and an nnU-Net case in OUT/nnUNet_raw/. Works over many "
+        "patients in one run. Existing files are never replaced unless --overwrite is given.",
+    )
+    conv.add_argument("--dicom", nargs="+", help="DICOM files or folders (any layout, several patients)")
+    conv.add_argument("--voc", help="Lung-PET-CT-Dx Annotation folder (with <A0001>/ subfolders) or one patient's")
+    conv.add_argument("--nnunet", help="nnU-Net raw dataset folder to import a case from")
+    conv.add_argument("--case", help="case id in --nnunet (spaces allowed; quote it)")
+    conv.add_argument("--out", required=True, help="output folder")
+    conv.add_argument("--export", default="voc,nnunet", help="what to write: voc, nnunet or voc,nnunet (default)")
+    conv.add_argument("--one-segment", action="store_true", help="import a label as one segment, not one per lesion")
+    conv.add_argument("--voc-from-segmentation", action="store_true", help="also write each lesion's box per CT slice")
+    conv.add_argument(
+        "--boxes-as-labels",
+        action="store_true",
+        help="without a segmentation, write the VOC boxes filled as the nnU-Net label (said in the output)",
+    )
+    conv.add_argument("--overwrite", action="store_true", help="replace files from an earlier run")
+    conv.set_defaults(func=_cmd_convert)
     return parser
 
 

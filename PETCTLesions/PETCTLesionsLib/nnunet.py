@@ -15,6 +15,7 @@ two in a row; every function here takes them as they are.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -69,6 +70,23 @@ def check_case_id(case_id: str) -> str:
     if set(case_id) <= {"."}:
         raise NnUNetError(f"case id {case_id!r} cannot be used as a file name")
     return case_id
+
+
+def case_id_for_study(patient_id: str, study_uid: str, study_date: str = "") -> str:
+    """A case id that names the study and is safe as a file name: ``<PatientID>_<10 hex>_<date>``.
+
+    Like autoPET's ``fdg_<hex>_<date>``: the hex digits come from the StudyInstanceUID (so two
+    studies of one patient on one day differ), the date is the StudyDate (YYYY-MM-DD) when known.
+    The same study always gives the same id.
+    """
+    name = re.sub(r"\s+", " ", _UNSAFE_ID_CHARS.sub("_", patient_id)).strip().strip(".") or "patient"
+    digest = hashlib.sha1(study_uid.encode("ascii", "replace")).hexdigest()[:10]
+    date = study_date.strip()
+    if re.fullmatch(r"\d{8}", date):
+        date = f"{date[:4]}-{date[4:6]}-{date[6:]}"
+    elif not re.fullmatch(r"\d{4}-\d{2}-\d{2}", date):
+        date = "nodate"
+    return check_case_id(f"{name}_{digest}_{date}")
 
 
 def case_paths(dataset_dir: Path, case_id: str, test: bool = False) -> Dict[str, Path]:

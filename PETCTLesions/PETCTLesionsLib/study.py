@@ -358,6 +358,12 @@ def load_pet_suv(
     return LoadedPet(pet_suv=image, suv=suv, series=info, warnings=info.warnings + list(suv.warnings))
 
 
+def load_series_image(series: IndexedSeries, allow_gaps: bool = False) -> Tuple[sitk.Image, SeriesInfo]:
+    """One series (e.g. a CT without PET, for its VOC annotations) as stored values x rescale."""
+    geometry = series_geometry(series, allow_gaps=allow_gaps)
+    return read_series_image(geometry), SeriesInfo.from_series(series, geometry)
+
+
 # --------------------------------------------------------------------------- info report
 
 

@@ -36,6 +36,7 @@ from .dicom_writer import (
     write_pet_series,
 )
 from .fileio import atomic_write_text
+from .lesions import slice_boxes
 from .phantom import PhantomConfig, PhantomStudy, make_phantom
 from .resampling import resample_ct_to_pet
 
@@ -191,12 +192,8 @@ def _move_series(result: SeriesWriteResult, staging: Path, final: Path, overwrit
 def voc_boxes_per_slice(lesion_labels_ct: np.ndarray, class_name: str) -> Dict[int, List[voc.VocBox]]:
     """Tight box of every lesion on every CT slice it crosses: {slice index k: boxes}."""
     boxes: Dict[int, List[voc.VocBox]] = {}
-    for k in np.flatnonzero(lesion_labels_ct.reshape(lesion_labels_ct.shape[0], -1).any(axis=1)):
-        slice_labels = lesion_labels_ct[k]
-        for label in np.unique(slice_labels[slice_labels > 0]):
-            box = voc.tight_box(slice_labels == label, class_name)
-            if box is not None:
-                boxes.setdefault(int(k), []).append(box)
+    for box in slice_boxes(lesion_labels_ct):
+        boxes.setdefault(box.k, []).append(voc.VocBox.from_pixel_ranges(class_name, box.c0, box.r0, box.c1, box.r1))
     return boxes
 
 

@@ -19,6 +19,7 @@ entity expansion (billion laughs, external entities) can never happen.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import xml.etree.ElementTree as ET
@@ -29,7 +30,7 @@ from xml.sax.saxutils import escape
 
 import numpy as np
 
-from .fileio import OutputExistsError, atomic_write_text
+from .fileio import OutputExistsError, atomic_output, atomic_write_text
 
 VALID_CLASSES: Tuple[str, ...] = ("A", "B", "E", "G")
 MAX_XML_BYTES = 1_000_000  # real files are ~0.5 kB; anything this large is not a LabelImg annotation
@@ -339,6 +340,39 @@ def write_voc_annotation(annotation: VocAnnotation, out_dir: Path, overwrite: bo
         raise
     except OSError as error:
         raise VocError(f"{target}: cannot write: {error.strerror or error}") from error
+
+
+def write_voc_folder(annotations: Sequence[VocAnnotation], out_dir: Path, overwrite: bool = False) -> List[Path]:
+    """Write one ``<SOPInstanceUID>.xml`` per annotation into ``out_dir``, all or nothing.
+
+    Everything is checked before the first byte is written (each annotation, duplicate UIDs,
+    existing files unless ``overwrite``); the files are then written to temporary names and
+    renamed together, so a failure part-way leaves no new file behind.
+    """
+    out_dir = Path(out_dir)
+    uids = [annotation.sop_instance_uid for annotation in annotations]
+    for annotation in annotations:
+        _check_annotation(annotation)
+    duplicates = sorted({uid for uid in uids if uids.count(uid) > 1}) if len(set(uids)) != len(uids) else []
+    if duplicates:
+        raise VocError(f"two annotations for one slice: {', '.join(duplicates)}; merge their boxes first")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise VocError(f"{out_dir}: exists and is not a folder")
+    targets = [out_dir / f"{uid}.xml" for uid in uids]
+    existing = [str(target) for target in targets if target.exists()]
+    if existing and not overwrite:
+        shown = ", ".join(existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
+        raise OutputExistsError(f"{shown}: already exist; refusing to overwrite them")
+    try:
+        with contextlib.ExitStack() as stack:
+            for annotation, target in zip(annotations, targets):
+                tmp = stack.enter_context(atomic_output(target, overwrite=overwrite))
+                tmp.write_text(voc_xml_text(annotation, annotation.folder or out_dir.name), encoding="utf-8")
+    except OSError as error:
+        if isinstance(error, OutputExistsError):
+            raise
+        raise VocError(f"{out_dir}: cannot write the VOC files: {error.strerror or error}") from error
+    return targets
 
 
 def _check_annotation(annotation: VocAnnotation) -> None:

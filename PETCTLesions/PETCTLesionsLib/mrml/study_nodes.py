@@ -60,41 +60,59 @@ def add_study_nodes(
     so the nodes keep their DICOM identity however they were loaded.
     """
     prefix = name_prefix or study.patient_id
-    ct_node = volume_node_from_image(study.ct, f"{prefix} CT")
-    pet_node = volume_node_from_image(study.pet_suv, f"{prefix} PET SUVbw")
+    ct_node = add_series_volume(study.ct, study.ct_series, study.patient_id, study.study_uid, f"{prefix} CT")
+    pet_node = add_series_volume(
+        study.pet_suv, study.pet_series, study.patient_id, study.study_uid, f"{prefix} PET SUVbw"
+    )
     mark_as_suv_bw(pet_node)
-    study_item = _patient_study_items(study)
-    _add_series_item(ct_node, study.ct_series, study_item)
-    _add_series_item(pet_node, study.pet_series, study_item)
     return ct_node, pet_node
 
 
-def _patient_study_items(study: LoadedStudy) -> int:
-    """The subject hierarchy study item of ``study`` (created with its patient item when missing)."""
+def add_series_volume(
+    image: sitk.Image, series: SeriesInfo, patient_id: str, study_uid: str, name: str
+) -> slicer.vtkMRMLScalarVolumeNode:
+    """One series' image as a volume node under its patient and study items, with its slice UIDs."""
+    node = volume_node_from_image(image, name)
+    _add_series_item(node, series, _patient_study_items(patient_id, study_uid))
+    return node
+
+
+def _patient_study_items(patient_id: str, study_uid: str) -> int:
+    """The subject hierarchy study item of a study (created with its patient item when missing)."""
     hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
     constants = slicer.vtkMRMLSubjectHierarchyConstants
     uid_name = constants.GetDICOMUIDName()
-    patient_item = hierarchy.GetItemByUID(uid_name, study.patient_id)
+    patient_item = hierarchy.GetItemByUID(uid_name, patient_id)
     if not patient_item:
-        patient_item = hierarchy.CreateSubjectItem(hierarchy.GetSceneItemID(), study.patient_id)
-        hierarchy.SetItemUID(patient_item, uid_name, study.patient_id)
-        hierarchy.SetItemAttribute(patient_item, constants.GetDICOMPatientIDAttributeName(), study.patient_id)
-    study_item = hierarchy.GetItemByUID(uid_name, study.study_uid)
+        patient_item = hierarchy.CreateSubjectItem(hierarchy.GetSceneItemID(), patient_id)
+        hierarchy.SetItemUID(patient_item, uid_name, patient_id)
+        hierarchy.SetItemAttribute(patient_item, constants.GetDICOMPatientIDAttributeName(), patient_id)
+    study_item = hierarchy.GetItemByUID(uid_name, study_uid)
     if not study_item:
-        study_item = hierarchy.CreateStudyItem(patient_item, f"Study {study.study_uid[-8:]}")
-        hierarchy.SetItemUID(study_item, uid_name, study.study_uid)
-        hierarchy.SetItemAttribute(study_item, constants.GetDICOMStudyInstanceUIDAttributeName(), study.study_uid)
+        study_item = hierarchy.CreateStudyItem(patient_item, f"Study {study_uid[-8:]}")
+        hierarchy.SetItemUID(study_item, uid_name, study_uid)
+        hierarchy.SetItemAttribute(study_item, constants.GetDICOMStudyInstanceUIDAttributeName(), study_uid)
     return study_item
+
+
+def place_in_hierarchy(node: slicer.vtkMRMLNode, parent_item: int) -> int:
+    """Put ``node``'s subject hierarchy item under ``parent_item``; returns the item.
+
+    Inside Slicer the subject hierarchy plugins give every new data node an item; headless
+    nothing does, so the item is created here when missing.
+    """
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
+    item = hierarchy.GetItemByDataNode(node)
+    if item:
+        hierarchy.SetItemParent(item, parent_item)
+        return item
+    return hierarchy.CreateItem(parent_item, node)
 
 
 def _add_series_item(node: slicer.vtkMRMLScalarVolumeNode, series: SeriesInfo, study_item: int) -> None:
     hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
     constants = slicer.vtkMRMLSubjectHierarchyConstants
-    item = hierarchy.GetItemByDataNode(node)
-    if item:
-        hierarchy.SetItemParent(item, study_item)
-    else:  # nodes added while the scene had no subject hierarchy node yet have no item
-        item = hierarchy.CreateItem(study_item, node)
+    item = place_in_hierarchy(node, study_item)
     hierarchy.SetItemUID(item, constants.GetDICOMUIDName(), series.series_uid)
     hierarchy.SetItemAttribute(item, constants.GetDICOMSeriesModalityAttributeName(), series.modality)
     if series.series_number is not None:

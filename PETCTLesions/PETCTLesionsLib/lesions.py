@@ -1,0 +1,158 @@
+"""Lesions as connected components of a binary mask, and their VOC boxes on CT slices.
+
+A lesion is a 26-connected component of the mask (voxels touching by a face, an edge or a
+corner belong to one lesion; the autoPET evaluation counts lesions the same way, up to that
+choice of connectivity). Components are numbered 1..N from the largest to the smallest, ties
+broken by position, so the numbering is deterministic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+
+from .voc import VocAnnotation, VocBox
+
+
+class LabelError(ValueError):
+    """A lesion mask is unusable (values other than 0/1, wrong grid); the message says which and why."""
+
+
+def check_binary(values: np.ndarray, what: str) -> None:
+    """Refuse a mask whose voxels are not all 0 or 1 (e.g. a multi-class or probability map)."""
+    unexpected = np.setdiff1d(np.unique(values), [0, 1])
+    if unexpected.size:
+        shown = ", ".join(str(v) for v in unexpected[:5].tolist())
+        raise LabelError(f"{what}: expected values 0 and 1 only, found {shown}{'...' if unexpected.size > 5 else ''}")
+
+
+def label_lesions(mask: np.ndarray) -> Tuple[np.ndarray, int]:
+    """Number the lesions of a binary ``[k, j, i]`` mask: (uint16 map 0..N, N), largest lesion first."""
+    mask = np.asarray(mask)
+    check_binary(mask, "lesion mask")
+    if not mask.any():
+        return np.zeros(mask.shape, np.uint16), 0
+    components = sitk.ConnectedComponent(sitk.GetImageFromArray(mask.astype(np.uint8)), True)
+    ordered = sitk.RelabelComponent(components, sortByObjectSize=True)
+    labels = sitk.GetArrayFromImage(ordered)
+    count = int(labels.max())
+    if count > np.iinfo(np.uint16).max:
+        raise LabelError(
+            f"lesion mask has {count} separate lesions; more than {np.iinfo(np.uint16).max} is not a lesion mask"
+        )
+    return labels.astype(np.uint16), count
+
+
+@dataclass(frozen=True)
+class SliceBox:
+    """One lesion's tight box on one slice: 0-based inclusive columns c0..c1 and rows r0..r1."""
+
+    lesion: int  # lesion number (1-based)
+    k: int  # slice index
+    c0: int
+    r0: int
+    c1: int
+    r1: int
+
+
+def slice_boxes(lesion_map: np.ndarray) -> List[SliceBox]:
+    """The tight box of every lesion on every slice it crosses, ordered by slice then lesion.
+
+    Vectorised: one pass over the lesion voxels, whatever the number of lesions and slices.
+    """
+    k, j, i = np.nonzero(lesion_map)
+    if k.size == 0:
+        return []
+    lesion = lesion_map[k, j, i].astype(np.int64)
+    order = np.lexsort((lesion, k))
+    k, j, i, lesion = k[order], j[order], i[order], lesion[order]
+    key = k.astype(np.int64) * (int(lesion.max()) + 1) + lesion
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    c0, c1 = np.minimum.reduceat(i, starts), np.maximum.reduceat(i, starts)
+    r0, r1 = np.minimum.reduceat(j, starts), np.maximum.reduceat(j, starts)
+    return [
+        SliceBox(int(lesion[s]), int(k[s]), int(a), int(b), int(c), int(d))
+        for s, a, b, c, d in zip(starts, c0, r0, c1, r1)
+    ]
+
+
+def voc_annotations_from_boxes(
+    boxes: Sequence[SliceBox],
+    slice_uids: Sequence[str],
+    width: int,
+    height: int,
+    class_name: str,
+    classes: Optional[Dict[int, str]] = None,
+) -> List[VocAnnotation]:
+    """One VOC annotation per slice with boxes, named by the slice's SOPInstanceUID.
+
+    ``classes`` gives a class per lesion number (default ``class_name`` for all).
+    """
+    by_slice: Dict[int, VocAnnotation] = {}
+    for box in boxes:
+        if not 0 <= box.k < len(slice_uids):
+            raise IndexError(f"box on slice {box.k} but the series has {len(slice_uids)} slices")
+        annotation = by_slice.get(box.k)
+        if annotation is None:
+            annotation = by_slice[box.k] = VocAnnotation(slice_uids[box.k], width=width, height=height)
+        name = (classes or {}).get(box.lesion, class_name)
+        annotation.boxes.append(VocBox.from_pixel_ranges(name, box.c0, box.r0, box.c1, box.r1))
+    return [by_slice[k] for k in sorted(by_slice)]
+
+
+def group_boxes_into_lesions(boxes: Sequence[Tuple[int, int, int, int, int]]) -> List[int]:
+    """Lesion number (1-based) for each box ``(k, c0, r0, c1, r1)``: boxes on adjacent slices
+    that overlap in plane belong to one lesion (VOC files carry no lesion identity)."""
+    parent = list(range(len(boxes)))
+
+    def root(index: int) -> int:
+        while parent[index] != index:
+            parent[index] = parent[parent[index]]
+            index = parent[index]
+        return index
+
+    by_slice: Dict[int, List[int]] = {}
+    for index, box in enumerate(boxes):
+        by_slice.setdefault(box[0], []).append(index)
+    for k, indices in by_slice.items():
+        for index in indices:
+            for other in by_slice.get(k + 1, []) + [o for o in indices if o > index]:
+                if _overlap(boxes[index], boxes[other]):
+                    parent[root(other)] = root(index)
+    numbers: Dict[int, int] = {}
+    result = []
+    for index in sorted(range(len(boxes)), key=lambda n: (boxes[n][0], n)):
+        numbers.setdefault(root(index), len(numbers) + 1)
+    for index in range(len(boxes)):
+        result.append(numbers[root(index)])
+    return result
+
+
+def _overlap(a: Tuple[int, int, int, int, int], b: Tuple[int, int, int, int, int]) -> bool:
+    return a[1] <= b[3] and b[1] <= a[3] and a[2] <= b[4] and b[2] <= a[4]
+
+
+def lesion_extents(lesion_map: np.ndarray, count: int) -> List[Optional[Tuple[slice, slice, slice]]]:
+    """For lesions 1..count, the ``[k, j, i]`` slices of their bounding boxes (None when absent).
+
+    One pass over the lesion voxels, so a few large-volume lesions or hundreds of small ones
+    cost the same as one mask scan.
+    """
+    k, j, i = np.nonzero(lesion_map)
+    extents: List[Optional[Tuple[slice, slice, slice]]] = [None] * count
+    if k.size == 0:
+        return extents
+    lesion = lesion_map[k, j, i].astype(np.int64)
+    order = np.argsort(lesion, kind="stable")
+    lesion, k, j, i = lesion[order], k[order], j[order], i[order]
+    starts = np.flatnonzero(np.r_[True, lesion[1:] != lesion[:-1]])
+    lows = [np.minimum.reduceat(axis, starts) for axis in (k, j, i)]
+    highs = [np.maximum.reduceat(axis, starts) for axis in (k, j, i)]
+    for n, start in enumerate(starts):
+        number = int(lesion[start])
+        if 1 <= number <= count:
+            extents[number - 1] = tuple(slice(int(lo[n]), int(hi[n]) + 1) for lo, hi in zip(lows, highs))  # type: ignore[assignment]
+    return extents

@@ -1,0 +1,207 @@
+"""PASCAL VOC boxes <-> markups ROI nodes lying on their CT slice.
+
+A box becomes a vtkMRMLMarkupsROINode aligned with the CT's voxel axes, centred on the box,
+as wide and high as the box and one slice thick. It carries its class, its slice's
+SOPInstanceUID and the VOC flags as node attributes, and sits in the subject hierarchy
+under "VOC boxes" / "Lesion <n>" beside the CT. Exporting reads the ROI back where the user
+left it: the slice under its centre and the pixels its edges enclose.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import slicer
+import vtk
+
+from ..geometry import Grid
+from ..lesions import group_boxes_into_lesions, slice_boxes, voc_annotations_from_boxes
+from ..voc import VALID_CLASSES, VocAnnotation, VocBox
+from .segmentations import lesion_map_on
+from .study_nodes import place_in_hierarchy, slice_sop_instance_uids
+from .volumes import grid_from_volume_node
+
+CLASS_ATTRIBUTE = "VOC.class"
+SOP_INSTANCE_UID_ATTRIBUTE = "DICOM.instanceUID"
+LESION_ATTRIBUTE = "VOC.lesion"
+FLAG_ATTRIBUTES = ("VOC.pose", "VOC.truncated", "VOC.difficult")
+BOXES_FOLDER = "VOC boxes"
+
+
+@dataclass
+class BoxImport:
+    """What a VOC import made: the ROI nodes, and one message per file or box skipped."""
+
+    nodes: List[slicer.vtkMRMLMarkupsROINode] = field(default_factory=list)
+    skipped: List[str] = field(default_factory=list)
+
+
+def _ct_slices(ct_node: slicer.vtkMRMLScalarVolumeNode) -> Tuple[Grid, List[str]]:
+    uids = slice_sop_instance_uids(ct_node)
+    grid = grid_from_volume_node(ct_node)
+    if len(uids) != grid.size[2]:
+        raise ValueError(
+            f"CT volume {ct_node.GetName()!r} does not know the SOPInstanceUID of each slice "
+            f"({len(uids)} UIDs for {grid.size[2]} slices); VOC boxes need it: load the CT from DICOM"
+        )
+    return grid, uids
+
+
+def add_box_nodes(annotations: Sequence[VocAnnotation], ct_node: slicer.vtkMRMLScalarVolumeNode) -> BoxImport:
+    """One ROI node per box of ``annotations`` on the CT slice its file names; the rest reported."""
+    grid, uids = _ct_slices(ct_node)
+    slice_of = {uid: k for k, uid in enumerate(uids)}
+    width, height = grid.size[0], grid.size[1]
+    result = BoxImport()
+    placed: List[Tuple[int, VocBox]] = []
+    for annotation in annotations:
+        where = str(annotation.source_path or f"{annotation.sop_instance_uid}.xml")
+        k = slice_of.get(annotation.sop_instance_uid)
+        if k is None:
+            result.skipped.append(f"{where}: no slice of CT {ct_node.GetName()!r} has this SOPInstanceUID; skipped")
+            continue
+        if (annotation.width, annotation.height) != (width, height):
+            result.skipped.append(
+                f"{where}: drawn on a {annotation.width}x{annotation.height} image but the CT slice is "
+                f"{width}x{height}; skipped"
+            )
+            continue
+        for index, box in enumerate(annotation.boxes, start=1):
+            problem = box.problem(width, height)
+            if problem:
+                result.skipped.append(f"{where}: object {index} ({box.name or 'no name'}) {problem}; skipped")
+                continue
+            placed.append((k, box))
+    lesions = group_boxes_into_lesions([(k, *box.to_pixel_ranges()) for k, box in placed])
+    folders = _lesion_folders(ct_node, sorted(set(lesions)))
+    for (k, box), lesion in zip(placed, lesions):
+        node = _box_node(box, k, grid, uids[k], lesion)
+        place_in_hierarchy(node, folders[lesion])
+        result.nodes.append(node)
+    return result
+
+
+def _box_node(box: VocBox, k: int, grid: Grid, uid: str, lesion: int) -> slicer.vtkMRMLMarkupsROINode:
+    c0, r0, c1, r1 = box.to_pixel_ranges()
+    centre_ijk = ((c0 + c1) / 2.0, (r0 + r1) / 2.0, float(k))
+    ijk_to_ras = grid.ijk_to_ras()
+    axes = ijk_to_ras[:3, :3] / np.array(grid.spacing)
+    matrix = vtk.vtkMatrix4x4()
+    for row in range(3):
+        for column in range(3):
+            matrix.SetElement(row, column, float(axes[row, column]))
+        matrix.SetElement(row, 3, float((ijk_to_ras @ np.array([*centre_ijk, 1.0]))[row]))
+    node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", f"Lesion {lesion} {box.name} slice {k + 1}")
+    node.CreateDefaultDisplayNodes()
+    node.SetAndObserveObjectToNodeMatrix(matrix)
+    node.SetSize((c1 - c0 + 1) * grid.spacing[0], (r1 - r0 + 1) * grid.spacing[1], grid.spacing[2])
+    node.SetAttribute(CLASS_ATTRIBUTE, box.name)
+    node.SetAttribute(SOP_INSTANCE_UID_ATTRIBUTE, uid)
+    node.SetAttribute(LESION_ATTRIBUTE, str(lesion))
+    for attribute, value in zip(FLAG_ATTRIBUTES, (box.pose, box.truncated, box.difficult)):
+        node.SetAttribute(attribute, str(value))
+    return node
+
+
+def _lesion_folders(ct_node: slicer.vtkMRMLScalarVolumeNode, lesions: Sequence[int]) -> Dict[int, int]:
+    """Subject hierarchy folders "VOC boxes" / "Lesion <n>" beside the CT (under its study when it has one)."""
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
+    ct_item = hierarchy.GetItemByDataNode(ct_node)
+    parent = hierarchy.GetItemParent(ct_item) if ct_item else hierarchy.GetSceneItemID()
+    boxes_folder = hierarchy.GetItemChildWithName(parent, BOXES_FOLDER) or hierarchy.CreateFolderItem(
+        parent, BOXES_FOLDER
+    )
+    folders = {}
+    for lesion in lesions:
+        name = f"Lesion {lesion}"
+        folders[lesion] = hierarchy.GetItemChildWithName(boxes_folder, name) or hierarchy.CreateFolderItem(
+            boxes_folder, name
+        )
+    return folders
+
+
+# ----------------------------------------------------------------------------------------- export
+
+
+def _round_half_up(value: float) -> int:
+    return int(math.floor(value + 0.5))
+
+
+def voc_from_box_nodes(
+    roi_nodes: Sequence[slicer.vtkMRMLMarkupsROINode],
+    ct_node: slicer.vtkMRMLScalarVolumeNode,
+    default_class: Optional[str],
+) -> Tuple[List[VocAnnotation], List[str]]:
+    """VOC annotations (one per CT slice with boxes) from ROI nodes where the user left them.
+
+    The slice is the one under the ROI's centre; the box is the pixels its edges enclose,
+    clipped to the image. The class is the node's ``VOC.class`` attribute, else ``default_class``
+    (the histology letter of the Patient ID). Boxes off the image or without a class are reported.
+    """
+    grid, uids = _ct_slices(ct_node)
+    width, height = grid.size[0], grid.size[1]
+    ras_to_ijk = np.linalg.inv(grid.ijk_to_ras())
+    by_slice: Dict[int, VocAnnotation] = {}
+    skipped: List[str] = []
+    for node in roi_nodes:
+        name = node.GetName()
+        class_name = node.GetAttribute(CLASS_ATTRIBUTE) or default_class
+        if not class_name:
+            skipped.append(
+                f"box {name!r}: no class (attribute {CLASS_ATTRIBUTE}) and no histology letter in the Patient ID"
+            )
+            continue
+        corners_ijk = _roi_corners_ijk(node, ras_to_ijk)
+        low, high = corners_ijk.min(axis=0), corners_ijk.max(axis=0)
+        k = _round_half_up((low[2] + high[2]) / 2.0)
+        c0, r0 = _round_half_up(low[0] + 0.5), _round_half_up(low[1] + 0.5)
+        c1, r1 = _round_half_up(high[0] - 0.5), _round_half_up(high[1] - 0.5)
+        c0, r0, c1, r1 = max(c0, 0), max(r0, 0), min(c1, width - 1), min(r1, height - 1)
+        if not 0 <= k < len(uids) or c0 > c1 or r0 > r1:
+            skipped.append(f"box {name!r}: lies outside CT {ct_node.GetName()!r}; skipped")
+            continue
+        box = VocBox.from_pixel_ranges(class_name, c0, r0, c1, r1)
+        pose, truncated, difficult = (node.GetAttribute(a) for a in FLAG_ATTRIBUTES)
+        box.pose = pose or box.pose
+        box.truncated = int(truncated or 0)
+        box.difficult = int(difficult or 0)
+        annotation = by_slice.get(k)
+        if annotation is None:
+            annotation = by_slice[k] = VocAnnotation(uids[k], width=width, height=height)
+        annotation.boxes.append(box)
+    return [by_slice[k] for k in sorted(by_slice)], skipped
+
+
+def _roi_corners_ijk(node: slicer.vtkMRMLMarkupsROINode, ras_to_ijk: np.ndarray) -> np.ndarray:
+    object_to_world = node.GetObjectToWorldMatrix()  # includes any transform the ROI is under
+    matrix = np.array([[object_to_world.GetElement(r, c) for c in range(4)] for r in range(4)])
+    half = np.array(node.GetSize()) / 2.0
+    corners = np.array(
+        [[sx * half[0], sy * half[1], sz * half[2], 1.0] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)]
+    )
+    return (ras_to_ijk @ matrix @ corners.T).T[:, :3]
+
+
+def box_nodes_of(ct_node: slicer.vtkMRMLScalarVolumeNode) -> List[slicer.vtkMRMLMarkupsROINode]:
+    """The ROI nodes that are VOC boxes on ``ct_node``'s slices (their SOPInstanceUID is one of its slices)."""
+    uids = set(slice_sop_instance_uids(ct_node))
+    scene = ct_node.GetScene()
+    nodes = [
+        scene.GetNthNodeByClass(n, "vtkMRMLMarkupsROINode")
+        for n in range(scene.GetNumberOfNodesByClass("vtkMRMLMarkupsROINode"))
+    ]
+    return [node for node in nodes if node.GetAttribute(SOP_INSTANCE_UID_ATTRIBUTE) in uids]
+
+
+def voc_from_segmentation(
+    segmentation: slicer.vtkMRMLSegmentationNode, ct_node: slicer.vtkMRMLScalarVolumeNode, class_name: str
+) -> List[VocAnnotation]:
+    """The tight box of every segment (lesion) on every CT slice it crosses, classed ``class_name``."""
+    if class_name not in VALID_CLASSES:
+        raise ValueError(f"class {class_name!r} is not one of {', '.join(VALID_CLASSES)}")
+    grid, uids = _ct_slices(ct_node)
+    lesion_map, _ = lesion_map_on(segmentation, ct_node)
+    return voc_annotations_from_boxes(slice_boxes(lesion_map), uids, grid.size[0], grid.size[1], class_name)

@@ -1,0 +1,55 @@
+"""Lesion numbering, per-slice boxes and case ids: checked against brute force and by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from PETCTLesionsLib.lesions import LabelError, group_boxes_into_lesions, label_lesions, slice_boxes
+from PETCTLesionsLib.nnunet import case_id_for_study
+from PETCTLesionsLib.voc import tight_box
+
+
+def test_lesions_are_26_connected_components_numbered_largest_first():
+    mask = np.zeros((6, 10, 10), np.uint8)
+    mask[1, 1, 1] = 1
+    mask[2, 2, 2] = 1  # touches the first only by a corner: same lesion
+    mask[3:6, 5:9, 5:9] = 1  # the big one
+    labels, count = label_lesions(mask)
+    assert count == 2
+    assert labels[3, 5, 5] == 1 and labels[1, 1, 1] == labels[2, 2, 2] == 2
+    assert label_lesions(np.zeros((2, 2, 2), np.uint8))[1] == 0
+    with pytest.raises(LabelError, match="expected values 0 and 1 only, found 3"):
+        label_lesions(mask * 3)
+
+
+def test_slice_boxes_equal_brute_force_tight_boxes():
+    rng = np.random.default_rng(1)
+    lesion_map = (rng.random((7, 30, 40)) > 0.97).astype(np.uint16) * rng.integers(1, 6, (7, 30, 40)).astype(np.uint16)
+    fast = {(b.k, b.lesion): (b.c0, b.r0, b.c1, b.r1) for b in slice_boxes(lesion_map)}
+    slow = {}
+    for k in range(lesion_map.shape[0]):
+        for lesion in range(1, 6):
+            box = tight_box(lesion_map[k] == lesion, "A")
+            if box is not None:
+                slow[(k, lesion)] = box.to_pixel_ranges()
+    assert fast == slow and len(fast) > 20
+
+
+def test_boxes_on_adjacent_slices_that_overlap_form_one_lesion():
+    boxes = [
+        (3, 10, 10, 20, 20),
+        (4, 15, 15, 25, 25),  # overlaps the first, next slice
+        (5, 100, 100, 110, 110),  # elsewhere
+        (7, 16, 16, 18, 18),  # same place but a slice gap: another lesion
+    ]
+    assert group_boxes_into_lesions(boxes) == [1, 1, 2, 3]
+
+
+def test_case_id_is_deterministic_file_safe_and_names_the_study():
+    case_id = case_id_for_study("Lung_Dx-A0001", "1.2.840.113619.2.55.3", "20070404")
+    assert case_id == case_id_for_study("Lung_Dx-A0001", "1.2.840.113619.2.55.3", "20070404")
+    assert case_id.startswith("Lung_Dx-A0001_") and case_id.endswith("_2007-04-04")
+    assert case_id != case_id_for_study("Lung_Dx-A0001", "1.2.840.113619.2.55.4", "20070404")
+    odd = case_id_for_study("../PAT/1", "1.2", "")
+    assert "/" not in odd and odd.endswith("_nodate")
