@@ -38,6 +38,8 @@ def _best(repeats: int, run, setup=None) -> float:
 
 
 def bench_voc(repeats: int, work: Path) -> None:
+    import slicer
+
     from PETCTLesionsLib.dicom_writer import make_uid
     from PETCTLesionsLib.mrml.boxes import add_box_nodes, box_nodes_of, voc_from_box_nodes
     from PETCTLesionsLib.mrml.study_nodes import INSTANCE_UIDS_ATTRIBUTE
@@ -50,7 +52,7 @@ def bench_voc(repeats: int, work: Path) -> None:
         # A 1000-slice 512x512 CT in a fresh scene: boxes need only its geometry and slice UIDs.
         headless.reset_scene()
         ct = volume_node_from_image(sitk.Image([512, 512, 1000], sitk.sitkUInt8), "CT")
-        ct.SetIJKToRASMatrix(_vtk_matrix(grid.ijk_to_ras()))
+        ct.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(grid.ijk_to_ras()))
         ct.SetAttribute(INSTANCE_UIDS_ATTRIBUTE, " ".join(uids))
         return ct
 
@@ -83,16 +85,6 @@ def bench_voc(repeats: int, work: Path) -> None:
     export_s = _best(repeats, export_run, fresh_folder)
     print(f"VOC import of 1000 slices (XML -> ROI nodes): {import_s:.2f} s")
     print(f"VOC export of 1000 slices (ROI nodes -> XML): {export_s:.2f} s (goal < 1 s)")
-
-
-def _vtk_matrix(array):
-    import vtk
-
-    matrix = vtk.vtkMatrix4x4()
-    for r in range(4):
-        for c in range(4):
-            matrix.SetElement(r, c, float(array[r, c]))
-    return matrix
 
 
 def bench_nnunet(repeats: int, work: Path) -> None:

@@ -15,7 +15,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import slicer
-import vtk
 
 from ..geometry import Grid
 from ..lesions import group_boxes_into_lesions, slice_boxes, voc_annotations_from_boxes
@@ -87,13 +86,12 @@ def add_box_nodes(annotations: Sequence[VocAnnotation], ct_node: slicer.vtkMRMLS
 def _box_node(box: VocBox, k: int, grid: Grid, uid: str, lesion: int) -> slicer.vtkMRMLMarkupsROINode:
     c0, r0, c1, r1 = box.to_pixel_ranges()
     centre_ijk = ((c0 + c1) / 2.0, (r0 + r1) / 2.0, float(k))
+    # Object axes = the CT's voxel axes (unit length), origin = the box centre.
     ijk_to_ras = grid.ijk_to_ras()
-    axes = ijk_to_ras[:3, :3] / np.array(grid.spacing)
-    matrix = vtk.vtkMatrix4x4()
-    for row in range(3):
-        for column in range(3):
-            matrix.SetElement(row, column, float(axes[row, column]))
-        matrix.SetElement(row, 3, float((ijk_to_ras @ np.array([*centre_ijk, 1.0]))[row]))
+    object_to_node = np.eye(4)
+    object_to_node[:3, :3] = ijk_to_ras[:3, :3] / np.array(grid.spacing)
+    object_to_node[:3, 3] = (ijk_to_ras @ np.array([*centre_ijk, 1.0]))[:3]
+    matrix = slicer.util.vtkMatrixFromArray(object_to_node)
     node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", f"Lesion {lesion} {box.name} slice {k + 1}")
     node.CreateDefaultDisplayNodes()
     node.SetAndObserveObjectToNodeMatrix(matrix)

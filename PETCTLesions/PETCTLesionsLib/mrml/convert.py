@@ -25,7 +25,7 @@ from ..study import load_series_image, load_study
 from .boxes import add_box_nodes, box_nodes_of, voc_from_box_nodes, voc_from_segmentation
 from .headless import ensure_scene, in_slicer_application, reset_scene
 from .segmentations import mask_on, segmentation_from_mask
-from .study_nodes import add_series_volume, add_study_nodes, mark_as_suv_bw
+from .study_nodes import add_series_volume, add_study_nodes, mark_as_suv_bw, slice_sop_instance_uids
 from .volumes import grid_from_volume_node, image_from_volume_node, volume_node_from_image
 
 NNUNET_DATASET_NAME = "Dataset901_PETCTLesionsConverted"
@@ -189,7 +189,7 @@ def _export(nodes: _StudyNodes, out_dir: Path, options: ConvertOptions, report: 
 
 
 def _export_voc(nodes: _StudyNodes, out_dir: Path, options: ConvertOptions, report: ConvertReport) -> None:
-    if not nodes.ct.GetAttribute("DICOM.instanceUIDs"):
+    if not slice_sop_instance_uids(nodes.ct):
         return
     default_class = voc.histology_class(nodes.patient_id)
     annotations, skipped = voc_from_box_nodes(box_nodes_of(nodes.ct), nodes.ct, default_class)
@@ -266,8 +266,7 @@ def export_nnunet_case(
 def _filled_boxes_on_pet_grid(nodes: _StudyNodes) -> sitk.Image:
     annotations, _ = voc_from_box_nodes(box_nodes_of(nodes.ct), nodes.ct, default_class="box")
     ct_grid = grid_from_volume_node(nodes.ct)
-    uids = (nodes.ct.GetAttribute("DICOM.instanceUIDs") or "").split()
-    slice_of = {uid: k for k, uid in enumerate(uids)}
+    slice_of = {uid: k for k, uid in enumerate(slice_sop_instance_uids(nodes.ct))}
     filled = np.zeros(ct_grid.shape, np.uint8)
     for annotation in annotations:
         k = slice_of[annotation.sop_instance_uid]

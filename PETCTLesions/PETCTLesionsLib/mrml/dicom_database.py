@@ -22,7 +22,7 @@ import slicer
 
 from ..dicom_index import CancelCallback, ProgressCallback, check_cancel, scan_paths
 from ..study import StudyLoadError, describe_scan, load_pet_suv
-from .study_nodes import convert_pet_node_to_suv, is_suv_bw
+from .study_nodes import convert_pet_node_to_suv, is_suv_bw, slice_sop_instance_uids
 
 # Slicer's scalar volume plugin: plain CT and PET volumes (the PET then converted to SUV here).
 SCALAR_VOLUME_PLUGIN = "DICOMScalarVolumePlugin"
@@ -135,7 +135,7 @@ class DicomDatabaseStudyLoader:
         """Make a PET node loaded from the database hold SUVbw (nothing to do when it already does)."""
         if is_suv_bw(pet_node):
             return
-        uids = (pet_node.GetAttribute("DICOM.instanceUIDs") or "").split()
+        uids = slice_sop_instance_uids(pet_node)
         files = [self._database.fileForInstance(uid) for uid in uids]
         if not uids or not all(files):
             raise StudyLoadError(

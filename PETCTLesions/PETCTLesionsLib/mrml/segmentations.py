@@ -57,7 +57,7 @@ def segmentation_from_mask(
     lesion_map = np.asarray(lesion_map)
     count = int(lesion_map.max()) if lesion_map.size else 0
     grid = Grid.from_sitk(mask)
-    image_to_world = _vtk_matrix(grid.ijk_to_ras())
+    image_to_world = slicer.util.vtkMatrixFromArray(grid.ijk_to_ras())
     segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
     try:
         segmentation.CreateDefaultDisplayNodes()
@@ -78,19 +78,11 @@ def segmentation_from_mask(
 def _geometry_node(grid: Grid) -> slicer.vtkMRMLScalarVolumeNode:
     """A volume node with ``grid``'s geometry and a 1-voxel image, only to set reference geometry."""
     node = slicer.vtkMRMLScalarVolumeNode()
-    node.SetIJKToRASMatrix(_vtk_matrix(grid.ijk_to_ras()))
+    node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(grid.ijk_to_ras()))
     image = vtk.vtkImageData()
     image.SetExtent(0, grid.size[0] - 1, 0, grid.size[1] - 1, 0, grid.size[2] - 1)
     node.SetAndObserveImageData(image)
     return node
-
-
-def _vtk_matrix(array: np.ndarray) -> vtk.vtkMatrix4x4:
-    matrix = vtk.vtkMatrix4x4()
-    for row in range(4):
-        for column in range(4):
-            matrix.SetElement(row, column, float(array[row, column]))
-    return matrix
 
 
 def _add_lesion_segment(
