@@ -8,7 +8,10 @@ RTSTRUCT...), are skipped and counted; DICOM files that cannot be read (truncate
 are reported by name. Identical copies of one instance (same SOPInstanceUID) are kept once.
 
 For uncompressed (native) transfer syntaxes the header scan also records where the pixel data
-start in the file, so that :mod:`dicom_series` can read them with one seek and one read.
+start in the file, so that :mod:`dicom_series` can read them with one seek and one read. Such
+Part 10 files skip dcmread's file-level work: the meta group's transfer syntax and SOP class are
+taken from their bytes and the dataset is read with pydicom's ``read_dataset``; anything else
+goes through ``dcmread``.
 
 PET/CT pairing (:func:`pair_pet_with_ct`): each PT series is paired with a CT series of the
 same study (StudyInstanceUID). When the study has no CT, a CT of another study of the same
@@ -37,6 +40,7 @@ import pydicom
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 from pydicom.uid import (
@@ -59,6 +63,7 @@ PAIRING_RULE = (
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 HEADER_CHUNK_BYTES = 64 * 1024
 PIXEL_DATA_TAG = 0x7FE00010
+PIXEL_DATA_TAGS = frozenset((0x7FE00008, 0x7FE00009, PIXEL_DATA_TAG))  # float, double float, integer pixels
 # Transfer syntaxes whose pixel data lie in the file as plain little/big-endian integers.
 NATIVE_TRANSFER_SYNTAXES: Dict[str, Tuple[bool, str]] = {
     str(ImplicitVRLittleEndian): (True, "<"),
@@ -277,10 +282,13 @@ class _HeaderValues:
     def __init__(self, ds: Dataset, text_cache: Dict[Tuple[int, bytes], str]):
         self.ds = ds
         self.text_cache = text_cache
+        # A plain dict of the top-level elements: looking 25 tags up through Dataset.get_item
+        # (tag normalisation, deferred-read checks) cost a third of this class's time.
+        self.elements: Dict[int, Any] = dict(ds.items())
 
     def _element(self, keyword: str) -> Tuple[Optional[RawDataElement], Any]:
         """(the raw element or None when already converted, value); value None when absent or empty."""
-        element = self.ds.get_item(keyword_tag(keyword))
+        element = self.elements.get(keyword_tag(keyword))
         if element is None:
             return None, None
         if isinstance(element, RawDataElement):
@@ -396,12 +404,22 @@ def _pixel_data_location(handle: Any, transfer_syntax: str, file_size: int, path
     return offset, length
 
 
-def _read_dataset(handle: Any, file_size: int, force: bool) -> Tuple[Dataset, int]:
+@dataclass
+class _RawHeader:
+    """A header as read from a file: the dataset (no pixels), where reading stopped, and the meta values."""
+
+    dataset: Dataset
+    pixel_start: int  # file position of the element that stopped the reading (pixel data), or the end
+    transfer_syntax: str  # "" when the file has no meta information
+    sop_class: str
+
+
+def _read_dataset(handle: Any, file_size: int, force: bool) -> _RawHeader:
     """The header (pydicom, ``stop_before_pixels``) and the file position where reading stopped.
 
-    dcmread leaves the stream at the start of the top-level pixel data element. The first
-    64 KiB are parsed from memory, which is about 10% faster than through a file object; a
-    header that does not end inside them is parsed again from the file.
+    Reading stops at the start of the top-level pixel data element. The first 64 KiB are
+    parsed from memory, which is about 10% faster than through a file object; a header that
+    does not end inside them is parsed again from the file.
     """
     if force:  # a file without the DICM marker: probably not DICOM, so keep pydicom's complaints quiet
         with warnings.catch_warnings():
@@ -410,22 +428,74 @@ def _read_dataset(handle: Any, file_size: int, force: bool) -> Tuple[Dataset, in
     return _read_dataset_from(handle, file_size, force)
 
 
-def _read_dataset_from(handle: Any, file_size: int, force: bool) -> Tuple[Dataset, int]:
+def _read_dataset_from(handle: Any, file_size: int, force: bool) -> _RawHeader:
     handle.seek(0)
     chunk = handle.read(HEADER_CHUNK_BYTES)
     buffer = io.BytesIO(chunk)
     try:
-        ds = pydicom.dcmread(buffer, stop_before_pixels=True, force=force)
+        header = None if force else _read_native_part10(chunk, buffer)
+        if header is None:
+            buffer.seek(0)
+            header = _with_meta_values(pydicom.dcmread(buffer, stop_before_pixels=True, force=force), buffer.tell())
         # Stopping short of the chunk's end (room for the pixel element's 12-byte header) means
         # the header was complete; at the end it may have been cut by the chunk.
-        if len(chunk) == file_size or buffer.tell() < len(chunk) - 12:
-            return ds, buffer.tell()
+        if len(chunk) == file_size or header.pixel_start < len(chunk) - 12:
+            return header
     except Exception:
         if len(chunk) == file_size:
             raise
     handle.seek(0)
-    ds = pydicom.dcmread(handle, stop_before_pixels=True, force=force)
-    return ds, handle.tell()
+    return _with_meta_values(pydicom.dcmread(handle, stop_before_pixels=True, force=force), handle.tell())
+
+
+def _with_meta_values(ds: Dataset, pixel_start: int) -> _RawHeader:
+    meta = getattr(ds, "file_meta", None)
+    transfer_syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    sop_class = str(meta.get("MediaStorageSOPClassUID", "")) if meta is not None else ""
+    return _RawHeader(ds, pixel_start, transfer_syntax, sop_class)
+
+
+def _read_native_part10(data: bytes, buffer: io.BytesIO) -> Optional[_RawHeader]:
+    """The header of a Part 10 file (``data``, the bytes in ``buffer``) with a native transfer syntax, or None.
+
+    dcmread spends about a quarter of its time around the dataset: converting the meta group,
+    probing for a command set. For the usual file (a well-formed explicit little-endian meta group
+    and a native transfer syntax) the meta group's two needed values are taken from their bytes
+    and the dataset is read by pydicom's own ``read_dataset`` (which also notices a dataset
+    whose VR encoding contradicts the transfer syntax). Anything unusual returns None.
+    """
+    meta: Dict[int, bytes] = {}
+    position = 132  # preamble and "DICM", checked by _sniff
+    while position + 8 <= len(data):
+        group, element = struct.unpack_from("<HH", data, position)
+        if group != 0x0002:
+            break
+        vr = data[position + 4 : position + 6]
+        if not (vr.isalpha() and vr.isupper()):
+            return None  # an implicit VR meta group (not conformant): dcmread copes
+        if vr in _LONG_LENGTH_VRS:
+            (length,) = struct.unpack_from("<I", data, position + 8)
+            value_start = position + 12
+        else:
+            (length,) = struct.unpack_from("<H", data, position + 6)
+            value_start = position + 8
+        if length == 0xFFFFFFFF or value_start + length > len(data):
+            return None
+        meta[element] = data[value_start : value_start + length]
+        position = value_start + length
+    transfer_syntax = meta.get(0x0010, b"").decode("ascii", errors="replace").strip(" \x00")
+    encoding = NATIVE_TRANSFER_SYNTAXES.get(transfer_syntax)
+    if encoding is None or not meta:
+        return None
+    implicit, byte_order = encoding
+    buffer.seek(position)
+    ds = read_dataset(buffer, implicit, byte_order == "<", stop_when=_at_pixel_data)
+    sop_class = meta.get(0x0002, b"").decode("ascii", errors="replace").strip(" \x00")
+    return _RawHeader(ds, buffer.tell(), transfer_syntax, sop_class)
+
+
+def _at_pixel_data(tag: int, vr: Any, length: int) -> bool:
+    return tag in PIXEL_DATA_TAGS
 
 
 def read_slice_header(path: PathLike, text_cache: Optional[Dict[Tuple[int, bytes], str]] = None) -> SliceHeader:
@@ -441,15 +511,14 @@ def read_slice_header(path: PathLike, text_cache: Optional[Dict[Tuple[int, bytes
         file_size = os.fstat(handle.fileno()).st_size
         is_part10 = _sniff(handle)
         try:
-            ds, pixel_start = _read_dataset(handle, file_size, force=not is_part10)
+            raw_header = _read_dataset(handle, file_size, force=not is_part10)
         except Exception as error:  # pydicom raises many types on corrupt input
             if not is_part10:
                 raise NotDicomError("not a DICOM file") from None
             raise DicomReadError(f"{path}: unreadable DICOM header: {error}") from None
+        ds, pixel_start = raw_header.dataset, raw_header.pixel_start
+        transfer_syntax, sop_class = raw_header.transfer_syntax, raw_header.sop_class
         ds.filename = str(path)  # messages (SUV) name the file
-        meta = getattr(ds, "file_meta", None)
-        transfer_syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
-        sop_class = str(meta.get("MediaStorageSOPClassUID", "")) if meta is not None else ""
         if sop_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
             raise NoImageError("DICOMDIR (a directory of other files, not an image)")
         has_image = "Rows" in ds and "Columns" in ds

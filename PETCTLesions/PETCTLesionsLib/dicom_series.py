@@ -368,17 +368,27 @@ def _clear_unused_bits(stored: np.ndarray, header: SliceHeader) -> None:
         np.bitwise_and(stored, (1 << header.bits_stored) - 1, out=stored)
 
 
-def _read_native(header: SliceHeader) -> np.ndarray:
+def _native_dtype(header: SliceHeader) -> np.dtype:
     from .dicom_index import NATIVE_TRANSFER_SYNTAXES
 
-    dtype = _stored_dtype(header, NATIVE_TRANSFER_SYNTAXES[header.transfer_syntax][1])
+    return _stored_dtype(header, NATIVE_TRANSFER_SYNTAXES[header.transfer_syntax][1])
+
+
+def _read_native(header: SliceHeader, into: Optional[np.ndarray] = None) -> np.ndarray:
+    """Stored values of a native slice; read straight into ``into``'s memory when given.
+
+    ``into`` must be a C-contiguous Rows x Columns array of the stored item size; the result is
+    then a view of its memory with the stored dtype. Reading into the output slice saves
+    allocating (and page-faulting) a fresh buffer for every file.
+    """
+    dtype = _native_dtype(header)
     needed = header.rows * header.columns * dtype.itemsize
     if (header.pixel_data_length or 0) < needed:
         raise DicomSeriesError(
             f"{header.path}: the pixel data hold {header.pixel_data_length} bytes; {header.rows} x "
             f"{header.columns} pixels of {header.bits_allocated} bits need {needed}"
         )
-    buffer = bytearray(needed)
+    buffer = bytearray(needed) if into is None else memoryview(into).cast("B")
     with open(header.path, "rb") as handle:
         handle.seek(header.pixel_data_offset)  # type: ignore[arg-type]
         read = handle.readinto(buffer)
@@ -412,6 +422,17 @@ def decode_stored_slice(header: SliceHeader) -> np.ndarray:
     return _read_with_pydicom(header)
 
 
+def _fits_int16(stored: np.ndarray, intercept: int) -> bool:
+    return int(stored.min()) + intercept >= INT16_RANGE[0] and int(stored.max()) + intercept <= INT16_RANGE[1]
+
+
+def _reads_in_place_as_int16(header: SliceHeader) -> bool:
+    """True when the stored values are native 16-bit integers in this machine's byte order."""
+    if header.pixel_data_offset is None or header.bits_allocated != 16:
+        return False
+    return _native_dtype(header).isnative
+
+
 def _default_workers() -> int:
     return max(2, min(8, os.cpu_count() or 1))
 
@@ -440,11 +461,27 @@ class _SliceDecoder:
 
     def fill_int16(self, k: int, out: np.ndarray) -> bool:
         """Write slice k as int16; False when its values do not fit int16."""
-        stored, _, offset = self.rescaled(self.plan[k][0])
+        index = self.plan[k][0]
+        header = self.headers[index]
+        if _reads_in_place_as_int16(header):
+            return self._fill_int16_in_place(header, out)
+        stored, _, offset = self.rescaled(index)
         intercept = int(offset)
-        if int(stored.min()) + intercept < INT16_RANGE[0] or int(stored.max()) + intercept > INT16_RANGE[1]:
+        if not _fits_int16(stored, intercept):
             return False
         np.add(stored, np.int32(intercept), out=out, casting="unsafe")
+        return True
+
+    @staticmethod
+    def _fill_int16_in_place(header: SliceHeader, out: np.ndarray) -> bool:
+        """Read 16-bit native values into ``out`` and add the intercept there (no copy)."""
+        stored = _read_native(header, into=out)  # a view of out's memory with the stored dtype
+        intercept = int(header.rescale_intercept)
+        if not _fits_int16(stored, intercept):
+            return False
+        # Adding in 16-bit arithmetic wraps modulo 2**16; the result is exact because it fits int16
+        # (checked above), whatever the stored signedness and however large the intercept.
+        np.add(out, np.int16((intercept + 32768) % 65536 - 32768), out=out)
         return True
 
     def fill_float32(self, k: int, out: np.ndarray) -> bool:

@@ -338,3 +338,89 @@ def test_signed_values_with_unused_high_bits_are_sign_extended(tmp_path):
     expected = pydicom.dcmread(written.paths[0]).pixel_array
     np.testing.assert_array_equal(sitk.GetArrayFromImage(image)[0], expected)
     assert expected[0, 0] == 0x123 and expected[1, 1] == -5
+
+
+# --------------------------------------------------------------------------- fast paths (issue 3)
+
+
+def _header_fields(header) -> dict:
+    fields = {name: value for name, value in vars(header).items() if name != "dataset"}
+    if header.dataset is not None:
+        fields["dataset"] = {element.tag: (element.VR, element.value) for element in header.dataset}
+    return fields
+
+
+def test_native_header_fast_path_reads_what_dcmread_reads(tmp_path, monkeypatch):
+    from PETCTLesionsLib import dicom_index
+
+    write_pet_series(np.ones(PET_GRID.shape), PET_GRID, STUDY, ACQUISITION, tmp_path / "pt")
+    _write_ct(tmp_path / "ct")
+    paths = [LUNG_DX_CT / "1-13.dcm", sorted((tmp_path / "ct").iterdir())[1], *sorted((tmp_path / "pt").iterdir())[:2]]
+    fast = [read_slice_header(path) for path in paths]
+    monkeypatch.setattr(dicom_index, "_read_native_part10", lambda data, buffer: None)
+    general = [read_slice_header(path) for path in paths]
+
+    syntaxes = [pydicom.uid.ImplicitVRLittleEndian, pydicom.uid.ExplicitVRLittleEndian]
+    assert [h.transfer_syntax for h in fast[:2]] == syntaxes
+    for quick, reference in zip(fast, general):
+        assert _header_fields(quick) == _header_fields(reference)
+
+
+def test_int16_read_in_place_wraps_a_large_intercept_exactly(tmp_path):
+    hu, _ = _write_ct(tmp_path / "ct")
+    shift = 38976  # stored values near 40000 with intercept -40000: the same HU through 16-bit wrap-around
+
+    def shifted(ds):
+        stored = ds.pixel_array.astype(np.int64) + shift
+        ds.PixelData = stored.astype(np.uint16).tobytes()
+        ds.RescaleIntercept = int(ds.RescaleIntercept) - shift
+
+    for path in (tmp_path / "ct").iterdir():
+        _rewrite(path, shifted)
+
+    image = _read([tmp_path / "ct"])
+
+    assert image.GetPixelID() == sitk.sitkInt16
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), hu)
+
+
+def _pet_headers(folder: Path):
+    return series_geometry(_series([folder])).headers
+
+
+def test_suv_factors_from_scanned_headers_equal_fully_converted_datasets(tmp_path):
+    suv = np.random.default_rng(5).gamma(2.0, 1.0, size=PET_GRID.shape)
+    write_pet_series(suv, PET_GRID, STUDY, ACQUISITION, tmp_path / "pt")
+    headers = _pet_headers(tmp_path / "pt")
+    converted = [pydicom.dcmread(h.path, stop_before_pixels=True) for h in headers]
+    for ds in converted:
+        [element.value for element in ds.iterall()]  # converted up front: nothing left to share
+
+    shared = suv_bw_factors([h.dataset for h in headers])
+    direct = suv_bw_factors(converted)
+
+    np.testing.assert_array_equal(shared.factors, direct.factors)
+    assert (shared.decay_time_s, shared.weight_kg, shared.reference_time) == (
+        direct.decay_time_s,
+        direct.weight_kg,
+        direct.reference_time,
+    )
+
+
+@pytest.mark.parametrize("what", ["PatientWeight", "RadionuclideTotalDose"])
+def test_a_series_value_differing_on_one_slice_is_refused_naming_that_file(tmp_path, what):
+    from PETCTLesionsLib.suv import SUVError
+
+    write_pet_series(np.ones(PET_GRID.shape), PET_GRID, STUDY, ACQUISITION, tmp_path / "pt")
+    odd = sorted((tmp_path / "pt").iterdir())[3]
+
+    def change(ds):
+        holder = ds if what == "PatientWeight" else ds.RadiopharmaceuticalInformationSequence[0]
+        setattr(holder, what, float(getattr(holder, what)) * 1.1)
+
+    _rewrite(odd, change)
+    headers = _pet_headers(tmp_path / "pt")
+
+    with pytest.raises(SUVError, match="one series must have one value") as error:
+        suv_bw_factors([h.dataset for h in headers])
+    assert str(odd) in str(error.value) and what in str(error.value)
