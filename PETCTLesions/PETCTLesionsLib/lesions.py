@@ -21,8 +21,20 @@ class LabelError(ValueError):
     """A lesion mask is unusable (values other than 0/1, wrong grid); the message says which and why."""
 
 
+def is_binary(values: np.ndarray) -> bool:
+    """True when every value is 0 or 1, without sorting the volume (np.unique: 0.25 s on 400x400x326)."""
+    values = np.asarray(values)
+    if values.size == 0:
+        return True
+    if values.dtype.kind in "biu":
+        return bool(values.min() >= 0 and values.max() <= 1)
+    return bool(((values == 0) | (values == 1)).all())
+
+
 def check_binary(values: np.ndarray, what: str) -> None:
     """Refuse a mask whose voxels are not all 0 or 1 (e.g. a multi-class or probability map)."""
+    if is_binary(values):
+        return
     unexpected = np.setdiff1d(np.unique(values), [0, 1])
     if unexpected.size:
         shown = ", ".join(str(v) for v in unexpected[:5].tolist())
@@ -35,15 +47,17 @@ def label_lesions(mask: np.ndarray) -> Tuple[np.ndarray, int]:
     check_binary(mask, "lesion mask")
     if not mask.any():
         return np.zeros(mask.shape, np.uint16), 0
-    components = sitk.ConnectedComponent(sitk.GetImageFromArray(mask.astype(np.uint8)), True)
-    ordered = sitk.RelabelComponent(components, sortByObjectSize=True)
-    labels = sitk.GetArrayFromImage(ordered)
-    count = int(labels.max())
+    components = sitk.ConnectedComponent(sitk.GetImageFromArray(mask.astype(np.uint8, copy=False)), True)
+    relabel = sitk.RelabelComponentImageFilter()
+    relabel.SetSortByObjectSize(True)
+    ordered = relabel.Execute(components)
+    count = int(relabel.GetNumberOfObjects())
     if count > np.iinfo(np.uint16).max:
         raise LabelError(
             f"lesion mask has {count} separate lesions; more than {np.iinfo(np.uint16).max} is not a lesion mask"
         )
-    return labels.astype(np.uint16), count
+    # Cast by ITK (multi-threaded) before the copy to numpy: half the bytes of uint32.
+    return sitk.GetArrayFromImage(sitk.Cast(ordered, sitk.sitkUInt16)), count
 
 
 @dataclass(frozen=True)

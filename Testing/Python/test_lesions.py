@@ -53,3 +53,35 @@ def test_case_id_is_deterministic_file_safe_and_names_the_study():
     assert case_id != case_id_for_study("Lung_Dx-A0001", "1.2.840.113619.2.55.4", "20070404")
     odd = case_id_for_study("../PAT/1", "1.2", "")
     assert "/" not in odd and odd.endswith("_nodate")
+
+
+@pytest.mark.parametrize(
+    ("values", "binary"),
+    [
+        (np.array([0, 1, 1], np.uint8), True),
+        (np.array([0, 2], np.uint8), False),
+        (np.array([0, 1, -1], np.int16), False),
+        (np.array([True, False]), True),
+        (np.array([0.0, 1.0]), True),
+        (np.array([0.0, 0.5]), False),
+        (np.array([0.0, np.nan]), False),
+        (np.zeros((0, 3), np.float32), True),
+    ],
+)
+def test_is_binary_without_sorting_matches_the_set_of_values(values, binary):
+    from PETCTLesionsLib.lesions import is_binary
+
+    assert is_binary(values) is binary
+    assert binary == (set(np.unique(values).tolist()) <= {0, 1})
+
+
+def test_lesion_numbering_equals_itks_relabelling_with_many_equal_sizes():
+    import SimpleITK as sitk
+
+    rng = np.random.default_rng(8)
+    mask = (rng.random((9, 40, 50)) > 0.93).astype(np.uint8)  # hundreds of lesions, many of one voxel
+    labels, count = label_lesions(mask)
+    components = sitk.ConnectedComponent(sitk.GetImageFromArray(mask), True)
+    expected = sitk.GetArrayFromImage(sitk.RelabelComponent(components, sortByObjectSize=True))
+    assert labels.dtype == np.uint16 and count == int(expected.max()) > 200
+    np.testing.assert_array_equal(labels, expected)

@@ -375,3 +375,85 @@ def test_bad_splits_are_refused(tmp_path):
     (tmp_path / "splits_final.json").write_text('{"train": [], "val": []}', encoding="utf-8")
     with pytest.raises(NnUNetError, match="splits must be a non-empty list of folds"):
         nnunet.read_splits(tmp_path)
+
+
+# ----------------------------------------------------------------------------------------- parallel gzip
+
+
+@pytest.mark.parametrize("pixel_type", [np.float32, np.int16, np.uint8])
+def test_nifti_gz_is_one_gzip_member_holding_exactly_simpleitks_nifti(tmp_path, monkeypatch, pixel_type):
+    import gzip
+    import zlib
+
+    rng = np.random.default_rng(3)
+    image = _image((rng.gamma(2.0, 1.7, size=(30, 40, 50)) * 100).astype(pixel_type))
+    sitk.WriteImage(image, str(tmp_path / "reference.nii"), useCompression=False)
+    expected = (tmp_path / "reference.nii").read_bytes()
+    # Small chunks: many of them, the last one partial, as a 400x400x326 PET in 4 MiB chunks.
+    monkeypatch.setattr(nnunet, "_DEFLATE_CHUNK_BYTES", 7001)
+
+    path = nnunet.write_nifti_gz(image, tmp_path / "case_0001.nii.gz")
+
+    data = path.read_bytes()
+    stream = zlib.decompressobj(wbits=31)  # exactly one gzip member, nothing after it
+    assert stream.decompress(data) == expected
+    assert stream.eof and stream.unused_data == b""
+    assert gzip.decompress(data) == expected
+    back = sitk.ReadImage(str(path))
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(back), sitk.GetArrayViewFromImage(image))
+    assert (back.GetSpacing(), back.GetOrigin(), back.GetDirection()) == (SPACING, ORIGIN, DIRECTION)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["case_0001.nii.gz", "reference.nii"]
+
+
+def test_nifti_gz_of_a_chunk_multiple_and_of_one_chunk(tmp_path, monkeypatch):
+    import gzip
+
+    image = _image(np.arange(np.prod(SHAPE), dtype=np.float32).reshape(SHAPE))
+    sitk.WriteImage(image, str(tmp_path / "reference.nii"), useCompression=False)
+    expected = (tmp_path / "reference.nii").read_bytes()
+    for chunk_bytes in (len(expected) // 4, len(expected), 1 << 30):
+        assert len(expected) % 4 == 0
+        monkeypatch.setattr(nnunet, "_DEFLATE_CHUNK_BYTES", chunk_bytes)
+        path = nnunet.write_nifti_gz(image, tmp_path / f"{chunk_bytes}.nii.gz")
+        assert gzip.decompress(path.read_bytes()) == expected
+
+
+def test_a_failed_write_leaves_no_file_of_the_case(tmp_path, monkeypatch):
+    dataset = tmp_path / "Dataset901_autoPET"
+    real_deflate = nnunet._deflate_chunk
+
+    def failing_for_pet(data, start, strategy):
+        if strategy == nnunet.zlib.Z_RLE:  # the float32 PET
+            raise RuntimeError("disk full")
+        return real_deflate(data, start, strategy)
+
+    monkeypatch.setattr(nnunet, "_deflate_chunk", failing_for_pet)
+    with pytest.raises(NnUNetError, match="cannot write it .*disk full"):
+        nnunet.write_case(dataset, _case(PLAIN_ID))
+    assert _all_files(dataset) == []
+
+
+def test_ct_is_rounded_half_up_slab_by_slab_as_one_volume(tmp_path, monkeypatch):
+    monkeypatch.setattr(nnunet, "_SLAB_VOXELS", 3 * SHAPE[1] * SHAPE[2])  # slabs of 3 slices: 3 + 3 + 2
+    rng = np.random.default_rng(4)
+    ct = rng.uniform(-1100.0, 3000.0, size=SHAPE)
+    ct[0, 0, :5] = [-0.5, 0.5, -1.5, 2.5, -1024.5]
+    ct[7, 15, :3] = [-32768.4, 32767.4, -3.5]
+
+    written = nnunet.write_case(tmp_path / "ds", NnUNetCase(PLAIN_ID, _image(ct), _image(_arrays(0)[1]), None))
+
+    back = sitk.GetArrayFromImage(sitk.ReadImage(str(written["ct"])))
+    np.testing.assert_array_equal(back, np.floor(ct + 0.5).astype(np.int16))
+    assert back[0, 0, :5].tolist() == [0, 1, -1, 3, -1024]
+    assert back[7, 15, :3].tolist() == [-32768, 32767, -3]
+
+
+def test_out_of_range_ct_is_refused_with_the_range_of_the_whole_volume(tmp_path, monkeypatch):
+    monkeypatch.setattr(nnunet, "_SLAB_VOXELS", SHAPE[1] * SHAPE[2])  # one slice per slab
+    ct = np.zeros(SHAPE, np.float32)
+    ct[1, 0, 0], ct[6, 0, 0] = -40000.0, 50000.0
+    with pytest.raises(NnUNetError, match=r"CT values -40000\.\.50000 HU do not fit int16"):
+        nnunet.write_case(tmp_path / "ds", NnUNetCase(PLAIN_ID, _image(ct), _image(_arrays(0)[1]), None))
+    ct[3, 2, 1] = np.inf
+    with pytest.raises(NnUNetError, match="CT contains NaN or infinite values"):
+        nnunet.write_case(tmp_path / "ds", NnUNetCase(PLAIN_ID, _image(ct), _image(_arrays(0)[1]), None))

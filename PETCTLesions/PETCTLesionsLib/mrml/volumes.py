@@ -56,8 +56,8 @@ def image_from_volume_node(node: slicer.vtkMRMLVolumeNode, pixel_type: Optional[
         # silently would misplace every lesion.
         raise ValueError(f"volume node {node.GetName()!r} is under a transform; harden the transform first")
     grid = grid_from_volume_node(node)
-    image = grid.to_sitk(np.array(slicer.util.arrayFromVolume(node), copy=True))
-    if pixel_type is not None:
+    image = grid.to_sitk(slicer.util.arrayFromVolume(node))  # GetImageFromArray copies the voxels
+    if pixel_type is not None and image.GetPixelID() != pixel_type:
         image = sitk.Cast(image, pixel_type)
     return image
 
