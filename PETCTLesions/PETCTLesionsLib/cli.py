@@ -55,7 +55,14 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(Path(args.out), seed=args.seed, size=args.size, overwrite=args.overwrite, progress=_print_progress)
+    run_demo(
+        Path(args.out),
+        seed=args.seed,
+        size=args.size,
+        overwrite=args.overwrite,
+        device=args.device,
+        progress=_print_progress,
+    )
     return 0
 
 
@@ -89,6 +96,88 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     )
     report = convert([Path(p) for p in args.dicom or []], Path(args.out), options)
     print(report.text())
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .model.training import TrainingSettings, train
+
+    if args.dataset is not None and not Path(args.dataset).is_dir():
+        raise FileNotFoundError(f"{args.dataset}: no such dataset folder")
+    settings = TrainingSettings(
+        out_dir=Path(args.out),
+        dataset=Path(args.dataset) if args.dataset else None,
+        fold=args.fold,
+        epochs=args.epochs,
+        steps_per_epoch=args.steps_per_epoch,
+        batch_size=args.batch_size,
+        patch=tuple(int(v) for v in args.patch.split(",")),
+        learning_rate=args.learning_rate,
+        warmup_steps=args.warmup_steps,
+        foreground_fraction=args.foreground_fraction,
+        workers=args.workers if args.workers is not None else TrainingSettings.workers,
+        pool_size=args.pool_size,
+        validation_cases=args.validation_cases,
+        synthetic_size=args.synthetic_size,
+        seed=args.seed,
+        device=args.device,
+        resume=args.resume,
+        init_model=Path(args.init) if args.init else None,
+        max_minutes=args.max_minutes,
+    )
+    if len(settings.patch) != 3:
+        raise ValueError(f"--patch must be three sizes z,y,x, got {args.patch!r}")
+    train(settings, log=lambda line: print(line, flush=True))
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import PredictionOptions, predict
+
+    for path in args.paths:
+        if not Path(path).exists():
+            raise FileNotFoundError(f"{path}: no such file or folder")
+    options = PredictionOptions(
+        model_path=Path(args.model) if args.model else None,
+        device=args.device,
+        threshold=args.threshold,
+        min_volume_ml=args.min_volume,
+        pictures=not args.no_pictures,
+        overwrite=args.overwrite,
+    )
+    results = predict([Path(p) for p in args.paths], Path(args.out), options, progress=_print_progress)
+    failed = 0
+    for result in results:
+        if result.error:
+            failed += 1
+            print(f"{result.name}: NOT processed: {result.error}")
+            continue
+        found = result.detection
+        notes = f" ({'; '.join(found.notes)})" if found.notes else ""
+        print(f"{result.name}: {len(found.lesions)} lesion(s) on {found.device} in {result.seconds:.1f} s{notes}")
+        for lesion in found.lesions[:10]:
+            print(
+                f"  lesion {lesion.label}: {lesion.mtv_ml:.2f} mL, SUVmax {lesion.suv_max:.2f}, "
+                f"SUVpeak {lesion.suv_peak:.2f}, TLG {lesion.tlg:.1f}"
+            )
+        for note in result.notes:
+            print(f"  note: {note}")
+        print(f"  {len(result.written)} file(s) written under {args.out}")
+    return 1 if failed else 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from .evaluation import evaluate_label_files, label_pairs
+
+    for path in (args.pred, args.ref):
+        if not Path(path).exists():
+            raise FileNotFoundError(f"{path}: no such file or folder")
+    result = evaluate_label_files(label_pairs(Path(args.pred), Path(args.ref)))
+    print(result.table())
+    if args.json:
+        print(json.dumps(result.summary(), indent=2))
     return 0
 
 
@@ -140,12 +229,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo",
         help="the main job on the built-in synthetic demo study",
-        description="Generate the synthetic demo patient, write it as DICOM, VOC and nnU-Net, "
-        "and render fused PET/CT pictures of its lesions.",
+        description="Generate the synthetic demo patient (DICOM + ground truth), load it from DICOM, detect its "
+        "lesions with the bundled model and write the lesion table, pictures, nnU-Net case and VOC boxes "
+        "under OUT/predicted.",
     )
     demo.add_argument("--out", required=True, help="output folder")
     demo.add_argument("--seed", type=int, default=1, help="demo patient seed (default 1)")
     demo.add_argument("--size", choices=("small", "full"), default="full", help="grid size (default full)")
+    demo.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cuda, mps or cpu")
     demo.add_argument("--overwrite", action="store_true", help="replace files from an earlier run")
     demo.set_defaults(func=_cmd_demo)
 
@@ -172,6 +263,67 @@ def build_parser() -> argparse.ArgumentParser:
     )
     conv.add_argument("--overwrite", action="store_true", help="replace files from an earlier run")
     conv.set_defaults(func=_cmd_convert)
+
+    pr = commands.add_parser(
+        "predict",
+        help="detect lesions in DICOM PET/CT studies (or an nnU-Net dataset) with the bundled model",
+        description="Run the lesion model on every PET/CT study under the paths (any layout, many patients) and "
+        "write per study a lesion table (CSV), pictures, an nnU-Net case with the predicted label and VOC boxes "
+        "on the CT slices. Given an nnU-Net raw dataset folder, write <case>.nii.gz predictions instead.",
+    )
+    pr.add_argument("paths", nargs="+", help="DICOM files/folders, or one nnU-Net raw dataset folder")
+    pr.add_argument("--out", required=True, help="output folder")
+    pr.add_argument("--model", help="model manifest (.json); default: the bundled model")
+    pr.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cuda, mps or cpu")
+    pr.add_argument("--threshold", type=float, default=None, help="lesion probability threshold (default: the model's)")
+    pr.add_argument("--min-volume", type=float, default=0.0, help="drop lesions smaller than this many mL")
+    pr.add_argument("--no-pictures", action="store_true", help="skip the PNG pictures")
+    pr.add_argument("--overwrite", action="store_true", help="replace files from an earlier run")
+    pr.set_defaults(func=_cmd_predict)
+
+    ev = commands.add_parser(
+        "evaluate",
+        help="autoPET metrics (Dice, FPV, FNV), lesion sensitivity, FP lesions and box mAP of predicted labels",
+        description="Compare predicted label files with reference labels: two .nii.gz files, or two folders "
+        "matched by file name (nnU-Net's labelsTr and a prediction folder). Components are 18-connected as in "
+        "the autoPET evaluation; boxes are the lesions' tight boxes on each axial slice (every prediction "
+        "scored 1).",
+    )
+    ev.add_argument("--pred", required=True, help="predicted label file or folder")
+    ev.add_argument("--ref", required=True, help="reference label file or folder")
+    ev.add_argument("--json", action="store_true", help="also print the pooled numbers as JSON")
+    ev.set_defaults(func=_cmd_evaluate)
+
+    tr = commands.add_parser(
+        "train",
+        help="train the lesion model on an nnU-Net raw dataset (autoPET layout) or on generated studies",
+        description="Train the lesion network. With --dataset: any nnU-Net v2 raw dataset whose channels are "
+        "0000 CT and 0001 PET (the autoPET download works as is); splits_final.json is used when present. "
+        "Without: generated studies, drawn on the fly. Checkpoints, the log and the final model (model.json + "
+        "model.pt) go to --out. Several GPUs: torchrun --nproc_per_node=N -m PETCTLesionsLib.cli train ...",
+    )
+    tr.add_argument("--dataset", help="nnU-Net raw dataset folder (default: generated studies)")
+    tr.add_argument("--out", required=True, help="folder for checkpoints, log and the trained model")
+    tr.add_argument("--fold", type=int, default=0, help="fold of splits_final.json to train (default 0)")
+    tr.add_argument("--epochs", type=int, default=50)
+    tr.add_argument("--steps-per-epoch", type=int, default=250)
+    tr.add_argument("--batch-size", type=int, default=4)
+    tr.add_argument("--patch", default="80,128,128", help="patch size z,y,x in working voxels (default 80,128,128)")
+    tr.add_argument("--learning-rate", type=float, default=2e-3)
+    tr.add_argument("--warmup-steps", type=int, default=200)
+    tr.add_argument(
+        "--foreground-fraction", type=float, default=1 / 3, help="share of patches centred on a lesion (default 1/3)"
+    )
+    tr.add_argument("--workers", type=int, default=None, help="data preparation processes (default: cores - 1)")
+    tr.add_argument("--pool-size", type=int, default=48, help="prepared studies kept in memory (default 48)")
+    tr.add_argument("--validation-cases", type=int, default=6, help="whole studies validated each epoch")
+    tr.add_argument("--synthetic-size", choices=("small", "full"), default="full")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
+    tr.add_argument("--resume", action="store_true", help="continue from --out/checkpoint_last.pt")
+    tr.add_argument("--init", help="start from this model's weights (a model .json manifest), new optimizer")
+    tr.add_argument("--max-minutes", type=float, default=None, help="stop after the epoch that passes this time")
+    tr.set_defaults(func=_cmd_train)
     return parser
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import SimpleITK as sitk
 from conftest import LUNG_DX_ROOT
 
 from PETCTLesionsLib.cli import main
@@ -37,22 +36,3 @@ def test_info_reports_suv_factor_of_a_synthetic_pet(tmp_path, capsys):
 def test_info_names_a_missing_path(tmp_path, capsys):
     assert main(["info", str(tmp_path / "nowhere")]) == 2
     assert "nowhere: no such file or folder" in capsys.readouterr().err
-
-
-def test_demo_writes_study_annotations_and_pictures_with_lesions_in_colour(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path), "--size", "small"]) == 0
-    printed = capsys.readouterr().out
-    assert "lesion(s)" in printed
-    pictures = sorted((tmp_path / "pictures").glob("*.png"))
-    names = [p.name for p in pictures]
-    assert "pet_mip_coronal.png" in names
-    axial = [p for p in pictures if p.name.startswith("axial_")]
-    assert axial
-    rgb = sitk.GetArrayFromImage(sitk.ReadImage(str(axial[0])))
-    assert rgb.ndim == 3 and rgb.shape[2] == 3
-    left = rgb[:, : rgb.shape[1] // 2].astype(int)
-    # Fused half: PET heat colours (red clearly above green and blue) and the green lesion outline exist.
-    heat = (left[..., 0] > 150) & (left[..., 0] > left[..., 2] + 80)
-    outline = (left[..., 1] > 200) & (left[..., 0] < 100) & (left[..., 2] < 120)
-    assert heat.sum() > 50
-    assert outline.sum() > 10

@@ -1,0 +1,198 @@
+"""Evaluation metrics: the autoPET challenge metrics, lesion detection, and VOC box mAP.
+
+autoPET (``../shared/FORMATS.md`` section 2, as the official scripts compute them):
+- Dice of the foreground over the whole case;
+- false-positive volume (FPV, mL): predicted connected components that touch no reference
+  voxel; false-negative volume (FNV, mL): reference components that no predicted voxel
+  touches. Components are 18-connected by default (the official script's choice; 26 and 6
+  are available). With an empty reference, Dice and FNV are NaN and FPV still counts.
+Lesion detection, with the same components: a reference lesion is detected when a predicted
+voxel overlaps it; a predicted lesion that overlaps no reference voxel is a false positive.
+Box mAP@0.5: PASCAL VOC average precision (all-point interpolation) of per-slice boxes,
+a predicted box matching an unmatched reference box on the same slice with IoU >= 0.5,
+predictions taken in order of decreasing score.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, Hashable, List, Sequence, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+
+CONNECTIVITIES = (6, 18, 26)
+AUTOPET_CONNECTIVITY = 18
+
+
+def connected_components(mask: np.ndarray, connectivity: int = AUTOPET_CONNECTIVITY) -> Tuple[np.ndarray, int]:
+    """Label the components of a binary [k, j, i] mask: (int32 labels 0..n, n). Order is arbitrary."""
+    if connectivity not in CONNECTIVITIES:
+        raise ValueError(f"connectivity must be one of {CONNECTIVITIES}, got {connectivity}")
+    mask = np.asarray(mask).astype(bool)
+    if not mask.any():
+        return np.zeros(mask.shape, np.int32), 0
+    if connectivity in (6, 26):
+        image = sitk.ConnectedComponent(sitk.GetImageFromArray(mask.astype(np.uint8)), connectivity == 26)
+        labels = sitk.GetArrayFromImage(image).astype(np.int32)
+        return labels, int(labels.max())
+    return _components_18(mask)
+
+
+# Half of the 18-neighbourhood (faces and edges, no corners): each neighbour pair once.
+_HALF_18 = ((0, 0, 1), (0, 1, 0), (1, 0, 0), (0, 1, 1), (0, 1, -1), (1, 0, 1), (1, 0, -1), (1, 1, 0), (1, -1, 0))
+
+
+def _components_18(mask: np.ndarray) -> Tuple[np.ndarray, int]:
+    """18-connected components (SimpleITK offers only 6 and 26): union of neighbour pairs."""
+    coords = np.stack(np.nonzero(mask), axis=1)
+    flat = np.ravel_multi_index(coords.T, mask.shape)  # sorted, since np.nonzero is row-major
+    heads, tails = [], []
+    for offset in _HALF_18:
+        neighbour = coords + np.asarray(offset)
+        valid = np.all((neighbour >= 0) & (neighbour < np.asarray(mask.shape)), axis=1)
+        valid[valid] = mask[tuple(neighbour[valid].T)]
+        heads.append(np.flatnonzero(valid))
+        tails.append(np.searchsorted(flat, np.ravel_multi_index(neighbour[valid].T, mask.shape)))
+    root = _union_roots(len(flat), np.concatenate(heads), np.concatenate(tails))
+    _, numbers = np.unique(root, return_inverse=True)
+    labels = np.zeros(mask.shape, np.int32)
+    labels[tuple(coords.T)] = numbers + 1
+    return labels, int(numbers.max()) + 1
+
+
+def _union_roots(count: int, heads: np.ndarray, tails: np.ndarray) -> np.ndarray:
+    """Smallest node index of each node's component (min-label propagation with pointer jumping)."""
+    root = np.arange(count)
+    while True:
+        smaller = np.minimum(root[heads], root[tails])
+        before = root.copy()
+        np.minimum.at(root, heads, smaller)
+        np.minimum.at(root, tails, smaller)
+        while True:  # pointer jumping: follow parents until every node points at a root
+            jumped = root[root]
+            if np.array_equal(jumped, root):
+                break
+            root = jumped
+        if np.array_equal(root, before):
+            return root
+
+
+@dataclass(frozen=True)
+class CaseMetrics:
+    dice: float
+    fpv_ml: float
+    fnv_ml: float
+    reference_lesions: int
+    detected_lesions: int
+    predicted_lesions: int
+    false_positive_lesions: int
+
+    @property
+    def sensitivity(self) -> float:
+        return self.detected_lesions / self.reference_lesions if self.reference_lesions else math.nan
+
+
+def case_metrics(
+    prediction: np.ndarray, reference: np.ndarray, voxel_ml: float, connectivity: int = AUTOPET_CONNECTIVITY
+) -> CaseMetrics:
+    """autoPET Dice/FPV/FNV and lesion counts for one case (binary masks on one grid)."""
+    if prediction.shape != reference.shape:
+        raise ValueError(f"prediction {prediction.shape} and reference {reference.shape} are on different grids")
+    pred = np.asarray(prediction).astype(bool)
+    ref = np.asarray(reference).astype(bool)
+    ref_total = int(ref.sum())
+    dice = 2.0 * int(np.count_nonzero(pred & ref)) / (int(pred.sum()) + ref_total) if ref_total else math.nan
+    pred_labels, pred_count = connected_components(pred, connectivity)
+    ref_labels, ref_count = connected_components(ref, connectivity)
+    pred_hit = _touched(pred_labels, pred_count, ref)  # predicted components overlapping the reference
+    ref_hit = _touched(ref_labels, ref_count, pred)
+    pred_sizes = np.bincount(pred_labels.ravel(), minlength=pred_count + 1)[1:]
+    ref_sizes = np.bincount(ref_labels.ravel(), minlength=ref_count + 1)[1:]
+    return CaseMetrics(
+        dice=dice,
+        fpv_ml=float(pred_sizes[~pred_hit].sum() * voxel_ml),
+        fnv_ml=float(ref_sizes[~ref_hit].sum() * voxel_ml) if ref_total else math.nan,
+        reference_lesions=ref_count,
+        detected_lesions=int(ref_hit.sum()),
+        predicted_lesions=pred_count,
+        false_positive_lesions=int((~pred_hit).sum()),
+    )
+
+
+def _touched(labels: np.ndarray, count: int, other: np.ndarray) -> np.ndarray:
+    hit = np.zeros(count + 1, bool)
+    hit[np.unique(labels[other])] = True
+    return hit[1:]
+
+
+Box = Tuple[float, float, float, float]  # xmin, ymin, xmax, ymax (inclusive pixel indices)
+
+
+def box_iou(a: Box, b: Box) -> float:
+    """IoU of two boxes given as inclusive pixel ranges (VOC convention: width = xmax - xmin + 1)."""
+    width = min(a[2], b[2]) - max(a[0], b[0]) + 1
+    height = min(a[3], b[3]) - max(a[1], b[1]) + 1
+    if width <= 0 or height <= 0:
+        return 0.0
+    intersection = width * height
+    area = (a[2] - a[0] + 1) * (a[3] - a[1] + 1) + (b[2] - b[0] + 1) * (b[3] - b[1] + 1)
+    return intersection / (area - intersection)
+
+
+def box_average_precision(
+    predictions: Sequence[Tuple[Hashable, float, Box]],
+    references: Dict[Hashable, List[Box]],
+    iou_threshold: float = 0.5,
+) -> float:
+    """VOC AP of (image id, score, box) predictions against reference boxes per image id.
+
+    NaN when there are no reference boxes at all.
+    """
+    total = sum(len(boxes) for boxes in references.values())
+    if total == 0:
+        return math.nan
+    used = {image: np.zeros(len(boxes), bool) for image, boxes in references.items()}
+    order = sorted(range(len(predictions)), key=lambda n: (-predictions[n][1], n))
+    true_positive = np.zeros(len(order))
+    for rank, n in enumerate(order):
+        image, _, box = predictions[n]
+        candidates = references.get(image, [])
+        if not candidates:
+            continue
+        overlaps = np.array([box_iou(box, other) for other in candidates])
+        overlaps[used[image]] = -1.0
+        best = int(overlaps.argmax())
+        if overlaps[best] >= iou_threshold:
+            used[image][best] = True
+            true_positive[rank] = 1.0
+    hits = np.cumsum(true_positive)
+    recall = hits / total
+    precision = hits / np.arange(1, len(order) + 1)
+    # All-point interpolation: precision envelope, summed over the recall steps.
+    recall = np.concatenate([[0.0], recall, [1.0]])
+    precision = np.concatenate([[0.0], precision, [0.0]])
+    precision = np.maximum.accumulate(precision[::-1])[::-1]
+    steps = np.flatnonzero(recall[1:] != recall[:-1])
+    return float(np.sum((recall[steps + 1] - recall[steps]) * precision[steps + 1]))
+
+
+def summarise(cases: Sequence[CaseMetrics]) -> Dict[str, float]:
+    """Means over cases (NaN-aware, as the challenge averages), plus pooled lesion sensitivity."""
+    reference = sum(c.reference_lesions for c in cases)
+    return {
+        "cases": float(len(cases)),
+        "dice": _nanmean([c.dice for c in cases]),
+        "fpv_ml": _nanmean([c.fpv_ml for c in cases]),
+        "fnv_ml": _nanmean([c.fnv_ml for c in cases]),
+        "lesion_sensitivity": sum(c.detected_lesions for c in cases) / reference if reference else math.nan,
+        "false_positive_lesions_per_case": (
+            sum(c.false_positive_lesions for c in cases) / len(cases) if cases else math.nan
+        ),
+    }
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return float(np.mean(finite)) if finite else math.nan

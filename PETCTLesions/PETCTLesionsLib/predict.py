@@ -1,0 +1,265 @@
+"""The main job on the user's data: DICOM studies (or an nnU-Net dataset) -> detected lesions as files.
+
+For each PET/CT study found under the given paths (any layout, several patients):
+
+    DICOM -> CT + PET SUV (study.load_study) -> CT resampled onto the PET grid
+    -> detection.detect_lesions (bundled or given model)
+    -> OUT/<case id>/lesions.csv            one row per lesion (SUVmax/mean/peak, MTV, TLG, ...)
+    -> OUT/<case id>/pictures/*.png         fused axial slices through the largest lesions with
+                                            contours and boxes, coronal PET MIP with lesions marked
+    -> OUT/nnUNet_raw/<dataset>/            CT, PET and the predicted label as an nnU-Net case
+    -> OUT/Annotation/<patient>/<UID>.xml   the lesions' boxes on each CT slice (VOC)
+
+For an nnU-Net raw dataset (imagesTs, else imagesTr) each case's prediction is written as
+``OUT/<case id>.nii.gz`` (nnU-Net's prediction layout) plus ``OUT/<case id>_lesions.csv``.
+Nothing is replaced without ``overwrite``; every file is written atomically. A study that
+cannot be read is reported and skipped; the others go on.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from . import nnunet, preview, voc
+from .detection import Detection, ct_slice_boxes, detect_lesions
+from .fileio import atomic_output, atomic_write_text
+from .geometry import Grid
+from .lesions import SliceBox, voc_annotations_from_boxes
+from .measurements import LesionMeasurement
+from .resampling import resample_ct_to_pet, resample_label_to_grid
+
+PREDICTED_DATASET = "Dataset902_PETCTLesionsPredicted"
+PICTURE_LESIONS = 3
+ProgressCallback = Callable[[float, str], None]
+CancelCallback = Callable[[], bool]
+LESION_COLUMNS = (
+    "label",
+    "voxels",
+    "mtv_ml",
+    "suv_max",
+    "suv_mean",
+    "suv_peak",
+    "tlg",
+    "score",
+    "centroid_lps",
+    "bbox_kji",
+)
+
+
+@dataclass
+class PredictionOptions:
+    model_path: Optional[Path] = None  # model manifest; None: the bundled model
+    device: str = "auto"
+    threshold: Optional[float] = None  # None: the model's own
+    min_volume_ml: float = 0.0
+    pictures: bool = True
+    overwrite: bool = False
+
+
+@dataclass
+class StudyPrediction:
+    name: str
+    detection: Optional[Detection] = None
+    written: List[Path] = field(default_factory=list)
+    error: Optional[str] = None
+    seconds: float = 0.0
+    notes: List[str] = field(default_factory=list)
+
+
+def lesion_table_csv(lesions: Sequence[LesionMeasurement]) -> str:
+    """The lesion table as CSV text (one row per lesion, columns LESION_COLUMNS)."""
+    stream = io.StringIO()
+    writer = csv.DictWriter(stream, fieldnames=list(LESION_COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    for lesion in lesions:
+        row = lesion.as_row()
+        writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items() if k in LESION_COLUMNS})
+    return stream.getvalue()
+
+
+def is_nnunet_dataset(path: Path) -> bool:
+    return (
+        path.is_dir()
+        and (path / "dataset.json").is_file()
+        and any((path / f).is_dir() for f in ("imagesTs", "imagesTr"))
+    )
+
+
+def predict(
+    paths: Sequence[Path],
+    out_dir: Path,
+    options: PredictionOptions,
+    progress: Optional[ProgressCallback] = None,
+    cancel: Optional[CancelCallback] = None,
+) -> List[StudyPrediction]:
+    """Detect lesions in every study under ``paths`` and write the results under ``out_dir``."""
+    from .model.weights import load_model
+
+    report = progress or (lambda fraction, message: None)
+    model = load_model(options.model_path)
+    if len(paths) == 1 and is_nnunet_dataset(Path(paths[0])):
+        return _predict_dataset(Path(paths[0]), Path(out_dir), model, options, report, cancel)
+    return _predict_dicom(paths, Path(out_dir), model, options, report, cancel)
+
+
+# ------------------------------------------------------------------------------------- DICOM
+
+
+def _predict_dicom(paths, out_dir: Path, model, options, report, cancel) -> List[StudyPrediction]:
+    from .dicom_index import scan_paths
+    from .study import describe_scan, load_study
+
+    scan = scan_paths(paths, cancel=cancel)
+    pairs = [(study, pair) for study in describe_scan(scan) for pair in study.pairs if pair.ct is not None]
+    if not pairs:
+        raise ValueError(f"{', '.join(str(p) for p in paths)}: no PET series with a CT of the same study found")
+    results = []
+    for index, (study, pair) in enumerate(pairs):
+        name = f"{study.patient_id} / PET series {pair.pet.series_number} ({pair.pet.description})"
+        report(index / len(pairs), f"study {index + 1} of {len(pairs)}: {name}")
+        started = time.perf_counter()
+        result = StudyPrediction(name)
+        try:
+            loaded = load_study(paths, study.study_uid, pair.pet.series_uid, scan=scan, cancel=cancel)
+            result.name = nnunet.case_id_for_study(loaded.patient_id, loaded.study_uid, study.study_date)
+            result.detection, result.written = _predict_loaded(
+                loaded, study.study_date, out_dir, model, options, cancel, result.notes
+            )
+        except (OSError, ValueError) as error:  # reader errors name the file and the problem
+            result.error = str(error)
+        result.seconds = time.perf_counter() - started
+        results.append(result)
+    report(1.0, f"{len(results)} stud{'y' if len(results) == 1 else 'ies'} done")
+    return results
+
+
+def _predict_loaded(loaded, study_date: str, out_dir: Path, model, options, cancel, notes: List[str]):
+    pet_grid = Grid.from_sitk(loaded.pet_suv)
+    ct_grid = Grid.from_sitk(loaded.ct)
+    ct_on_pet = resample_ct_to_pet(loaded.ct, pet_grid)
+    pet = sitk.GetArrayFromImage(loaded.pet_suv).astype(np.float32)
+    found = detect_lesions(
+        model,
+        sitk.GetArrayViewFromImage(ct_on_pet),
+        pet,
+        pet_grid,
+        threshold=options.threshold,
+        min_volume_ml=options.min_volume_ml,
+        device=options.device,
+        cancel=cancel,
+    )
+    case_id = nnunet.case_id_for_study(loaded.patient_id, loaded.study_uid, study_date)
+    folder = out_dir / case_id
+    written = [atomic_write_text(folder / "lesions.csv", lesion_table_csv(found.lesions), options.overwrite)]
+    label = pet_grid.to_sitk(found.mask)
+    case = nnunet.NnUNetCase(case_id, ct_on_pet, loaded.pet_suv, label)
+    written += nnunet.write_case(out_dir / "nnUNet_raw" / PREDICTED_DATASET, case, overwrite=options.overwrite).values()
+    lesion_map_ct = sitk.GetArrayFromImage(resample_label_to_grid(pet_grid.to_sitk(found.lesion_map), ct_grid))
+    boxes = ct_slice_boxes(found.lesion_map, pet_grid, ct_grid)
+    written += _write_voc(loaded, ct_grid, boxes, out_dir, options.overwrite, notes)
+    if options.pictures:
+        ct_hu = sitk.GetArrayViewFromImage(loaded.ct)
+        written += render_pictures(
+            ct_hu, ct_grid, loaded.pet_suv, found, lesion_map_ct, boxes, folder / "pictures", options.overwrite
+        )
+    return found, written
+
+
+def _write_voc(
+    loaded, ct_grid: Grid, boxes: Sequence[SliceBox], out_dir: Path, overwrite: bool, notes: List[str]
+) -> List[Path]:
+    uids = loaded.ct_series.slice_sop_instance_uids
+    if not boxes or len(uids) != ct_grid.size[2]:
+        return []
+    class_name = voc.histology_class(loaded.patient_id)
+    if class_name is None:  # VOC classes are histology letters, which the model cannot know
+        notes.append(f"no VOC XML: Patient ID {loaded.patient_id!r} has no Lung-PET-CT-Dx histology letter")
+        return []
+    annotations = voc_annotations_from_boxes(boxes, uids, ct_grid.size[0], ct_grid.size[1], class_name)
+    folder = out_dir / "Annotation" / voc.patient_folder_name(loaded.patient_id)
+    for annotation in annotations:
+        annotation.folder = folder.name
+    return voc.write_voc_folder(annotations, folder, overwrite=overwrite)
+
+
+# ---------------------------------------------------------------------------------- nnU-Net
+
+
+def _predict_dataset(dataset: Path, out_dir: Path, model, options, report, cancel) -> List[StudyPrediction]:
+    test = bool(nnunet.list_cases(dataset, test=True))
+    case_ids = nnunet.list_cases(dataset, test=test)
+    results = []
+    for index, case_id in enumerate(case_ids):
+        report(index / max(1, len(case_ids)), f"case {index + 1} of {len(case_ids)}: {case_id}")
+        started = time.perf_counter()
+        result = StudyPrediction(case_id)
+        try:
+            case = nnunet.read_case(dataset, case_id)
+            pet_grid = Grid.from_sitk(case.pet)
+            result.detection = detect_lesions(
+                model,
+                sitk.GetArrayViewFromImage(case.ct).astype(np.float32),
+                sitk.GetArrayViewFromImage(case.pet).astype(np.float32),
+                pet_grid,
+                threshold=options.threshold,
+                min_volume_ml=options.min_volume_ml,
+                device=options.device,
+                cancel=cancel,
+            )
+            label_path = out_dir / f"{case_id}{nnunet.FILE_ENDING}"
+            with atomic_output(label_path, overwrite=options.overwrite) as temporary:
+                nnunet.write_nifti_gz(pet_grid.to_sitk(result.detection.mask), temporary)
+            result.written = [
+                label_path,
+                atomic_write_text(
+                    out_dir / f"{case_id}_lesions.csv", lesion_table_csv(result.detection.lesions), options.overwrite
+                ),
+            ]
+        except (OSError, ValueError) as error:
+            result.error = str(error)
+        result.seconds = time.perf_counter() - started
+        results.append(result)
+    report(1.0, f"{len(results)} case(s) done")
+    return results
+
+
+# --------------------------------------------------------------------------------- pictures
+
+
+def render_pictures(
+    ct_hu: np.ndarray,
+    ct_grid: Grid,
+    pet_suv: sitk.Image,
+    found: Detection,
+    lesion_map_ct: np.ndarray,
+    boxes: Sequence[SliceBox],
+    folder: Path,
+    overwrite: bool,
+) -> List[Path]:
+    """Fused axial slices through the largest lesions (contours + boxes; lung window beside) and a PET MIP."""
+    boxes_by_slice = {}
+    for box in boxes:
+        boxes_by_slice.setdefault(box.k, []).append(box)
+    written = []
+    for label, k in preview.lesion_slices_by_size(lesion_map_ct, PICTURE_LESIONS):
+        pet_slice = preview.pet_on_ct_slice(pet_suv, ct_grid, k)
+        rgb = preview.fused_axial_rgb(ct_hu[k], pet_slice, "Mediastinum")
+        preview.draw_outline(rgb, lesion_map_ct[k] > 0)
+        for box in boxes_by_slice.get(k, []):
+            preview.draw_box(rgb, (box.c0, box.r0, box.c1, box.r1))
+        lung = preview.fused_axial_rgb(ct_hu[k], pet_slice, "Lung", pet_opacity=0.0)
+        factor = max(1, 512 // ct_grid.size[0])
+        picture = preview.upscale(np.concatenate([rgb, lung], axis=1), factor)
+        written.append(preview.write_png(folder / f"axial_lesion{label}_slice{k + 1}.png", picture, overwrite))
+    pet = sitk.GetArrayViewFromImage(pet_suv)
+    mip = preview.coronal_mip_rgb(pet, found.pet_grid, lesion_labels=found.lesion_map)
+    written.append(preview.write_png(folder / "pet_mip_coronal.png", preview.upscale(mip, 2), overwrite))
+    return written

@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""Lesion model benchmark: speed and memory on an autoPET-sized study, accuracy on held-out studies.
+
+Speed: a generated whole-body patient is resampled onto autoPET's PET grid (400 x 400 x 326
+voxels of 2.0364 x 2.0364 x 3 mm, 2 channels). Printed: model time (network incl. moving to
+and from the working grid, whole volume on CUDA / slabs on CPU), end-to-end time (arrays in ->
+lesions with measurements + per-CT-slice boxes), peak RAM of the process (and peak GPU memory).
+Targets (issue 5): H100 model <= 1.0 s, end-to-end <= 3 s; 2 CPU cores <= 120 s, <= 6 GB.
+
+Accuracy (``--held-out N``): N generated whole-body studies with seeds HELD_OUT_SEED_BASE + n,
+never used in training (training seeds start at 1,000,000, validation at 900,000): Dice,
+FPV, FNV (autoPET), lesion sensitivity, false-positive lesions per study, box mAP@0.5 on
+CT slices. Targets: Dice >= 0.85, sensitivity >= 0.90 at <= 1 FP per study, mAP >= 0.87.
+
+    python Testing/Benchmarks/benchmark_model.py [--device cpu|cuda] [--held-out 20] [--no-speed]
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import multiprocessing
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "PETCTLesions"))
+
+from PETCTLesionsLib import detection, evaluation  # noqa: E402
+from PETCTLesionsLib.geometry import Grid  # noqa: E402
+from PETCTLesionsLib.lesions import slice_boxes  # noqa: E402
+from PETCTLesionsLib.model import weights  # noqa: E402
+from PETCTLesionsLib.model.training_data import phantom_study_arrays  # noqa: E402
+from PETCTLesionsLib.phantom import PhantomConfig, make_phantom  # noqa: E402
+from PETCTLesionsLib.resampling import resample_ct_to_pet, resample_to_grid  # noqa: E402
+
+AUTOPET_GRID_SIZE = (400, 400, 326)
+AUTOPET_SPACING = (2.0364, 2.0364, 3.0)
+
+
+def _peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB on Linux
+
+
+def autopet_sized_study(seed: int):
+    study = make_phantom(PhantomConfig(seed=seed, size="full", body="wholebody"))
+    centre = np.mean(study.pet_grid.extent_lps(), axis=0)
+    half = (np.asarray(AUTOPET_GRID_SIZE) - 1) / 2.0 * np.asarray(AUTOPET_SPACING)
+    grid = Grid(AUTOPET_GRID_SIZE, AUTOPET_SPACING, tuple(float(v) for v in centre - half))
+    pet = sitk.GetArrayFromImage(resample_to_grid(study.pet_grid.to_sitk(study.pet_suv), grid, sitk.sitkLinear, 0.0))
+    ct = sitk.GetArrayFromImage(resample_ct_to_pet(study.ct_grid.to_sitk(study.ct_hu), grid))
+    return study, grid, ct.astype(np.float32), pet.astype(np.float32)
+
+
+def speed(model, device: str) -> dict:
+    import torch
+
+    from PETCTLesionsLib.model.inference import predict_probability
+
+    study, grid, ct, pet = autopet_sized_study(seed=evaluation.HELD_OUT_SEED_BASE + 999)
+    print(f"speed study: {grid.describe()}, 2 channels; device {device}")
+    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    predict_probability(model.network, ct[:64], pet[:64], grid.spacing, device=device)  # warm-up (kernels, caches)
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    model_times, total_times = [], []
+    for _ in range(3 if cuda else 1):
+        start = time.perf_counter()
+        predict_probability(model.network, ct, pet, grid.spacing, device=device)
+        model_times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        found = detection.detect_lesions(model, ct, pet, grid, device=device)
+        boxes = detection.ct_slice_boxes(found.lesion_map, grid, study.ct_grid)
+        total_times.append(time.perf_counter() - start)
+    result = {
+        "device": found.device,
+        "model_s": min(model_times),
+        "end_to_end_s": min(total_times),
+        "lesions_found": len(found.lesions),
+        "ct_slice_boxes": len(boxes),
+        "peak_rss_gb": _peak_rss_gb(),
+    }
+    if cuda:
+        result["peak_gpu_gb"] = torch.cuda.max_memory_allocated() / 1e9
+        result["gpu"] = torch.cuda.get_device_name()
+    return result
+
+
+def _held_out_study(seed: int):
+    """Generate one held-out study and keep what the evaluation needs (runs in a worker process)."""
+    study = make_phantom(PhantomConfig(seed=seed, size="full", body="wholebody"))
+    return seed, study.pet_grid, study.ct_grid, phantom_study_arrays(study), slice_boxes(study.ct_lesion_labels)
+
+
+def held_out(model, device: str, count: int, workers: int) -> dict:
+    result = evaluation.Evaluation()
+    seeds = [evaluation.HELD_OUT_SEED_BASE + n for n in range(count)]
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max(1, workers), context) as pool:
+        for seed, pet_grid, ct_grid, arrays, reference_boxes in pool.map(_held_out_study, seeds):
+            start = time.perf_counter()
+            found = detection.detect_lesions(model, arrays.ct_hu_on_pet, arrays.pet_suv, pet_grid, device=device)
+            predicted = detection.ct_slice_boxes(found.lesion_map, pet_grid, ct_grid)
+            case = result.add(
+                f"held-out seed {seed}",
+                found.mask,
+                arrays.label,
+                pet_grid.voxel_volume_ml,
+                predicted,
+                reference_boxes,
+                {lesion.label: lesion.score for lesion in found.lesions},
+            )
+            print(
+                f"  seed {seed}: Dice {case.dice:.3f}, lesions {case.detected_lesions}/{case.reference_lesions}, "
+                f"FP {case.false_positive_lesions}  (detection {time.perf_counter() - start:.1f} s)",
+                flush=True,
+            )
+    print(result.table())
+    return result.summary()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, default=None, help="model manifest (default: the bundled model)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--held-out", type=int, default=0, help="number of held-out studies to evaluate")
+    parser.add_argument("--workers", type=int, default=1, help="processes generating the held-out studies")
+    parser.add_argument("--no-speed", action="store_true")
+    parser.add_argument("--json", type=Path, default=None, help="also write the numbers to this JSON file")
+    args = parser.parse_args()
+    model = weights.load_model(args.model)
+    numbers = {"model": model.name}
+    if not args.no_speed:
+        numbers["speed"] = speed(model, args.device)
+        print(json.dumps(numbers["speed"], indent=2))
+    if args.held_out:
+        numbers["held_out"] = held_out(model, args.device, args.held_out, args.workers)
+        print(json.dumps(numbers["held_out"], indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(numbers, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

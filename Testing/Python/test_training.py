@@ -1,0 +1,81 @@
+"""Training: a real (tiny) run on CPU from generated studies and from an nnU-Net dataset, resume, torchrun."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from PETCTLesionsLib import nnunet
+from PETCTLesionsLib.cli import main
+from PETCTLesionsLib.model import training_data, weights
+
+TINY = ["--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "1", "--patch", "32,48,48", "--workers", "0"]
+TINY += ["--pool-size", "1", "--validation-cases", "1", "--synthetic-size", "small", "--warmup-steps", "1"]
+
+
+def _log_rows(folder: Path):
+    with open(folder / "training_log.csv", newline="") as stream:
+        return list(csv.DictReader(stream))
+
+
+def test_training_on_generated_studies_writes_a_loadable_model_and_resumes(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), *TINY]) == 0
+    printed = capsys.readouterr().out
+    assert "generated whole-body (75%) and torso (25%) studies, small size" in printed
+    assert "val Dice" in printed and "threshold" in printed
+    model = weights.load_model(out / "model.json")
+    assert model.manifest["training"]["steps"] == 2
+    assert set(model.manifest["threshold_choice"]) == {"0.2", "0.3", "0.4", "0.5", "0.6"}
+    (row,) = _log_rows(out)
+    assert row["epoch"] == "1" and float(row["loss"]) > 0
+    # Resume: one more epoch continues the step count from the checkpoint.
+    assert main(["train", "--out", str(out), *TINY[:1], "2", *TINY[2:], "--resume"]) == 0
+    assert [r["epoch"] for r in _log_rows(out)] == ["1", "2"]
+    assert weights.load_model(out / "model.json").manifest["training"]["steps"] == 4
+
+
+def test_patches_centre_a_share_on_lesions_and_pad_outside_the_volume():
+    rng = np.random.default_rng(0)
+    label = np.zeros((20, 30, 30), np.uint8)
+    label[10, 15, 15] = 1
+    case = training_data.TrainingCase(
+        "t", np.zeros((2, 20, 30, 30), np.float16), label, np.array([[10, 15, 15]], np.int32),
+        np.array([[0, 0, 0]], np.int32),
+    )  # fmt: skip
+    images, labels = training_data.sample_patches([case], 400, (16, 16, 16), rng, foreground_fraction=0.5)
+    with_lesion = (labels.reshape(400, -1).max(axis=1) > 0).mean()
+    assert 0.4 < with_lesion < 0.6  # body centres are in the corner, far from the lesion
+    padded = images[labels.reshape(400, -1).max(axis=1) == 0]
+    assert (padded[:, 1] == np.float16(-1.0)).any()  # PET padding: zero uptake
+
+
+def test_training_reads_an_nnunet_dataset_and_its_splits(tmp_path, capsys):
+    from PETCTLesionsLib.synth import DATASET_FOLDER, generate_dataset
+
+    generate_dataset(tmp_path / "data", cases=2, seed=8, size="small", flavour="autopet")
+    dataset = tmp_path / "data" / "nnUNet_raw" / DATASET_FOLDER
+    cases = nnunet.list_cases(dataset)
+    nnunet.write_splits(dataset, [{"train": [cases[0]], "val": [cases[1]]}])
+    assert main(["train", "--dataset", str(dataset), "--out", str(tmp_path / "run"), *TINY]) == 0
+    printed = capsys.readouterr().out
+    assert "(1 training / 1 validation cases, splits_final.json fold 0)" in printed
+    assert weights.load_model(tmp_path / "run" / "model.json").manifest["training"]["data"].startswith(str(dataset))
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="torchrun's gloo rendezvous is tested on Linux/macOS")
+def test_the_same_command_runs_on_two_processes_with_torchrun(tmp_path):
+    repo = Path(__file__).resolve().parents[2]
+    environment = dict(os.environ, PYTHONPATH=str(repo / "PETCTLesions"), OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533"]
+    command += ["-m", "PETCTLesionsLib.cli", "train", "--out", str(tmp_path / "ddp"), "--device", "cpu", *TINY]
+    finished = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert "on cpu x2" in finished.stdout
+    assert weights.load_model(tmp_path / "ddp" / "model.json").manifest["training"]["devices"] == "cpu x2"
