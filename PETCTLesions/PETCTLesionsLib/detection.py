@@ -91,7 +91,11 @@ def detect_lesions(
     )
 
 
+def lesion_map_on(lesion_map: np.ndarray, pet_grid: Grid, grid: Grid) -> np.ndarray:
+    """The PET-grid lesion map moved onto another grid (nearest neighbour), e.g. the CT's."""
+    return sitk.GetArrayFromImage(resample_label_to_grid(pet_grid.to_sitk(lesion_map.astype(np.uint16)), grid))
+
+
 def ct_slice_boxes(lesion_map: np.ndarray, pet_grid: Grid, ct_grid: Grid) -> List[SliceBox]:
     """Every lesion's tight box on every CT slice it crosses (lesion map moved to the CT grid, nearest)."""
-    on_ct = resample_label_to_grid(pet_grid.to_sitk(lesion_map.astype(np.uint16)), ct_grid)
-    return slice_boxes(sitk.GetArrayViewFromImage(on_ct))
+    return slice_boxes(lesion_map_on(lesion_map, pet_grid, ct_grid))

@@ -188,8 +188,9 @@ def sliding_window_logits(
     starts = [_tile_starts(n, t) for n, t in zip(full, tile)]
     positions = [(z, y, x) for z in starts[0] for y in starts[1] for x in starts[2]]
     single = len(positions) == 1
-    total = torch.zeros(full, dtype=torch.float32, device=device)
-    weights = torch.zeros(full, dtype=torch.float32, device=device) if not single else None
+    # One tile: its logits are the result; no accumulation buffers (a whole-volume pass on CUDA).
+    total = None if single else torch.zeros(full, dtype=torch.float32, device=device)
+    weights = None if single else torch.zeros(full, dtype=torch.float32, device=device)
     blend = None if single else _blend_weight(tile, device)
     autocast = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else contextlib.nullcontext()
     for index, (z, y, x) in enumerate(positions):

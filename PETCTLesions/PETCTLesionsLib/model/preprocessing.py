@@ -65,21 +65,22 @@ def to_working_grid(volume: torch.Tensor, spacing_zyx: Sequence[float]) -> torch
     """[C, D, H, W] on a grid of ``spacing_zyx`` -> the same on the working grid (linear)."""
     target = tuple(reversed(WORKING_SPACING_MM))
     shape = working_shape(volume.shape[1:], spacing_zyx, target)
-    for axis, (n_out, source, goal) in enumerate(zip(shape, spacing_zyx, target), start=1):
-        if _is_same_spacing(source, goal) and n_out == volume.shape[axis]:
-            continue
-        positions = torch.arange(n_out, device=volume.device, dtype=torch.float64) * (goal / source)
-        volume = resample_axis(volume, axis, positions)
-    return volume
+    return _resample_axes(volume, shape, spacing_zyx, target)
 
 
 def from_working_grid(volume: torch.Tensor, shape_zyx: Sequence[int], spacing_zyx: Sequence[float]) -> torch.Tensor:
     """Inverse of :func:`to_working_grid`: [C, d, h, w] working grid -> [C, *shape_zyx] original grid."""
-    target = tuple(reversed(WORKING_SPACING_MM))
-    for axis, (n_out, source, goal) in enumerate(zip(shape_zyx, spacing_zyx, target), start=1):
+    return _resample_axes(volume, shape_zyx, tuple(reversed(WORKING_SPACING_MM)), spacing_zyx)
+
+
+def _resample_axes(
+    volume: torch.Tensor, shape_zyx: Sequence[int], from_spacing: Sequence[float], to_spacing: Sequence[float]
+) -> torch.Tensor:
+    """Each spatial axis from ``from_spacing`` to ``to_spacing`` (same first voxel), ``shape_zyx`` samples."""
+    for axis, (n_out, source, goal) in enumerate(zip(shape_zyx, from_spacing, to_spacing), start=1):
         if _is_same_spacing(source, goal) and n_out == volume.shape[axis]:
             continue
-        positions = torch.arange(n_out, device=volume.device, dtype=torch.float64) * (source / goal)
+        positions = torch.arange(n_out, device=volume.device, dtype=torch.float64) * (goal / source)
         volume = resample_axis(volume, axis, positions)
     return volume
 

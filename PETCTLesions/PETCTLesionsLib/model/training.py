@@ -190,18 +190,29 @@ def _learning_rate(settings: TrainingSettings, step: int, total: int, elapsed_s:
 
 def validate(network: LesionUNet, studies, threshold: float, device: torch.device) -> Dict[str, float]:
     """autoPET metrics of the network on whole validation studies (the users' inference path)."""
-    from ..detection import lesions_from_probability
+    was_training = network.training
+    probabilities = _study_probabilities(network, studies, device)
+    network.train(was_training)
+    return _scores_at(studies, probabilities, threshold)
+
+
+def _study_probabilities(network: LesionUNet, studies, device: torch.device) -> List[np.ndarray]:
     from .inference import predict_probability
 
-    results = []
-    was_training = network.training
-    for study in studies:
-        probability = predict_probability(network, study.ct_hu_on_pet, study.pet_suv, study.spacing_xyz, str(device))
-        voxel_ml = float(np.prod(study.spacing_xyz)) / 1000.0
-        lesion_map, _ = lesions_from_probability(probability.probability, threshold, 0.0, voxel_ml)
-        results.append(metrics.case_metrics(lesion_map > 0, study.label, voxel_ml))
-    network.train(was_training)
-    return metrics.summarise(results)
+    return [
+        predict_probability(network, s.ct_hu_on_pet, s.pet_suv, s.spacing_xyz, str(device)).probability for s in studies
+    ]
+
+
+def _scores_at(studies, probabilities: Sequence[np.ndarray], threshold: float) -> Dict[str, float]:
+    """Pooled autoPET metrics of the lesions at ``threshold``, one probability map per study."""
+    from ..detection import lesions_from_probability
+
+    cases = []
+    for study, probability in zip(studies, probabilities):
+        lesion_map, _ = lesions_from_probability(probability, threshold, 0.0, study.voxel_ml)
+        cases.append(metrics.case_metrics(lesion_map > 0, study.label, study.voxel_ml))
+    return metrics.summarise(cases)
 
 
 # ---------------------------------------------------------------------------- the training
@@ -358,21 +369,11 @@ THRESHOLD_CANDIDATES = (0.2, 0.3, 0.4, 0.5, 0.6)
 def choose_threshold(network: LesionUNet, studies, device: torch.device) -> Tuple[float, Dict[str, Dict]]:
     """The probability threshold with the best Dice + lesion sensitivity on the validation studies,
     among those with at most one false-positive lesion per study (0.5 when none qualifies)."""
-    from ..detection import lesions_from_probability
-    from .inference import predict_probability
-
-    probabilities = [
-        predict_probability(network, s.ct_hu_on_pet, s.pet_suv, s.spacing_xyz, str(device)).probability for s in studies
-    ]
+    probabilities = _study_probabilities(network, studies, device)
     scores: Dict[str, Dict] = {}
     best, best_value = 0.5, -math.inf
     for threshold in THRESHOLD_CANDIDATES:
-        cases = []
-        for study, probability in zip(studies, probabilities):
-            voxel_ml = float(np.prod(study.spacing_xyz)) / 1000.0
-            lesion_map, _ = lesions_from_probability(probability, threshold, 0.0, voxel_ml)
-            cases.append(metrics.case_metrics(lesion_map > 0, study.label, voxel_ml))
-        summary = metrics.summarise(cases)
+        summary = _scores_at(studies, probabilities, threshold)
         scores[str(threshold)] = summary
         value = np.nan_to_num(summary["dice"]) + np.nan_to_num(summary["lesion_sensitivity"])
         if summary["false_positive_lesions_per_case"] <= 1.0 and value > best_value:

@@ -43,6 +43,10 @@ class StudyArrays:
     label: np.ndarray  # uint8 0/1
     spacing_xyz: Tuple[float, float, float]
 
+    @property
+    def voxel_ml(self) -> float:
+        return float(np.prod(self.spacing_xyz)) / 1000.0
+
 
 @dataclass
 class TrainingCase:
