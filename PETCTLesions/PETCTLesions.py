@@ -2,16 +2,21 @@
 
 This file is the thin Slicer shell. The work lives in PETCTLesionsLib (plain Python) and its
 MRML layer PETCTLesionsLib.mrml (Slicer nodes), both tested headlessly; the Widget only
-binds the .ui to the parameter node and calls the Logic.
+binds the .ui to the parameter node and calls the Logic, and every Logic method is one call
+into the library (Testing/Python/test_module_workflow.py runs the same calls on real MRML).
 """
 
 import logging
+import os
+import shutil
+import sys
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
 import qt
 import slicer
-from slicer import vtkMRMLScalarVolumeNode
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import (
@@ -30,6 +35,9 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
+DEMO_SAMPLE_NAME = "PETCTLesionsDemo"
+TORCH_REQUIREMENT = ">=2.1"
+
 #
 # PETCTLesions
 #
@@ -43,19 +51,52 @@ class PETCTLesions(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["PETCTLesions developers"]
         self.parent.helpText = _(
-            "Review and annotate lesions on PET/CT.<br>"
-            "1. Study: import a DICOM folder and load a PET/CT pair through Slicer's DICOM database, "
-            "or pick CT and PET volumes already loaded (a PET loaded from DICOM is converted to SUVbw), "
-            "or generate the synthetic demo study.<br>"
-            "2. Display: CT window presets (Mediastinum W350/L40, Lung W1400/L-700, Bone), PET colour map "
+            "Review, detect, correct and export lesions on PET/CT.<br>"
+            "1. <b>Study</b>: import a DICOM folder into Slicer's DICOM database and load a PET/CT pair, or pick "
+            "CT and PET volumes already loaded (a PET loaded from DICOM is converted to SUVbw), or load the "
+            "generated demo study (also in Sample Data).<br>"
+            "2. <b>Display</b>: CT window presets (Mediastinum W350/L40, Lung W1400/L-700, Bone), PET colour map "
             "over an SUV window, PET opacity.<br>"
-            "See the <a href='https://github.com/PETCTLesions/SlicerPETCTLesions#readme'>README</a> "
-            "for the whole workflow and the command line."
+            "3. <b>Detect</b>: run the bundled lesion model (GPU when there is one, else CPU) in the background; "
+            "lesions are added as segments (one per lesion) beside your own, and as VOC boxes for Lung-PET-CT-Dx "
+            "patients. Cancel at any time: nothing half-made is added.<br>"
+            "4. <b>Review</b>: the lesion table (class, SUVmax, SUVmean, MTV, TLG, slices) is measured on the PET "
+            "as the segments are now. Click a row to go to the lesion; accept, reject (hidden and not exported) or "
+            "delete it; correct it in the Segment Editor; add a box on the slice shown.<br>"
+            "5. <b>Export</b>: the kept lesions as an nnU-Net case (autoPET layout) and VOC XML (Lung-PET-CT-Dx "
+            "layout). Existing files are never replaced unless you ask.<br>"
+            "The bundled model was trained on generated studies only and is not validated on patients. See the "
+            "<a href='https://github.com/PETCTLesions/SlicerPETCTLesions#readme'>README</a> "
+            "for the command line and the model card."
         )
         self.parent.acknowledgementText = _(
             "Test data: TCIA Lung-PET-CT-Dx (Li P. et al., doi:10.7937/TCIA.2020.NNC2-0461, CC BY 4.0). "
-            "Data format conventions: autoPET / PSMA-FDG-PET-CT-Lesions (Gatidis S. et al.)."
+            "Data layout and metrics: autoPET / PSMA-FDG-PET-CT-Lesions (Gatidis S. et al., TCIA, "
+            "doi:10.7937/gkr0-xv29), nnU-Net (Isensee F. et al.)."
         )
+        # Sample Data exists only once the application has started.
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData() -> None:
+    """The generated demo study as a Sample Data entry (made on this computer, nothing is downloaded)."""
+    import SampleData
+
+    def loadDemo(_source) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to create the demo study."), waitCursor=True):
+            logic = PETCTLesionsLogic()
+            parameterNode = logic.getParameterNode()
+            parameterNode.ctVolume, parameterNode.petVolume = logic.loadDemoStudy(parameterNode.demoSeed)
+            logic.showFusedStudy(parameterNode)
+
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        category="PET/CT Lesions",
+        sampleName=DEMO_SAMPLE_NAME,
+        thumbnailFileName=os.path.join(os.path.dirname(__file__), "Resources", "Icons", "PETCTLesions.png"),
+        uris="petctlesions://generated-demo-study",  # never fetched: loadDemo generates the study
+        fileNames="PETCTLesionsDemo",
+        customDownloader=loadDemo,
+    )
 
 
 #
@@ -67,11 +108,11 @@ class PETCTLesions(ScriptedLoadableModule):
 class PETCTLesionsParameterNode:
     """The module's state, saved with the scene.
 
-    dicomFolder: folder last imported into the DICOM database.
-    ctVolume, petVolume: the study being reviewed (PET in SUVbw).
-    demoSeed: seed of the synthetic demo study (same seed, same patient).
-    ctPreset: CT window preset; petColormap: Slicer colour table of the PET;
-    suvWindow: SUV range spread over the colour table; petOpacity: PET layer opacity.
+    Study: dicomFolder (last imported), ctVolume and petVolume (PET in SUVbw), demoSeed.
+    Display: ctPreset, petColormap, suvWindow, petOpacity.
+    Detect: segmentation (receives the lesions; none: a new one), device, modelPath (empty:
+    the bundled model), threshold (model probability), minLesionVolumeMl.
+    Export: nnunetRawFolder + nnunetDatasetName, vocFolder + exportVoc, overwriteExports.
     """
 
     dicomFolder: Path
@@ -82,6 +123,21 @@ class PETCTLesionsParameterNode:
     petColormap: Annotated[str, Choice(["PET-Heat", "PET-Rainbow2", "PET-DICOM"])] = "PET-Heat"
     suvWindow: Annotated[FloatRange, RangeBounds(0.0, 50.0), Default(FloatRange(0.0, 10.0))]
     petOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
+    segmentation: vtkMRMLSegmentationNode
+    device: Annotated[str, Choice(["auto", "cuda", "mps", "cpu"])] = "auto"
+    modelPath: Path
+    threshold: Annotated[float, WithinRange(0.05, 0.95)] = 0.5
+    minLesionVolumeMl: Annotated[float, WithinRange(0.0, 1000.0)] = 0.0
+    nnunetRawFolder: Path
+    nnunetDatasetName: str = "Dataset901_PETCTLesions"
+    vocFolder: Path
+    exportVoc: bool = True
+    overwriteExports: bool = False
+
+
+def _chosen(path: Optional[Path]) -> Optional[Path]:
+    """A path the user chose, or None for an empty field (the wrapper stores it as '.')."""
+    return None if path is None or str(path) in ("", ".") else Path(path)
 
 
 #
@@ -96,6 +152,10 @@ class PETCTLesionsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
+        self._petCtChoices = []
+        self._detectionJob = None
+        self._undoSnapshot = None
+        self._lesionRows = []
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -109,9 +169,11 @@ class PETCTLesionsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
+        # 1. Study
         self.ui.importDicomButton.connect("clicked(bool)", self.onImportDicomButton)
         self.ui.loadStudyButton.connect("clicked(bool)", self.onLoadStudyButton)
         self.ui.loadDemoButton.connect("clicked(bool)", self.onLoadDemoButton)
+        # 2. Display: controls act at once on the study in view (values arrive with the signal).
         self.ui.showFusedButton.connect("clicked(bool)", self.onShowFusedButton)
         for button, preset in (
             (self.ui.mediastinumPresetButton, "Mediastinum"),
@@ -119,15 +181,33 @@ class PETCTLesionsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             (self.ui.bonePresetButton, "Bone"),
         ):
             button.connect("clicked(bool)", lambda _checked, preset=preset: self.onCtPresetButton(preset))
-        # Display controls act at once on the study in view (values arrive with the signal).
         self.ui.petColormapComboBox.connect("currentIndexChanged(int)", self.onPetColormapChanged)
         self.ui.suvWindowRangeWidget.connect("valuesChanged(double,double)", self.onSuvWindowChanged)
         self.ui.petOpacitySliderWidget.connect("valueChanged(double)", self.onPetOpacityChanged)
-        self._petCtChoices = []
+        # 3. Detect: the button starts a background run and turns into Cancel while it runs.
+        self.ui.detectButton.connect("clicked(bool)", self.onDetectButton)
+        self.ui.undoDetectionButton.connect("clicked(bool)", self.onUndoDetectionButton)
+        self.ui.detectProgressBar.setVisible(False)
+        self._detectionTimer = qt.QTimer()
+        self._detectionTimer.setInterval(200)
+        self._detectionTimer.connect("timeout()", self.onDetectionTimer)
+        # 4. Review
+        self.ui.lesionTable.connect("itemSelectionChanged()", self.onLesionSelectionChanged)
+        self.ui.acceptButton.connect("clicked(bool)", lambda _checked: self.onReviewStatus("accepted"))
+        self.ui.rejectButton.connect("clicked(bool)", lambda _checked: self.onReviewStatus("rejected"))
+        self.ui.deleteButton.connect("clicked(bool)", self.onDeleteLesionButton)
+        self.ui.lesionClassComboBox.addItems(["A", "B", "E", "G"])
+        self.ui.setClassButton.connect("clicked(bool)", self.onSetClassButton)
+        self.ui.segmentEditorButton.connect("clicked(bool)", self.onSegmentEditorButton)
+        self.ui.addBoxButton.connect("clicked(bool)", self.onAddBoxButton)
+        self.ui.refreshTableButton.connect("clicked(bool)", self.updateLesionTable)
+        # 5. Export
+        self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
 
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
+        self._cancelDetection()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -139,6 +219,8 @@ class PETCTLesionsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNodeGuiTag = None
 
     def onSceneStartClose(self, caller, event) -> None:
+        self._cancelDetection()
+        self._undoSnapshot = None
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -155,6 +237,9 @@ class PETCTLesionsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             # Widgets carrying a SlicerParameterName property in the .ui follow the parameter node.
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+        self.updateLesionTable()
+
+    # ------------------------------------------------------------------------------- 1. Study
 
     def onImportDicomButton(self) -> None:
         folder = self._parameterNode.dicomFolder
@@ -182,17 +267,21 @@ class PETCTLesionsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onLoadDemoButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to create the demo study."), waitCursor=True):
-            ctNode, petNode = self.logic.loadSyntheticStudy(self._parameterNode.demoSeed)
+            ctNode, petNode = self.logic.loadDemoStudy(self._parameterNode.demoSeed)
             self._showStudy(ctNode, petNode)
-
-    def onShowFusedButton(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("Failed to show the fused study."), waitCursor=True):
-            self.logic.showFusedStudy(self._parameterNode)
 
     def _showStudy(self, ctNode, petNode) -> None:
         self._parameterNode.ctVolume = ctNode
         self._parameterNode.petVolume = petNode
+        self._parameterNode.segmentation = None  # a new study's lesions go to a new segmentation
         self.logic.showFusedStudy(self._parameterNode)
+        self.updateLesionTable()
+
+    # ------------------------------------------------------------------------------- 2. Display
+
+    def onShowFusedButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to show the fused study."), waitCursor=True):
+            self.logic.showFusedStudy(self._parameterNode)
 
     def onCtPresetButton(self, preset: str) -> None:
         self._parameterNode.ctPreset = preset
@@ -214,6 +303,172 @@ class PETCTLesionsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onPetOpacityChanged(self, opacity: float) -> None:
         if self._parameterNode and self._parameterNode.petVolume:
             self.logic.setPetOpacity(opacity)
+
+    # ------------------------------------------------------------------------------- 3. Detect
+
+    def onDetectButton(self) -> None:
+        if self._detectionJob is not None:
+            self._cancelDetection()
+            self.ui.detectStatusLabel.text = _("Cancelled: nothing was added.")
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to start lesion detection."), waitCursor=True):
+            if not self.logic.ensureTorch():
+                self.ui.detectStatusLabel.text = _("Lesion detection needs PyTorch, which was not installed.")
+                return
+            self._detectionJob = self.logic.startDetection(self._parameterNode)
+            self.ui.detectButton.text = _("Cancel")
+            self.ui.detectProgressBar.value = 0
+            self.ui.detectProgressBar.setVisible(True)
+            self.ui.detectStatusLabel.text = _("Starting...")
+            self._detectionTimer.start()
+
+    def onDetectionTimer(self) -> None:
+        job = self._detectionJob
+        if job is None:
+            self._detectionTimer.stop()
+            return
+        status = job.poll()
+        for line in status.new_log_lines:
+            logging.info(f"[lesion detection] {line}")
+        self.ui.detectProgressBar.value = int(round(100 * status.fraction))
+        self.ui.detectStatusLabel.text = status.message
+        if not status.done:
+            return
+        self._endDetection()
+        with slicer.util.tryWithErrorDisplay(_("Lesion detection failed."), waitCursor=True):
+            nodes = self.logic.finishDetection(job, self._parameterNode)
+            self._undoSnapshot = nodes.snapshot
+            self.ui.undoDetectionButton.enabled = nodes.snapshot is not None
+            notes = "; ".join(nodes.notes)
+            self.ui.detectStatusLabel.text = _("{count} lesions added to '{name}'.").format(
+                count=len(nodes.segment_ids), name=nodes.segmentation.GetName()
+            ) + (f" {notes}" if notes else "")
+            self.updateLesionTable()
+
+    def _endDetection(self) -> None:
+        self._detectionTimer.stop()
+        self._detectionJob = None
+        self.ui.detectButton.text = _("Detect lesions")
+        self.ui.detectProgressBar.setVisible(False)
+
+    def _cancelDetection(self) -> None:
+        if self._detectionJob is not None:
+            self._detectionJob.cancel()
+            self._endDetection()
+
+    def onUndoDetectionButton(self) -> None:
+        if self._undoSnapshot is None:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to undo the detection.")):
+            self.logic.undoDetection(self._undoSnapshot)
+            self._undoSnapshot = None
+            self.ui.undoDetectionButton.enabled = False
+            self.updateLesionTable()
+
+    # ------------------------------------------------------------------------------- 4. Review
+
+    def updateLesionTable(self) -> None:
+        if not hasattr(self, "ui"):
+            return
+        node = self._parameterNode
+        rows = []
+        if node and node.segmentation and node.petVolume:
+            with slicer.util.tryWithErrorDisplay(_("Failed to measure the lesions."), waitCursor=True):
+                rows = self.logic.lesionRows(node)
+        self._lesionRows = rows
+        table = self.ui.lesionTable
+        table.setRowCount(len(rows))
+        for r, row in enumerate(rows):
+            values = (
+                row.name,
+                row.class_name,
+                f"{row.suv_max:.2f}",
+                f"{row.suv_mean:.2f}",
+                f"{row.mtv_ml:.2f}",
+                f"{row.tlg:.1f}",
+                row.slices_text,
+                row.status,
+            )
+            for c, value in enumerate(values):
+                table.setItem(r, c, qt.QTableWidgetItem(value))
+        table.resizeColumnsToContents()
+        self._updateReviewButtons()
+
+    def _selectedRow(self):
+        selected = self.ui.lesionTable.selectedItems()
+        index = selected[0].row() if selected else -1
+        return self._lesionRows[index] if 0 <= index < len(self._lesionRows) else None
+
+    def _updateReviewButtons(self) -> None:
+        row = self._selectedRow()
+        for button in (self.ui.acceptButton, self.ui.rejectButton, self.ui.deleteButton, self.ui.setClassButton):
+            button.enabled = row is not None
+        self.ui.lesionClassComboBox.enabled = row is not None
+        self.ui.addBoxButton.enabled = bool(self._parameterNode and self._parameterNode.ctVolume)
+
+    def onLesionSelectionChanged(self) -> None:
+        self._updateReviewButtons()
+        row = self._selectedRow()
+        if row is None:
+            return
+        if row.class_name:
+            self.ui.lesionClassComboBox.setCurrentText(row.class_name)
+        if row.centre_ras is not None:
+            self.logic.centreViewsOn(row.centre_ras)
+
+    def onReviewStatus(self, status: str) -> None:
+        row = self._selectedRow()
+        if row is not None:
+            with slicer.util.tryWithErrorDisplay(_("Failed to record the review decision.")):
+                self.logic.setReviewStatus(self._parameterNode, row.segment_id, status)
+                self.updateLesionTable()
+
+    def onDeleteLesionButton(self) -> None:
+        row = self._selectedRow()
+        if row is None:
+            return
+        if not slicer.util.confirmYesNoDisplay(
+            _("Delete '{name}' and its boxes? (Reject keeps it, hidden and not exported.)").format(name=row.name)
+        ):
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to delete the lesion.")):
+            self.logic.deleteLesion(self._parameterNode, row.segment_id)
+            self.updateLesionTable()
+
+    def onSetClassButton(self) -> None:
+        row = self._selectedRow()
+        if row is not None:
+            with slicer.util.tryWithErrorDisplay(_("Failed to set the lesion class.")):
+                self.logic.setLesionClass(self._parameterNode, row.segment_id, self.ui.lesionClassComboBox.currentText)
+                self.updateLesionTable()
+
+    def onSegmentEditorButton(self) -> None:
+        node = self._parameterNode
+        if not node.segmentation:
+            slicer.util.warningDisplay(_("Run detection or choose a segmentation under Detect first."))
+            return
+        row = self._selectedRow()
+        slicer.util.selectModule("SegmentEditor")
+        editor = slicer.util.getModuleWidget("SegmentEditor").editor
+        editor.setSegmentationNode(node.segmentation)
+        if node.petVolume:
+            editor.setSourceVolumeNode(node.petVolume)  # thresholds then work in SUV
+        if row is not None:
+            editor.setCurrentSegmentID(row.segment_id)
+
+    def onAddBoxButton(self) -> None:
+        row = self._selectedRow()
+        with slicer.util.tryWithErrorDisplay(_("Failed to add the box.")):
+            sliceNode = slicer.app.layoutManager().sliceWidget("Red").mrmlSliceNode()
+            className = self.ui.lesionClassComboBox.currentText
+            self.logic.addBoxOnSlice(self._parameterNode, sliceNode, className, row.segment_id if row else None)
+
+    # ------------------------------------------------------------------------------- 5. Export
+
+    def onExportButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to export the annotations."), waitCursor=True):
+            report = self.logic.exportAnnotations(self._parameterNode)
+            self.ui.exportSummaryTextEdit.setPlainText(report.text())
 
 
 class _ProgressDialog:
@@ -258,14 +513,27 @@ class PETCTLesionsLogic(ScriptedLoadableModuleLogic):
     def getParameterNode(self):
         return PETCTLesionsParameterNode(super().getParameterNode())
 
-    def loadSyntheticStudy(self, seed: int):
-        """Generate the synthetic demo patient and add its CT and PET (SUV) volumes to the scene."""
-        from PETCTLesionsLib.mrml.study_nodes import add_phantom_volumes
-        from PETCTLesionsLib.phantom import PhantomConfig, make_phantom
+    # 1. Study
 
-        logging.info(f"Generating synthetic PET/CT study (seed {seed})")
-        study = make_phantom(PhantomConfig(seed=seed, size="small"))
-        return add_phantom_volumes(study, name_prefix=f"Synthetic {seed}")
+    def loadDemoStudy(self, seed: int, size: str = "full"):
+        """The generated demo patient (as ``petct-lesions demo`` makes it), written as DICOM and loaded from it.
+
+        The files go to Slicer's temporary folder once per seed; the study is loaded by the same
+        reader as a user's study, so its CT slices keep their SOPInstanceUIDs (VOC export works).
+        """
+        from PETCTLesionsLib.demo import write_demo_study
+        from PETCTLesionsLib.mrml.study_nodes import add_study_nodes
+        from PETCTLesionsLib.study import load_study
+
+        folder = Path(slicer.app.temporaryPath) / "PETCTLesionsDemo" / f"seed-{seed}-{size}"
+        marker = folder / "complete"
+        if not marker.is_file():
+            shutil.rmtree(folder, ignore_errors=True)  # a half-written folder from an interrupted run
+            logging.info(f"Generating the demo PET/CT study (seed {seed}) in {folder}")
+            _, case = write_demo_study(folder, seed=seed, size=size)
+            marker.write_text(str(case.study_dir.relative_to(folder)))
+        studyDir = folder / marker.read_text().strip()
+        return add_study_nodes(load_study([studyDir]))
 
     def importDicomFolder(self, folder: Path):
         """Import ``folder`` into Slicer's DICOM database; return its PET/CT pairs and what cannot be paired."""
@@ -286,6 +554,8 @@ class PETCTLesionsLogic(ScriptedLoadableModuleLogic):
         from PETCTLesionsLib.mrml.dicom_database import DicomDatabaseStudyLoader
 
         return DicomDatabaseStudyLoader().load(choice, progress=progress, cancel=cancel)
+
+    # 2. Display
 
     def showFusedStudy(self, parameterNode: PETCTLesionsParameterNode) -> None:
         """CT with the chosen window preset behind the PET colour map in SUV, in every view, fitted.
@@ -332,6 +602,121 @@ class PETCTLesionsLogic(ScriptedLoadableModuleLogic):
 
         set_pet_opacity(slicer.mrmlScene, opacity)
 
+    # 3. Detect
+
+    def ensureTorch(self) -> bool:
+        """True when torch can be imported; otherwise offer to install it with the PyTorch extension."""
+        try:
+            import PyTorchUtils
+        except ImportError as error:
+            raise RuntimeError(
+                _(
+                    "Lesion detection needs PyTorch: install the 'PyTorch' extension from the Extension Manager, "
+                    "restart Slicer, and try again."
+                )
+            ) from error
+        if PyTorchUtils.PyTorchUtilsLogic.torchInstalled():
+            return True
+        torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
+            askConfirmation=True, torchVersionRequirement=TORCH_REQUIREMENT
+        )
+        return torch is not None
+
+    def startDetection(self, parameterNode: PETCTLesionsParameterNode):
+        """Start the model on the study in a PythonSlicer process; returns the job to poll or cancel."""
+        from PETCTLesionsLib.detection_job import DetectionJob, DetectionSettings
+        from PETCTLesionsLib.mrml.detection_nodes import detection_inputs
+
+        ctNode, petNode = parameterNode.ctVolume, parameterNode.petVolume
+        if not ctNode or not petNode:
+            raise ValueError(_("Choose both a CT and a PET volume (Study panel)."))
+        modelPath = _chosen(parameterNode.modelPath)
+        settings = DetectionSettings(
+            model_path=str(modelPath) if modelPath else None,
+            device=parameterNode.device,
+            threshold=parameterNode.threshold,
+            min_volume_ml=parameterNode.minLesionVolumeMl,
+        )
+        python = shutil.which("PythonSlicer") or sys.executable
+        environment = slicer.util.startupEnvironment() if hasattr(slicer.util, "startupEnvironment") else None
+        return DetectionJob(*detection_inputs(ctNode, petNode), settings, python=python, environment=environment)
+
+    def finishDetection(self, job, parameterNode: PETCTLesionsParameterNode):
+        """The finished job's lesions as segments (in the chosen segmentation, or a new one) and boxes."""
+        from PETCTLesionsLib.mrml.detection_nodes import add_detection_nodes
+
+        found = job.result()
+        nodes = add_detection_nodes(
+            found, parameterNode.petVolume, parameterNode.ctVolume, segmentation=parameterNode.segmentation
+        )
+        parameterNode.segmentation = nodes.segmentation
+        if nodes.segmentation.GetDisplayNode() is None:
+            nodes.segmentation.CreateDefaultDisplayNodes()
+        return nodes
+
+    def undoDetection(self, snapshot) -> None:
+        snapshot.restore()
+
+    # 4. Review
+
+    def lesionRows(self, parameterNode: PETCTLesionsParameterNode):
+        from PETCTLesionsLib.mrml.review import lesion_rows
+        from PETCTLesionsLib.mrml.study_nodes import patient_id_of
+
+        ctNode = parameterNode.ctVolume
+        patientId = patient_id_of(ctNode) if ctNode else ""
+        return lesion_rows(parameterNode.segmentation, parameterNode.petVolume, ctNode, patient_id=patientId)
+
+    def centreViewsOn(self, ras) -> None:
+        from PETCTLesionsLib.mrml.review import centre_views_on
+
+        centre_views_on(slicer.mrmlScene, ras)
+
+    def setReviewStatus(self, parameterNode: PETCTLesionsParameterNode, segmentId: str, status: str) -> None:
+        from PETCTLesionsLib.mrml.review import set_status
+
+        set_status(parameterNode.segmentation, segmentId, status)
+
+    def setLesionClass(self, parameterNode: PETCTLesionsParameterNode, segmentId: str, className: str) -> None:
+        from PETCTLesionsLib.mrml.review import set_class
+
+        set_class(parameterNode.segmentation, segmentId, className)
+
+    def deleteLesion(self, parameterNode: PETCTLesionsParameterNode, segmentId: str) -> int:
+        from PETCTLesionsLib.mrml.review import delete_lesion
+
+        return delete_lesion(parameterNode.segmentation, segmentId)
+
+    def addBoxOnSlice(self, parameterNode: PETCTLesionsParameterNode, sliceNode, className: str, segmentId=None):
+        from PETCTLesionsLib.mrml.review import add_box_on_slice, view_centre_ras
+
+        if not parameterNode.ctVolume:
+            raise ValueError(_("Choose the CT first (Study panel)."))
+        return add_box_on_slice(
+            parameterNode.ctVolume, view_centre_ras(sliceNode), className, parameterNode.segmentation, segmentId
+        )
+
+    # 5. Export
+
+    def exportAnnotations(self, parameterNode: PETCTLesionsParameterNode):
+        """The kept lesions as an nnU-Net case and their boxes as VOC XML; returns what was written and skipped."""
+        from PETCTLesionsLib.mrml.export import export_study
+        from PETCTLesionsLib.nnunet import check_dataset_folder_name
+
+        if not parameterNode.ctVolume:
+            raise ValueError(_("Choose the CT and PET first (Study panel)."))
+        rawFolder, datasetName = _chosen(parameterNode.nnunetRawFolder), parameterNode.nnunetDatasetName.strip()
+        dataset = rawFolder / check_dataset_folder_name(datasetName) if rawFolder and datasetName else None
+        vocFolder = _chosen(parameterNode.vocFolder) if parameterNode.exportVoc else None
+        return export_study(
+            parameterNode.ctVolume,
+            parameterNode.petVolume,
+            parameterNode.segmentation,
+            nnunet_dataset=dataset,
+            voc_root=vocFolder,
+            overwrite=parameterNode.overwriteExports,
+        )
+
 
 #
 # Test
@@ -339,33 +724,22 @@ class PETCTLesionsLogic(ScriptedLoadableModuleLogic):
 
 
 class PETCTLesionsTest(ScriptedLoadableModuleTest):
+    """The whole workflow inside Slicer on a small generated study: load, display, detect, review, export."""
+
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
         self.setUp()
-        self.test_SyntheticStudyLoads()
-        self.setUp()
         self.test_FusedDisplay()
-
-    def test_SyntheticStudyLoads(self):
-        self.delayDisplay("Generating and loading the synthetic study")
-        logic = PETCTLesionsLogic()
-        ctNode, petNode = logic.loadSyntheticStudy(seed=3)
-        ctVoxels = slicer.util.arrayFromVolume(ctNode)
-        petVoxels = slicer.util.arrayFromVolume(petNode)
-        # Air around the body, bone in it; PET in SUV with hot spots above the liver level.
-        self.assertLess(ctVoxels.min(), -900)
-        self.assertGreater(ctVoxels.max(), 300)
-        self.assertGreater(petVoxels.max(), 2.0)
-        self.assertEqual(ctNode.GetImageData().GetDimensions()[::-1], ctVoxels.shape)
-        self.delayDisplay("Test passed")
+        self.setUp()
+        self.test_Workflow()
 
     def test_FusedDisplay(self):
-        self.delayDisplay("Fused display of the synthetic study")
+        self.delayDisplay("Fused display of the demo study")
         logic = PETCTLesionsLogic()
         parameterNode = logic.getParameterNode()
-        parameterNode.ctVolume, parameterNode.petVolume = logic.loadSyntheticStudy(seed=3)
+        parameterNode.ctVolume, parameterNode.petVolume = logic.loadDemoStudy(seed=1, size="small")
         parameterNode.ctPreset = "Lung"
         logic.showFusedStudy(parameterNode)
         ctDisplay = parameterNode.ctVolume.GetDisplayNode()
@@ -373,4 +747,49 @@ class PETCTLesionsTest(ScriptedLoadableModuleTest):
         self.assertEqual(parameterNode.petVolume.GetDisplayNode().GetColorNode().GetName(), "PET-Heat")
         composite = slicer.app.layoutManager().sliceWidget("Red").mrmlSliceCompositeNode()
         self.assertEqual(composite.GetForegroundVolumeID(), parameterNode.petVolume.GetID())
+        self.delayDisplay("Test passed")
+
+    def test_Workflow(self):
+        import tempfile
+
+        import SimpleITK as sitk
+
+        from PETCTLesionsLib import nnunet, voc
+        from PETCTLesionsLib.mrml.study_nodes import patient_id_of, study_case_id
+
+        self.delayDisplay("Detect, review and export on the demo study")
+        logic = PETCTLesionsLogic()
+        parameterNode = logic.getParameterNode()
+        parameterNode.ctVolume, parameterNode.petVolume = logic.loadDemoStudy(seed=1, size="small")
+        parameterNode.segmentation = None
+        parameterNode.device = "cpu"
+        logic.showFusedStudy(parameterNode)
+        if not logic.ensureTorch():
+            self.skipTest("PyTorch is not installed")
+        job = logic.startDetection(parameterNode)
+        deadline = time.monotonic() + 600
+        while not job.poll().done and time.monotonic() < deadline:
+            slicer.app.processEvents()  # the GUI keeps running while the model works
+            time.sleep(0.1)
+        nodes = logic.finishDetection(job, parameterNode)
+        self.assertGreaterEqual(len(nodes.segment_ids), 2, job.log)
+        rows = logic.lesionRows(parameterNode)
+        self.assertEqual([row.segment_id for row in rows], nodes.segment_ids)
+        logic.centreViewsOn(rows[0].centre_ras)
+        logic.setReviewStatus(parameterNode, rows[1].segment_id, "rejected")
+        with tempfile.TemporaryDirectory() as folder:
+            parameterNode.nnunetRawFolder = Path(folder) / "nnUNet_raw"
+            parameterNode.nnunetDatasetName = "Dataset990_SelfTest"
+            parameterNode.vocFolder = Path(folder) / "Annotation"
+            report = logic.exportAnnotations(parameterNode)
+            self.assertEqual(report.skipped, [], report.text())
+            dataset = parameterNode.nnunetRawFolder / parameterNode.nnunetDatasetName
+            case = nnunet.read_case(dataset, study_case_id(parameterNode.ctVolume))
+            # Every kept (not rejected) lesion is in the exported label, and nothing else.
+            kept = sum(row.voxels for row in rows if row.segment_id != rows[1].segment_id)
+            self.assertEqual(int(sitk.GetArrayFromImage(case.label).sum()), kept)
+            patientFolder = parameterNode.vocFolder / voc.patient_folder_name(patient_id_of(parameterNode.ctVolume))
+            annotations, problems = voc.read_voc_folder(patientFolder)
+            self.assertEqual(problems, [])
+            self.assertGreater(len(annotations), 0)
         self.delayDisplay("Test passed")

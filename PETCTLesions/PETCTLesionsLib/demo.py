@@ -10,10 +10,10 @@ write the detected lesions (lesion table, pictures, nnU-Net case, VOC boxes) und
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 from . import metrics, nnunet
-from .phantom import PhantomConfig, make_phantom
+from .phantom import PhantomConfig, PhantomStudy, make_phantom
 from .predict import PredictionOptions, StudyPrediction, predict
 from .synth import DATASET_FOLDER, SyntheticCase, case_seed, write_synthetic_case
 
@@ -32,10 +32,7 @@ def run_demo(
     report = progress or (lambda fraction, message: None)
     out_dir = Path(out_dir)
     report(0.0, f"generating synthetic patient (seed {seed}, {size} size)")
-    study = make_phantom(PhantomConfig(seed=case_seed(seed, 0), size=size, body="torso"))
-    report(0.2, "writing DICOM, ground-truth VOC and nnU-Net files")
-    case = write_synthetic_case(study, out_dir, "lung", seed, 0, overwrite=overwrite)
-    nnunet.update_dataset_json(out_dir / "nnUNet_raw" / DATASET_FOLDER, dataset_name=DATASET_FOLDER)
+    study, case = write_demo_study(out_dir, seed, size, overwrite)
 
     def detection_progress(fraction: float, message: str) -> None:
         report(0.4 + 0.6 * fraction, message)
@@ -47,6 +44,19 @@ def run_demo(
     report(1.0, "done")
     _print_summary(study, case, result, out_dir)
     return result
+
+
+def write_demo_study(
+    out_dir: Path, seed: int = 1, size: str = "full", overwrite: bool = False
+) -> Tuple[PhantomStudy, SyntheticCase]:
+    """The demo patient on disk: DICOM (NBIA layout), ground-truth VOC boxes and nnU-Net case.
+
+    The same seed always gives the same patient (also the one the module's demo button loads).
+    """
+    study = make_phantom(PhantomConfig(seed=case_seed(seed, 0), size=size, body="torso"))
+    case = write_synthetic_case(study, Path(out_dir), "lung", seed, 0, overwrite=overwrite)
+    nnunet.update_dataset_json(Path(out_dir) / "nnUNet_raw" / DATASET_FOLDER, dataset_name=DATASET_FOLDER)
+    return study, case
 
 
 def _print_summary(study, case: SyntheticCase, result: StudyPrediction, out_dir: Path) -> None:

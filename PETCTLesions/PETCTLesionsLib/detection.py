@@ -26,7 +26,7 @@ from .resampling import resample_label_to_grid
 @dataclass
 class Detection:
     pet_grid: Grid
-    probability: np.ndarray  # float32 on the PET grid
+    probability: Optional[np.ndarray]  # float32 on the PET grid (None when detected in another process)
     lesion_map: np.ndarray  # uint16 on the PET grid, lesion n = voxels with value n, largest first
     lesions: List[LesionMeasurement]
     threshold: float

@@ -88,6 +88,23 @@ def check_case_id(case_id: str) -> str:
     return case_id
 
 
+_DATASET_FOLDER = re.compile(r"^Dataset\d{3}_[A-Za-z0-9_.-]+$")
+
+
+def check_dataset_folder_name(name: str) -> str:
+    """Return ``name`` when it is an nnU-Net v2 dataset folder name (``Dataset<3 digits>_<Name>``)."""
+    if not _DATASET_FOLDER.match(name or ""):
+        raise NnUNetError(
+            f"{name!r} is not an nnU-Net dataset name: use Dataset<3 digits>_<Name>, e.g. Dataset901_PETCTLesions"
+        )
+    return name
+
+
+def case_id_from_name(name: str, fallback: str = "case") -> str:
+    """``name`` (a patient ID, a volume's name) made into a valid case id."""
+    return check_case_id(re.sub(r"\s+", " ", _UNSAFE_ID_CHARS.sub("_", name)).strip().strip(".") or fallback)
+
+
 def case_id_for_study(patient_id: str, study_uid: str, study_date: str = "") -> str:
     """A case id that names the study and is safe as a file name: ``<PatientID>_<10 hex>_<date>``.
 
@@ -95,7 +112,7 @@ def case_id_for_study(patient_id: str, study_uid: str, study_date: str = "") -> 
     studies of one patient on one day differ), the date is the StudyDate (YYYY-MM-DD) when known.
     The same study always gives the same id.
     """
-    name = re.sub(r"\s+", " ", _UNSAFE_ID_CHARS.sub("_", patient_id)).strip().strip(".") or "patient"
+    name = case_id_from_name(patient_id, "patient")
     digest = hashlib.sha1(study_uid.encode("ascii", "replace")).hexdigest()[:10]
     date = study_date.strip()
     if re.fullmatch(r"\d{8}", date):

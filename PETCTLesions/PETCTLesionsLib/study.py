@@ -193,6 +193,7 @@ class LoadedStudy:
     pairing_rule: str  # which CT was chosen for the PET, and by which rule
     pairing_alternatives: List[str] = field(default_factory=list)  # CT series not chosen
     warnings: List[str] = field(default_factory=list)
+    study_date: str = ""  # DICOM StudyDate (YYYYMMDD) as the PET gives it
 
     @property
     def pet_grid(self) -> Grid:
@@ -305,6 +306,7 @@ def load_study(
         pairing_rule=pairing.rule,
         pairing_alternatives=list(pairing.alternatives),
         warnings=list(pairing.warnings) + ct_info.warnings + pet_info.warnings + list(suv.warnings),
+        study_date=pet_headers[0].study_date,
     )
 
 

@@ -111,3 +111,136 @@ def test_icons_are_real_128px_pictures(icon):
     pixels = sitk.GetArrayFromImage(image).astype(float)
     assert pixels.std() > 20  # not a flat placeholder square
     assert len(np.unique(pixels.reshape(-1, pixels.shape[-1]), axis=0)) > 200
+
+
+# The catalogue entry's fields and their types, as Slicer's schema v1.0.2 defines them
+# (https://raw.githubusercontent.com/Slicer/Slicer/main/Schemas/slicer-extension-catalog-entry-schema-v1.0.2.json,
+# "additionalProperties": false).
+CATALOGUE_SCHEMA_URL = (
+    "https://raw.githubusercontent.com/Slicer/Slicer/main/Schemas/slicer-extension-catalog-entry-schema-v1.0.2.json#"
+)
+CATALOGUE_FIELDS = {
+    "$schema": str,
+    "category": str,
+    "scm_url": str,
+    "scm_revision": str,
+    "scm_type": str,
+    "build_dependencies": list,
+    "dicom_support_rule": str,
+    "build_subdirectory": str,
+    "enabled": bool,
+    "tier": int,
+}
+CATALOGUE_REQUIRED = {"$schema", "category", "scm_url"}
+
+
+def _cmake_metadata(key):
+    return re.search(rf'set\(EXTENSION_{key} "([^"]+)"\)', (REPO / "CMakeLists.txt").read_text()).group(1)
+
+
+def test_catalogue_entry_has_only_schema_v1_0_2_fields_and_matches_the_cmake_metadata():
+    import json
+
+    entry = json.loads((REPO / "PETCTLesions.json").read_text())
+    assert entry["$schema"] == CATALOGUE_SCHEMA_URL
+    assert CATALOGUE_REQUIRED <= set(entry)
+    assert set(entry) <= set(CATALOGUE_FIELDS), set(entry) - set(CATALOGUE_FIELDS)
+    for key, value in entry.items():
+        assert type(value) is CATALOGUE_FIELDS[key], key
+    assert all(isinstance(d, str) for d in entry.get("build_dependencies", []))
+    assert entry.get("scm_type", "git") in ("git", "local")
+    assert 1 <= entry.get("tier", 1) <= 5
+    assert entry["category"] == _cmake_metadata("CATEGORY")
+    assert entry["build_dependencies"] == _cmake_metadata("DEPENDS").split(";")
+    repository = entry["scm_url"].removesuffix(".git")
+    assert _cmake_metadata("HOMEPAGE").startswith(repository)
+
+
+def test_icon_and_screenshot_urls_name_pictures_in_this_repository():
+    homepage_repo = "https://raw.githubusercontent.com/PETCTLesions/SlicerPETCTLesions/main/"
+    urls = [_cmake_metadata("ICONURL"), *_cmake_metadata("SCREENSHOTURLS").split(" ")]
+    for url in urls:
+        assert url.startswith(homepage_repo), url
+        picture = REPO / url[len(homepage_repo) :]
+        image = sitk.ReadImage(str(picture))
+        assert min(image.GetSize()[:2]) >= 128, picture
+        pixels = sitk.GetArrayFromImage(image).astype(float)
+        assert pixels.std() > 20, picture
+
+
+# What Slicer's parameterNodeWrapper can connect (guiConnectors.py canRepresent): widget class
+# in the .ui -> the parameter types it accepts.
+_CONNECTABLE = {
+    "QCheckBox": {"bool"},
+    "QSpinBox": {"int"},
+    "QDoubleSpinBox": {"float", "int"},
+    "ctkSliderWidget": {"float", "int"},
+    "QComboBox": {"str"},
+    "QLineEdit": {"str"},
+    "ctkRangeWidget": {"FloatRange"},
+    "ctkPathLineEdit": {"Path"},
+    "ctkDirectoryButton": {"Path"},
+    "qMRMLNodeComboBox": {"vtkMRMLScalarVolumeNode", "vtkMRMLSegmentationNode"},
+}
+
+
+def _parameter_types():
+    tree = ast.parse(MODULE_SCRIPT.read_text())
+    parameter_class = next(
+        node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "PETCTLesionsParameterNode"
+    )
+    types = {}
+    for statement in parameter_class.body:
+        if isinstance(statement, ast.AnnAssign):
+            annotation = statement.annotation
+            if isinstance(annotation, ast.Subscript):  # Annotated[type, ...]
+                annotation = annotation.slice.elts[0]
+            types[statement.target.id] = ast.unparse(annotation)
+    return types, parameter_class
+
+
+def test_every_bound_widget_can_represent_its_parameter_type():
+    types, _ = _parameter_types()
+    root = ET.parse(UI_FILE).getroot()
+    bound = 0
+    for widget in root.iter("widget"):
+        for prop in widget.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                name = prop.find("string").text
+                assert types[name] in _CONNECTABLE[widget.get("class")], (widget.get("name"), name, types[name])
+                bound += 1
+    assert bound >= 15
+
+
+def test_slider_bound_floats_are_bounded_and_choices_fill_their_combo_boxes():
+    """parameterNodeWrapper refuses an unbounded float on a ctkSliderWidget, and fills combo boxes from Choice."""
+    _, parameter_class = _parameter_types()
+    source = {s.target.id: ast.unparse(s.annotation) for s in parameter_class.body if isinstance(s, ast.AnnAssign)}
+    root = ET.parse(UI_FILE).getroot()
+    for widget in root.iter("widget"):
+        names = [p.find("string").text for p in widget.findall("property") if p.get("name") == "SlicerParameterName"]
+        if not names:
+            continue
+        if widget.get("class") == "ctkSliderWidget":
+            assert "WithinRange(" in source[names[0]], names[0]
+        if widget.get("class") == "QComboBox":
+            assert "Choice(" in source[names[0]], names[0]
+
+
+# Signals the module connects to, per widget class (Qt / CTK documentation).
+_SIGNALS = {
+    "QPushButton": {"clicked(bool)", "clicked()", "toggled(bool)"},
+    "QComboBox": {"currentIndexChanged(int)", "currentTextChanged(QString)"},
+    "ctkRangeWidget": {"valuesChanged(double,double)"},
+    "ctkSliderWidget": {"valueChanged(double)"},
+    "QTableWidget": {"itemSelectionChanged()", "cellClicked(int,int)"},
+}
+
+
+def test_every_connected_signal_exists_on_its_widget_class():
+    root = ET.parse(UI_FILE).getroot()
+    classes = {w.get("name"): w.get("class") for w in root.iter("widget")}
+    connections = re.findall(r'self\.ui\.(\w+)\.connect\("([^"]+)"', MODULE_SCRIPT.read_text())
+    assert len(connections) >= 15
+    for widget, signal in connections:
+        assert signal in _SIGNALS[classes[widget]], (widget, signal)

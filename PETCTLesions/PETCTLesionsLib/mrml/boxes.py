@@ -26,6 +26,7 @@ from .volumes import grid_from_volume_node
 CLASS_ATTRIBUTE = "VOC.class"
 SOP_INSTANCE_UID_ATTRIBUTE = "DICOM.instanceUID"
 LESION_ATTRIBUTE = "VOC.lesion"
+SEGMENT_ID_ATTRIBUTE = "PETCTLesions.segmentID"  # the lesion segment a box belongs to (detections, review)
 FLAG_ATTRIBUTES = ("VOC.pose", "VOC.truncated", "VOC.difficult")
 BOXES_FOLDER = "VOC boxes"
 
@@ -81,6 +82,22 @@ def add_box_nodes(annotations: Sequence[VocAnnotation], ct_node: slicer.vtkMRMLS
         place_in_hierarchy(node, folders[lesion])
         result.nodes.append(node)
     return result
+
+
+def add_box_node(
+    ct_node: slicer.vtkMRMLScalarVolumeNode, k: int, box: VocBox, lesion: Optional[int] = None
+) -> slicer.vtkMRMLMarkupsROINode:
+    """One more box on CT slice ``k`` (0-based), in folder "Lesion <lesion>" (default: a new lesion number)."""
+    grid, uids = _ct_slices(ct_node)
+    problem = box.problem(grid.size[0], grid.size[1])
+    if problem:
+        raise ValueError(f"box on slice {k + 1} of {ct_node.GetName()!r}: {problem}")
+    if lesion is None:
+        numbers = [int(n.GetAttribute(LESION_ATTRIBUTE) or 0) for n in box_nodes_of(ct_node)]
+        lesion = max(numbers, default=0) + 1
+    node = _box_node(box, k, grid, uids[k], lesion)
+    place_in_hierarchy(node, _lesion_folders(ct_node, [lesion])[lesion])
+    return node
 
 
 def _box_node(box: VocBox, k: int, grid: Grid, uid: str, lesion: int) -> slicer.vtkMRMLMarkupsROINode:

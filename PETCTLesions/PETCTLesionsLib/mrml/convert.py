@@ -2,31 +2,26 @@
 
 Every study goes through the same representation a user edits in Slicer (volume nodes,
 one segment per lesion, ROI boxes), and the exports read from there, so a conversion is an
-import-export round trip through the module's own code. A VOC box never silently becomes a
-voxel label: boxes are written as nnU-Net labels only when asked, and the report says so.
+import-export round trip through the module's own code (the exports live in ``export.py``,
+shared with the module's Export panel).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-import numpy as np
-import SimpleITK as sitk
-import slicer
-
 from .. import nnunet, voc
 from ..dicom_index import IndexedStudy, scan_paths
-from ..fileio import OutputExistsError
 from ..geometry import Grid
-from ..resampling import resample_ct_to_pet, resample_label_to_grid
 from ..study import load_series_image, load_study
-from .boxes import add_box_nodes, box_nodes_of, voc_from_box_nodes, voc_from_segmentation
+from .boxes import add_box_nodes
+from .export import ExportReport, StudyNodes, export_nnunet, export_voc
 from .headless import ensure_scene, in_slicer_application, reset_scene
-from .segmentations import mask_on, segmentation_from_mask
-from .study_nodes import add_series_volume, add_study_nodes, mark_as_suv_bw, slice_sop_instance_uids
-from .volumes import grid_from_volume_node, image_from_volume_node, volume_node_from_image
+from .segmentations import segmentation_from_mask
+from .study_nodes import add_series_volume, add_study_nodes, mark_as_suv_bw
+from .volumes import grid_from_volume_node, volume_node_from_image
 
 NNUNET_DATASET_NAME = "Dataset901_PETCTLesionsConverted"
 
@@ -44,32 +39,10 @@ class ConvertOptions:
     overwrite: bool = False
 
 
-@dataclass
-class ConvertReport:
-    written: List[str] = field(default_factory=list)
-    skipped: List[str] = field(default_factory=list)
-    notes: List[str] = field(default_factory=list)
-
-    def text(self) -> str:
-        lines = [f"wrote {path}" for path in self.written]
-        lines += [f"note: {note}" for note in self.notes]
-        lines += [f"skipped: {reason}" for reason in self.skipped]
-        return "\n".join(lines) if lines else "nothing to do"
-
-
-@dataclass
-class _StudyNodes:
-    patient_id: str
-    case_id: str
-    ct: slicer.vtkMRMLScalarVolumeNode
-    pet: Optional[slicer.vtkMRMLScalarVolumeNode]
-    segmentation: Optional[slicer.vtkMRMLSegmentationNode] = None
-
-
-def convert(dicom_paths: Sequence[Path], out_dir: Path, options: ConvertOptions) -> ConvertReport:
+def convert(dicom_paths: Sequence[Path], out_dir: Path, options: ConvertOptions) -> ExportReport:
     """Convert every study under ``dicom_paths`` (or only the nnU-Net case when no DICOM is given)."""
     ensure_scene()
-    report = ConvertReport()
+    report = ExportReport()
     out_dir = Path(out_dir)
     if not dicom_paths:
         if options.nnunet_dataset is None or options.case_id is None:
@@ -97,7 +70,7 @@ def _remove_study_nodes() -> None:
 # ----------------------------------------------------------------------------------------- loading
 
 
-def _nodes_from_dicom_study(study: IndexedStudy, scan, report: ConvertReport) -> List[_StudyNodes]:
+def _nodes_from_dicom_study(study: IndexedStudy, scan, report: ExportReport) -> List[StudyNodes]:
     """The study as nodes: each PET with its CT, or (no PET) each CT alone for its VOC boxes."""
     pairings = [p for p in scan.pairings if p.study_uid == study.study_uid]
     result = []
@@ -113,7 +86,7 @@ def _nodes_from_dicom_study(study: IndexedStudy, scan, report: ConvertReport) ->
         report.notes.extend(loaded.warnings)
         ct, pet = add_study_nodes(loaded)
         case_id = nnunet.case_id_for_study(study.patient_id, study.study_uid, study.study_date)
-        result.append(_StudyNodes(study.patient_id, case_id, ct, pet))
+        result.append(StudyNodes(study.patient_id, case_id, ct, pet))
     if not pairings:
         for series in (s for s in study.series if s.modality == "CT"):
             try:
@@ -123,16 +96,16 @@ def _nodes_from_dicom_study(study: IndexedStudy, scan, report: ConvertReport) ->
                 continue
             ct = add_series_volume(image, info, study.patient_id, study.study_uid, f"{study.patient_id} CT")
             case_id = nnunet.case_id_for_study(study.patient_id, study.study_uid, study.study_date)
-            result.append(_StudyNodes(study.patient_id, case_id, ct, None))
+            result.append(StudyNodes(study.patient_id, case_id, ct, None))
     return result
 
 
-def _nodes_from_nnunet_case(options: ConvertOptions, report: ConvertReport) -> _StudyNodes:
+def _nodes_from_nnunet_case(options: ConvertOptions, report: ExportReport) -> StudyNodes:
     case = nnunet.read_case(options.nnunet_dataset, options.case_id)
     ct = volume_node_from_image(case.ct, f"{case.case_id} CT")
     pet = volume_node_from_image(case.pet, f"{case.case_id} PET SUVbw")
     mark_as_suv_bw(pet)
-    nodes = _StudyNodes(case.case_id, case.case_id, ct, pet)
+    nodes = StudyNodes(case.case_id, case.case_id, ct, pet)
     if case.label is not None:
         nodes.segmentation = segmentation_from_mask(case.label, f"{case.case_id} lesions", options.per_lesion)
     report.notes.append(
@@ -141,7 +114,7 @@ def _nodes_from_nnunet_case(options: ConvertOptions, report: ConvertReport) -> _
     return nodes
 
 
-def _import_annotations(nodes: _StudyNodes, options: ConvertOptions, report: ConvertReport) -> None:
+def _import_annotations(nodes: StudyNodes, options: ConvertOptions, report: ExportReport) -> None:
     if options.voc_dir is not None:
         folder = _patient_annotation_folder(Path(options.voc_dir), nodes.patient_id)
         if folder is None:
@@ -178,99 +151,10 @@ def _patient_annotation_folder(voc_dir: Path, patient_id: str) -> Optional[Path]
     return None
 
 
-# ----------------------------------------------------------------------------------------- export
-
-
-def _export(nodes: _StudyNodes, out_dir: Path, options: ConvertOptions, report: ConvertReport) -> None:
+def _export(nodes: StudyNodes, out_dir: Path, options: ConvertOptions, report: ExportReport) -> None:
     if options.export_voc:
-        _export_voc(nodes, out_dir, options, report)
+        export_voc(nodes, out_dir / "Annotation", report, options.overwrite, options.voc_from_segmentation)
     if options.export_nnunet:
-        _export_nnunet(nodes, out_dir, options, report)
-
-
-def _export_voc(nodes: _StudyNodes, out_dir: Path, options: ConvertOptions, report: ConvertReport) -> None:
-    if not slice_sop_instance_uids(nodes.ct):
-        return
-    default_class = voc.histology_class(nodes.patient_id)
-    annotations, skipped = voc_from_box_nodes(box_nodes_of(nodes.ct), nodes.ct, default_class)
-    report.skipped.extend(skipped)
-    if options.voc_from_segmentation and nodes.segmentation is not None:
-        if default_class is None:
-            report.skipped.append(f"{nodes.patient_id}: no histology letter in the Patient ID to class segment boxes")
-        else:
-            annotations = _merge(annotations, voc_from_segmentation(nodes.segmentation, nodes.ct, default_class))
-    if not annotations:
-        report.skipped.append(f"{nodes.patient_id}: no VOC boxes to write")
-        return
-    folder = out_dir / "Annotation" / voc.patient_folder_name(nodes.patient_id)
-    for annotation in annotations:
-        annotation.folder = folder.name
-    try:
-        written = voc.write_voc_folder(annotations, folder, overwrite=options.overwrite)
-    except OutputExistsError as error:
-        report.skipped.append(f"{error} (use --overwrite to replace them)")
-        return
-    report.written.append(f"{folder}/ ({len(written)} VOC XML files)")
-
-
-def _merge(first: List[voc.VocAnnotation], second: List[voc.VocAnnotation]) -> List[voc.VocAnnotation]:
-    by_uid = {a.sop_instance_uid: a for a in first}
-    for annotation in second:
-        if annotation.sop_instance_uid in by_uid:
-            by_uid[annotation.sop_instance_uid].boxes.extend(annotation.boxes)
-        else:
-            by_uid[annotation.sop_instance_uid] = annotation
-    return list(by_uid.values())
-
-
-def _export_nnunet(nodes: _StudyNodes, out_dir: Path, options: ConvertOptions, report: ConvertReport) -> None:
-    if nodes.pet is None:
-        report.skipped.append(f"{nodes.patient_id}: CT only, no nnU-Net case (it needs the PET)")
-        return
-    if nodes.segmentation is not None:
-        label = mask_on(nodes.segmentation, nodes.pet)
-    elif options.boxes_as_labels and box_nodes_of(nodes.ct):
-        label = _filled_boxes_on_pet_grid(nodes)
-        report.notes.append(
-            f"{nodes.case_id}: the nnU-Net label is the VOC boxes filled (rectangles, not lesion outlines)"
+        export_nnunet(
+            nodes, out_dir / "nnUNet_raw" / NNUNET_DATASET_NAME, report, options.overwrite, options.boxes_as_labels
         )
-    else:
-        report.skipped.append(
-            f"{nodes.patient_id}: no lesion segmentation for an nnU-Net label "
-            "(give --nnunet DATASET --case ID, or --boxes-as-labels to write filled VOC boxes)"
-        )
-        return
-    case = export_nnunet_case(nodes.ct, nodes.pet, label, nodes.case_id)
-    dataset = out_dir / "nnUNet_raw" / NNUNET_DATASET_NAME
-    try:
-        paths = nnunet.write_case(dataset, case, overwrite=options.overwrite)
-    except nnunet.NnUNetError as error:
-        report.skipped.append(
-            f"{error} (use --overwrite to replace it)" if "already exists" in str(error) else str(error)
-        )
-        return
-    report.written.extend(str(path) for path in paths.values())
-
-
-def export_nnunet_case(
-    ct_node: slicer.vtkMRMLScalarVolumeNode, pet_node: slicer.vtkMRMLScalarVolumeNode, label: sitk.Image, case_id: str
-) -> nnunet.NnUNetCase:
-    """An autoPET case from the study's nodes: CT resampled onto the PET grid, PET in SUV, the label."""
-    pet = image_from_volume_node(pet_node, sitk.sitkFloat32)
-    ct = image_from_volume_node(ct_node)
-    pet_grid = Grid.from_sitk(pet)
-    ct_on_pet = ct if Grid.from_sitk(ct).same_as(pet_grid) else resample_ct_to_pet(ct, pet_grid)
-    return nnunet.NnUNetCase(nnunet.check_case_id(case_id), ct_on_pet, pet, label)
-
-
-def _filled_boxes_on_pet_grid(nodes: _StudyNodes) -> sitk.Image:
-    annotations, _ = voc_from_box_nodes(box_nodes_of(nodes.ct), nodes.ct, default_class="box")
-    ct_grid = grid_from_volume_node(nodes.ct)
-    slice_of = {uid: k for k, uid in enumerate(slice_sop_instance_uids(nodes.ct))}
-    filled = np.zeros(ct_grid.shape, np.uint8)
-    for annotation in annotations:
-        k = slice_of[annotation.sop_instance_uid]
-        for box in annotation.boxes:
-            c0, r0, c1, r1 = box.to_pixel_ranges()
-            filled[k, r0 : r1 + 1, c0 : c1 + 1] = 1
-    return resample_label_to_grid(ct_grid.to_sitk(filled), grid_from_volume_node(nodes.pet))

@@ -11,18 +11,22 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
+import numpy as np
+import SimpleITK as sitk
 import slicer
 import vtk
 
 from ..detection import Detection, ct_slice_boxes
+from ..geometry import Grid
 from ..lesions import voc_annotations_from_boxes
+from ..resampling import resample_ct_to_pet
 from ..voc import histology_class
-from .boxes import add_box_nodes
+from .boxes import SEGMENT_ID_ATTRIBUTE, add_box_nodes
 from .segmentations import SEGMENT_NAME, segmentation_from_mask
-from .study_nodes import slice_sop_instance_uids
-from .volumes import grid_from_volume_node
+from .study_nodes import is_suv_bw, patient_id_of, slice_sop_instance_uids
+from .volumes import grid_from_volume_node, image_from_volume_node
 
 MEASUREMENT_TAGS = ("mtv_ml", "suv_max", "suv_mean", "suv_peak", "tlg", "score")
 TAG_PREFIX = "PETCTLesions."
@@ -49,6 +53,19 @@ class DetectionNodes:
     boxes: List[slicer.vtkMRMLMarkupsROINode] = field(default_factory=list)
     snapshot: Optional[SegmentationSnapshot] = None  # state before the detections were added
     notes: List[str] = field(default_factory=list)  # what was not made, and why
+
+
+def detection_inputs(
+    ct_node: slicer.vtkMRMLScalarVolumeNode, pet_node: slicer.vtkMRMLScalarVolumeNode
+) -> Tuple[np.ndarray, np.ndarray, Grid]:
+    """What the model reads, from the study's nodes: CT (HU) on the PET grid, PET in SUVbw, the PET grid."""
+    if not is_suv_bw(pet_node):
+        raise ValueError(f"PET volume {pet_node.GetName()!r} is not in SUVbw; load it through the module first")
+    pet = image_from_volume_node(pet_node, sitk.sitkFloat32)
+    pet_grid = Grid.from_sitk(pet)
+    ct = image_from_volume_node(ct_node, sitk.sitkFloat32)
+    ct_on_pet = ct if Grid.from_sitk(ct).same_as(pet_grid) else resample_ct_to_pet(ct, pet_grid)
+    return sitk.GetArrayFromImage(ct_on_pet), sitk.GetArrayFromImage(pet), pet_grid
 
 
 def add_detection_nodes(
@@ -96,21 +113,8 @@ def add_detection_nodes(
                 "choose the class (A, B, E or G) to make them"
             )
         else:
-            result.boxes = _add_boxes(found, ct_node, class_name)
+            result.boxes = _add_boxes(found, ct_node, class_name, ids)
     return result
-
-
-def patient_id_of(node: slicer.vtkMRMLNode) -> str:
-    """The DICOM Patient ID of the patient item above ``node`` in the subject hierarchy ('' if none)."""
-    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
-    item = hierarchy.GetItemByDataNode(node)
-    attribute = slicer.vtkMRMLSubjectHierarchyConstants.GetDICOMPatientIDAttributeName()
-    while item and item != hierarchy.GetSceneItemID():
-        value = hierarchy.GetItemAttribute(item, attribute)
-        if value:
-            return value
-        item = hierarchy.GetItemParent(item)
-    return ""
 
 
 def _segment_ids(segmentation: slicer.vtkMRMLSegmentationNode) -> List[str]:
@@ -162,13 +166,19 @@ def segment_measurements(segment: slicer.vtkSegment) -> Dict[str, float]:
 
 
 def _add_boxes(
-    found: Detection, ct_node: slicer.vtkMRMLScalarVolumeNode, class_name: str
+    found: Detection, ct_node: slicer.vtkMRMLScalarVolumeNode, class_name: str, ids: List[str]
 ) -> List[slicer.vtkMRMLMarkupsROINode]:
-    """Each detected lesion's tight box on every CT slice it crosses, as VOC box markups."""
+    """Each detected lesion's tight box on every CT slice it crosses, as VOC box markups linked to its segment."""
     uids = slice_sop_instance_uids(ct_node)
     ct_grid = grid_from_volume_node(ct_node)
     boxes = ct_slice_boxes(found.lesion_map, found.pet_grid, ct_grid)
     if not boxes or len(uids) != ct_grid.size[2]:
         return []
     annotations = voc_annotations_from_boxes(boxes, uids, ct_grid.size[0], ct_grid.size[1], class_name)
-    return list(add_box_nodes(annotations, ct_node).nodes)
+    nodes = list(add_box_nodes(annotations, ct_node).nodes)
+    # Boxes come back in the order given (by slice, then lesion), each one a tight box inside the CT.
+    if len(nodes) != len(boxes):
+        raise RuntimeError(f"{len(boxes)} detected boxes but {len(nodes)} box markups were made")
+    for node, box in zip(nodes, boxes):
+        node.SetAttribute(SEGMENT_ID_ATTRIBUTE, ids[box.lesion - 1])
+    return nodes

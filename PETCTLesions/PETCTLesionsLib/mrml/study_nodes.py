@@ -60,24 +60,26 @@ def add_study_nodes(
     so the nodes keep their DICOM identity however they were loaded.
     """
     prefix = name_prefix or study.patient_id
-    ct_node = add_series_volume(study.ct, study.ct_series, study.patient_id, study.study_uid, f"{prefix} CT")
+    ct_node = add_series_volume(
+        study.ct, study.ct_series, study.patient_id, study.study_uid, f"{prefix} CT", study.study_date
+    )
     pet_node = add_series_volume(
-        study.pet_suv, study.pet_series, study.patient_id, study.study_uid, f"{prefix} PET SUVbw"
+        study.pet_suv, study.pet_series, study.patient_id, study.study_uid, f"{prefix} PET SUVbw", study.study_date
     )
     mark_as_suv_bw(pet_node)
     return ct_node, pet_node
 
 
 def add_series_volume(
-    image: sitk.Image, series: SeriesInfo, patient_id: str, study_uid: str, name: str
+    image: sitk.Image, series: SeriesInfo, patient_id: str, study_uid: str, name: str, study_date: str = ""
 ) -> slicer.vtkMRMLScalarVolumeNode:
     """One series' image as a volume node under its patient and study items, with its slice UIDs."""
     node = volume_node_from_image(image, name)
-    _add_series_item(node, series, _patient_study_items(patient_id, study_uid))
+    _add_series_item(node, series, _patient_study_items(patient_id, study_uid, study_date))
     return node
 
 
-def _patient_study_items(patient_id: str, study_uid: str) -> int:
+def _patient_study_items(patient_id: str, study_uid: str, study_date: str = "") -> int:
     """The subject hierarchy study item of a study (created with its patient item when missing)."""
     hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
     constants = slicer.vtkMRMLSubjectHierarchyConstants
@@ -92,6 +94,8 @@ def _patient_study_items(patient_id: str, study_uid: str) -> int:
         study_item = hierarchy.CreateStudyItem(patient_item, f"Study {study_uid[-8:]}")
         hierarchy.SetItemUID(study_item, uid_name, study_uid)
         hierarchy.SetItemAttribute(study_item, constants.GetDICOMStudyInstanceUIDAttributeName(), study_uid)
+        if study_date:
+            hierarchy.SetItemAttribute(study_item, constants.GetDICOMStudyDateAttributeName(), study_date)
     return study_item
 
 
@@ -150,3 +154,38 @@ def convert_pet_node_to_suv(pet_node: slicer.vtkMRMLScalarVolumeNode, pet: Loade
     mark_as_suv_bw(pet_node)
     if pet.series.slice_sop_instance_uids and not node_uids:
         pet_node.SetAttribute(INSTANCE_UIDS_ATTRIBUTE, " ".join(pet.series.slice_sop_instance_uids))
+
+
+def dicom_attribute_above(node: slicer.vtkMRMLNode, attribute: str) -> str:
+    """A DICOM attribute of the nearest subject hierarchy item above ``node`` that has it ('' if none)."""
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
+    item = hierarchy.GetItemByDataNode(node)
+    while item and item != hierarchy.GetSceneItemID():
+        value = hierarchy.GetItemAttribute(item, attribute)
+        if value:
+            return value
+        item = hierarchy.GetItemParent(item)
+    return ""
+
+
+def patient_id_of(node: slicer.vtkMRMLNode) -> str:
+    """The DICOM Patient ID of the patient item above ``node`` in the subject hierarchy ('' if none)."""
+    return dicom_attribute_above(node, slicer.vtkMRMLSubjectHierarchyConstants.GetDICOMPatientIDAttributeName())
+
+
+def study_case_id(node: slicer.vtkMRMLNode) -> str:
+    """The nnU-Net case id of ``node``'s study (``<PatientID>_<10 hex>_<date>``), or one made from its name.
+
+    Slicer's DICOM module and :func:`add_study_nodes` put the Patient ID, StudyInstanceUID and
+    StudyDate on the patient and study items; a volume without them (not from DICOM) is named
+    after the node.
+    """
+    from ..nnunet import case_id_for_study, case_id_from_name
+
+    constants = slicer.vtkMRMLSubjectHierarchyConstants
+    patient_id = patient_id_of(node)
+    study_uid = dicom_attribute_above(node, constants.GetDICOMStudyInstanceUIDAttributeName())
+    if patient_id and study_uid:
+        study_date = dicom_attribute_above(node, constants.GetDICOMStudyDateAttributeName())
+        return case_id_for_study(patient_id, study_uid, study_date)
+    return case_id_from_name(node.GetName())

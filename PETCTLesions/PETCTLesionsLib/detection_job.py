@@ -1,0 +1,292 @@
+"""Lesion detection in a separate process, so that the caller (Slicer's GUI) never waits for it.
+
+    caller                                          worker: python -m PETCTLesionsLib.detection_job JOB
+    DetectionJob.start(ct, pet, grid, settings) --> JOB/inputs: ct_hu.npy, pet_suv.npy, job.json
+    DetectionJob.poll() <-- progress lines ------- detect_lesions(...) reporting "fraction message"
+    DetectionJob.poll() -> finished  <------------ JOB/lesion_map.npy, then JOB/result.json (atomic)
+    DetectionJob.cancel() --> terminate ----------> nothing half-made: no result, JOB removed
+
+A process (not a thread) because the model holds the interpreter for long stretches of
+preprocessing, and because stopping a process is a clean cancel whatever it is doing. Data
+goes through uncompressed ``.npy`` files in a private temporary folder (fast, no pickling).
+Everything here is plain Python: Slicer's Widget polls :meth:`DetectionJob.poll` from a
+timer; tests and the command line can poll it in a loop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from .detection import Detection
+from .fileio import atomic_output, atomic_write_text
+from .geometry import Grid
+from .measurements import LesionMeasurement
+
+PROGRESS_PREFIX = "PETCTLESIONS-PROGRESS"
+RESULT_FILE = "result.json"
+LESION_MAP_FILE = "lesion_map.npy"
+_LIBRARY_PARENT = Path(__file__).resolve().parents[1]  # the folder that holds PETCTLesionsLib/
+
+
+@dataclass(frozen=True)
+class DetectionSettings:
+    """What the user chose for one detection run (``None`` threshold: the model's own)."""
+
+    model_path: Optional[str] = None  # model manifest (.json); None: the bundled model
+    device: str = "auto"  # auto, cuda, mps or cpu
+    threshold: Optional[float] = None
+    min_volume_ml: float = 0.0
+
+
+@dataclass
+class JobStatus:
+    """One look at a running job: where it is, and every output line since the last look."""
+
+    state: str  # "running", "finished", "failed" or "cancelled"
+    fraction: float = 0.0
+    message: str = ""
+    new_log_lines: List[str] = field(default_factory=list)
+
+    @property
+    def done(self) -> bool:
+        return self.state != "running"
+
+
+class DetectionJobError(RuntimeError):
+    """The worker failed; the message carries its last output lines."""
+
+
+class DetectionJob:
+    """One detection in a worker process; poll it, cancel it, or take its result.
+
+    ``python`` and ``environment`` are injected: inside Slicer the Logic passes PythonSlicer
+    and Slicer's startup environment (where torch from the PyTorch extension lives); tests and
+    the command line use the running interpreter.
+    """
+
+    def __init__(
+        self,
+        ct_hu_on_pet: np.ndarray,
+        pet_suv: np.ndarray,
+        pet_grid: Grid,
+        settings: DetectionSettings,
+        python: Optional[str] = None,
+        environment: Optional[Dict[str, str]] = None,
+        work_root: Optional[Path] = None,
+    ) -> None:
+        if ct_hu_on_pet.shape != pet_grid.shape or pet_suv.shape != pet_grid.shape:
+            raise ValueError(
+                f"CT {ct_hu_on_pet.shape} and PET {pet_suv.shape} must both be on the PET grid {pet_grid.shape}"
+            )
+        self.pet_grid = pet_grid
+        self.settings = settings
+        self.job_dir = Path(tempfile.mkdtemp(prefix="petctlesions-job-", dir=work_root))
+        self._lines: queue.Queue = queue.Queue()
+        self._log: List[str] = []
+        self._state = "running"
+        self._fraction, self._message = 0.0, "starting"
+        try:
+            np.save(self.job_dir / "ct_hu.npy", np.ascontiguousarray(ct_hu_on_pet, dtype=np.float32))
+            np.save(self.job_dir / "pet_suv.npy", np.ascontiguousarray(pet_suv, dtype=np.float32))
+            job = {"pet_grid": _grid_to_json(pet_grid), "settings": asdict(settings)}
+            atomic_write_text(self.job_dir / "job.json", json.dumps(job, indent=1))
+            self._process = subprocess.Popen(
+                [python or sys.executable, "-u", "-m", "PETCTLesionsLib.detection_job", str(self.job_dir)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                text=True,
+                env=_worker_environment(environment),
+            )
+        except BaseException:
+            shutil.rmtree(self.job_dir, ignore_errors=True)
+            raise
+        self._reader = threading.Thread(target=self._read_output, name="petctlesions-job-output", daemon=True)
+        self._reader.start()
+
+    def _read_output(self) -> None:
+        for line in self._process.stdout:
+            self._lines.put(line.rstrip("\n"))
+        self._process.stdout.close()
+
+    def poll(self) -> JobStatus:
+        """Progress and output since the last call; never blocks."""
+        exited = self._process.poll() is not None
+        if exited:
+            self._reader.join(timeout=5)  # the pipe is at its end: every line is queued
+        new_lines = []
+        while True:
+            try:
+                line = self._lines.get_nowait()
+            except queue.Empty:
+                break
+            if line.startswith(PROGRESS_PREFIX + " "):
+                _, fraction, message = (line.split(" ", 2) + [""])[:3]
+                self._fraction, self._message = float(fraction), message
+            else:
+                new_lines.append(line)
+        self._log.extend(new_lines)
+        if self._state == "running" and exited:
+            if self._process.returncode == 0 and (self.job_dir / RESULT_FILE).is_file():
+                self._state, self._fraction, self._message = "finished", 1.0, "finished"
+            else:
+                self._state = "failed"
+                self._message = f"the detection process stopped (exit code {self._process.returncode})"
+        return JobStatus(self._state, self._fraction, self._message, new_lines)
+
+    def wait(self, timeout: Optional[float] = None) -> JobStatus:
+        """Block until the job ends (for the command line and tests)."""
+        self._process.wait(timeout=timeout)
+        return self.poll()
+
+    @property
+    def log(self) -> str:
+        return "\n".join(self._log)
+
+    def cancel(self) -> None:
+        """Stop the worker and remove everything it wrote; a finished result is discarded too."""
+        if self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._state = "cancelled"
+        self.cleanup()
+
+    def result(self) -> Detection:
+        """The finished detection (PET grid, lesion map, measurements); the job folder is removed either way."""
+        try:
+            status = self.poll()
+            if status.state != "finished":
+                tail = "\n".join(self._log[-15:])
+                detail = f":\n{tail}" if tail else ""
+                raise DetectionJobError(f"lesion detection did not finish ({status.message}){detail}")
+            return read_result(self.job_dir, self.pet_grid)
+        finally:
+            self.cleanup()
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.job_dir, ignore_errors=True)
+
+
+def _worker_environment(environment: Optional[Dict[str, str]]) -> Dict[str, str]:
+    env = dict(os.environ if environment is None else environment)
+    # The worker imports this library from where it is installed (an extension's module folder
+    # is on Slicer's sys.path but not on PythonSlicer's).
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_LIBRARY_PARENT), env.get("PYTHONPATH", "")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _grid_to_json(grid: Grid) -> Dict[str, list]:
+    return {
+        "size": list(grid.size),
+        "spacing": list(grid.spacing),
+        "origin": list(grid.origin),
+        "direction": list(grid.direction),
+    }
+
+
+def _grid_from_json(content: Dict[str, Sequence[float]]) -> Grid:
+    return Grid(
+        tuple(int(v) for v in content["size"]),
+        tuple(float(v) for v in content["spacing"]),
+        tuple(float(v) for v in content["origin"]),
+        tuple(float(v) for v in content["direction"]),
+    )
+
+
+def read_result(job_dir: Path, pet_grid: Grid) -> Detection:
+    """The worker's result files as a :class:`Detection` (no probability map: it stays in the worker)."""
+    content = json.loads((job_dir / RESULT_FILE).read_text())
+    lesion_map = np.load(job_dir / LESION_MAP_FILE)
+    if lesion_map.shape != pet_grid.shape:
+        raise DetectionJobError(f"{job_dir / LESION_MAP_FILE}: shape {lesion_map.shape}, expected {pet_grid.shape}")
+    lesions = [
+        LesionMeasurement(
+            **{
+                **row,
+                "centroid_lps": tuple(row["centroid_lps"]),
+                "bbox_kji": tuple(tuple(pair) for pair in row["bbox_kji"]),
+            }
+        )
+        for row in content["lesions"]
+    ]
+    return Detection(
+        pet_grid,
+        None,
+        lesion_map,
+        lesions,
+        content["threshold"],
+        content["min_volume_ml"],
+        content["device"],
+        content["notes"],
+    )
+
+
+def run_job(job_dir: Path) -> None:
+    """The worker: read the inputs, detect, write the result (lesion map first, result.json last)."""
+    from .detection import detect_lesions
+    from .model.weights import load_model
+
+    job = json.loads((job_dir / "job.json").read_text())
+    settings = DetectionSettings(**job["settings"])
+    pet_grid = _grid_from_json(job["pet_grid"])
+    report_progress(0.0, "loading the model")
+    model = load_model(settings.model_path)
+    ct_hu = np.load(job_dir / "ct_hu.npy")
+    pet_suv = np.load(job_dir / "pet_suv.npy")
+    found = detect_lesions(
+        model,
+        ct_hu,
+        pet_suv,
+        pet_grid,
+        threshold=settings.threshold,
+        min_volume_ml=settings.min_volume_ml,
+        device=settings.device,
+        progress=lambda fraction, message: report_progress(0.95 * fraction, message),
+    )
+    report_progress(0.97, f"writing {len(found.lesions)} lesions")
+    with atomic_output(job_dir / LESION_MAP_FILE) as tmp, open(tmp, "wb") as stream:
+        np.save(stream, found.lesion_map)
+    result = {
+        "lesions": [asdict(lesion) for lesion in found.lesions],
+        "threshold": found.threshold,
+        "min_volume_ml": found.min_volume_ml,
+        "device": found.device,
+        "notes": list(found.notes),
+        "model": model.name,
+    }
+    atomic_write_text(job_dir / RESULT_FILE, json.dumps(result, indent=1))
+    report_progress(1.0, f"{len(found.lesions)} lesions found on {found.device}")
+
+
+def report_progress(fraction: float, message: str) -> None:
+    print(f"{PROGRESS_PREFIX} {fraction:.4f} {' '.join(message.split())}", flush=True)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or not (Path(args[0]) / "job.json").is_file():
+        print("usage: python -m PETCTLesionsLib.detection_job JOB_DIR (a folder made by DetectionJob)", file=sys.stderr)
+        return 2
+    run_job(Path(args[0]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
