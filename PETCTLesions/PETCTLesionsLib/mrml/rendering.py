@@ -1,0 +1,267 @@
+"""Slice views as pictures: what Slicer's Red/Yellow/Green view shows, rendered offscreen.
+
+A slice view in Slicer is two things drawn in one VTK renderer (``qMRMLSliceView``):
+
+- the slice logic's image: Slicer's reslice of the background and foreground volumes,
+  window/level, colour table and opacity blending (``vtkMRMLSliceLogic``), drawn by a
+  ``vtkImageMapper`` with window 255 / level 127.5 (the CTK light box view does the same);
+- Slicer's 2D displayable managers, instantiated for that renderer by the slice view
+  displayable manager factory: segment outlines and fill
+  (``vtkMRMLSegmentationsDisplayableManager2D``) and markups such as VOC box ROIs
+  (``vtkMRMLMarkupsDisplayableManager``), drawn as the nodes' display nodes say.
+
+:class:`OffscreenSliceView` builds exactly that around an offscreen ``vtkRenderWindow`` instead
+of a Qt widget, so the same pixels come out inside Slicer and headless (slicer-core, VTK's
+EGL window on Mesa, no X server). Nothing here draws by itself: outlines, boxes, colours
+and windowing are Slicer's own.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+import slicer
+import vtk
+from vtk.util import numpy_support
+
+from ..fileio import atomic_output
+from .headless import application_logic, ensure_scene, in_slicer_application
+
+# The displayable managers a slice view needs for what this project shows. In Slicer the
+# Segmentations and Markups modules register them with the slice view factory in their
+# setup(); headless there are no modules, so this module does the registering.
+SLICE_VIEW_DISPLAYABLE_MANAGERS = (
+    "vtkMRMLSegmentationsDisplayableManager2D",
+    "vtkMRMLMarkupsDisplayableManager",
+)
+DEFAULT_SIZE = (512, 512)
+
+
+class OffscreenRenderingError(RuntimeError):
+    """No OpenGL context could be created (no display, no EGL/OSMesa): nothing can be rendered."""
+
+
+def slice_logic(view_name: str) -> slicer.vtkMRMLSliceLogic:
+    """The slice logic of the slice view with layout name ``view_name`` ("Red", "Yellow", "Green")."""
+    ensure_scene()
+    logic = application_logic().GetSliceLogicByLayoutName(view_name)
+    if logic is None:
+        raise ValueError(f"there is no slice view named {view_name!r}")
+    return logic
+
+
+def slice_node(view_name: str) -> slicer.vtkMRMLSliceNode:
+    return slice_logic(view_name).GetSliceNode()
+
+
+def centre_view_on(view_name: str, ras_point: Sequence[float]) -> None:
+    """Move one slice view so that its slice goes through ``ras_point`` and the point is in its centre."""
+    slice_node(view_name).JumpSliceByCentering(*(float(value) for value in ras_point[:3]))
+
+
+def centre_all_views_on(ras_point: Sequence[float]) -> None:
+    """Centre every slice view on ``ras_point`` (what clicking a lesion in a table does in Slicer)."""
+    r, a, s = (float(value) for value in ras_point[:3])
+    slicer.vtkMRMLSliceNode.JumpAllSlices(ensure_scene(), r, a, s, slicer.vtkMRMLSliceNode.CenteredJumpSlice)
+
+
+def view_pixel_of_ras(view_name: str, ras_point: Sequence[float]) -> Tuple[float, float]:
+    """(column, row) in a picture of the view (row 0 at the top) where ``ras_point`` is drawn.
+
+    Uses the slice node's current XY-to-RAS matrix, so it describes the last picture while the
+    node keeps the dimensions it was rendered at (headless it does; see :func:`render_slice_view`).
+    """
+    node = slice_node(view_name)
+    ras_to_xy = vtk.vtkMatrix4x4()
+    vtk.vtkMatrix4x4.Invert(node.GetXYToRAS(), ras_to_xy)
+    x, y = ras_to_xy.MultiplyPoint((*(float(value) for value in ras_point[:3]), 1.0))[:2]
+    height = node.GetDimensions()[1]
+    # XY has its origin at the bottom-left pixel centre; picture rows count from the top.
+    return x, height - 1 - y
+
+
+def _new_render_window() -> vtk.vtkRenderWindow:
+    """An offscreen render window; EGL directly when headless on Linux without a display.
+
+    VTK's default window factory on Linux tries X first and logs a warning when there is no
+    X server before falling back to EGL; going to EGL directly avoids that noise.
+    """
+    window = None
+    headless_linux = (
+        not in_slicer_application()
+        and sys.platform.startswith("linux")
+        and not os.environ.get("DISPLAY")
+        and not os.environ.get("WAYLAND_DISPLAY")
+    )
+    if headless_linux:
+        try:
+            from vtkmodules.vtkRenderingOpenGL2 import vtkEGLRenderWindow
+
+            window = vtkEGLRenderWindow()
+        except ImportError:  # a VTK built without EGL: let the factory choose (OSMesa, ...)
+            window = None
+    if window is None:
+        window = vtk.vtkRenderWindow()
+    window.SetOffScreenRendering(1)
+    # No multisampling: the picture must not depend on the driver's antialiasing.
+    window.SetMultiSamples(0)
+    return window
+
+
+def _register_displayable_managers() -> slicer.vtkMRMLSliceViewDisplayableManagerFactory:
+    """Slicer's slice view factory with the Segmentations and Markups 2D managers registered.
+
+    The factory is Slicer's process-wide singleton: inside Slicer the modules have registered
+    these (and more: crosshair, ruler, ...) already; headless this does what their setup() does.
+    """
+    factory = slicer.vtkMRMLSliceViewDisplayableManagerFactory.GetInstance()
+    if factory.GetMRMLApplicationLogic() is None:
+        factory.SetMRMLApplicationLogic(application_logic())
+    for name in SLICE_VIEW_DISPLAYABLE_MANAGERS:
+        if not factory.IsDisplayableManagerRegistered(name):
+            factory.RegisterDisplayableManager(name)
+    return factory
+
+
+class OffscreenSliceView:
+    """A slice view without a widget: one renderer holding the slice logic's image and
+    Slicer's 2D displayable managers, in an offscreen render window of ``size`` pixels."""
+
+    def __init__(self, view_name: str = "Red", size: Tuple[int, int] = DEFAULT_SIZE) -> None:
+        width, height = (int(value) for value in size)
+        if width < 1 or height < 1:
+            raise ValueError(f"picture size must be positive, got {size!r}")
+        self.view_name = view_name
+        self.size = (width, height)
+        self.logic = slice_logic(view_name)
+        self.window = _new_render_window()
+        self.window.SetSize(width, height)
+        self.renderer = vtk.vtkRenderer()
+        self.renderer.SetBackground(0.0, 0.0, 0.0)  # a slice view's background outside the volumes
+        self.window.AddRenderer(self.renderer)
+        # The displayable managers look for an interactor on the render window, as a Qt view
+        # has one; a generic interactor needs no window system and never starts an event loop.
+        self.interactor = vtk.vtkGenericRenderWindowInteractor()
+        self.window.SetInteractor(self.interactor)
+        # The slice logic's blended RGBA image, drawn 1:1 in the bottom-left corner as in a 1x1 light box.
+        self.image_mapper = vtk.vtkImageMapper()
+        self.image_mapper.SetColorWindow(255.0)
+        self.image_mapper.SetColorLevel(127.5)
+        self.image_mapper.SetInputConnection(self.logic.GetImageDataConnection())
+        self.image_actor = vtk.vtkActor2D()
+        self.image_actor.SetMapper(self.image_mapper)
+        self.renderer.AddViewProp(self.image_actor)
+        self.displayable_managers = _register_displayable_managers().InstantiateDisplayableManagers(self.renderer)
+        self.displayable_managers.SetMRMLDisplayableNode(self.logic.GetSliceNode())
+        self._capture = vtk.vtkWindowToImageFilter()
+        self._capture.SetInput(self.window)
+        self._capture.SetInputBufferTypeToRGB()
+        self._capture.ReadFrontBufferOff()
+
+    def displayable_manager_names(self) -> Tuple[str, ...]:
+        group = self.displayable_managers
+        return tuple(
+            group.GetNthDisplayableManager(n).GetClassName() for n in range(group.GetDisplayableManagerCount())
+        )
+
+    def render(self, fit: bool = False) -> np.ndarray:
+        """The view as a ``[row, column, 3]`` uint8 RGB picture, row 0 at the top.
+
+        The slice node gets the picture's size as its dimensions (what a view's resize does,
+        keeping the field of view's scale); ``fit=True`` then fits the view to its volumes.
+        """
+        width, height = self.size
+        self.logic.ResizeSliceNode(width, height)
+        if fit:
+            self.logic.FitSliceToAll(width, height)
+        self.window.Render()
+        if not self.window.SupportsOpenGL():
+            raise OffscreenRenderingError(
+                f"VTK could not create an OpenGL context for {self.window.GetClassName()} "
+                "(no display and no working EGL/OSMesa driver)"
+            )
+        self._capture.Modified()
+        self._capture.Update()
+        image = self._capture.GetOutput()
+        columns, rows, _ = image.GetDimensions()
+        pixels = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(rows, columns, -1)
+        # OpenGL rows start at the bottom of the window; a picture's at the top.
+        return np.ascontiguousarray(pixels[::-1, :, :3])
+
+    def close(self) -> None:
+        """Detach the displayable managers from the scene and release the OpenGL context."""
+        self.displayable_managers.SetMRMLDisplayableNode(None)
+        self.renderer.RemoveAllViewProps()
+        self.window.Finalize()
+
+    def __enter__(self) -> OffscreenSliceView:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def render_slice_view(view_name: str = "Red", size: Tuple[int, int] = DEFAULT_SIZE, fit: bool = False) -> np.ndarray:
+    """What the slice view ``view_name`` shows, at ``size`` (width, height) pixels: uint8 RGB, rows top-down.
+
+    Headless the slice node keeps the picture's dimensions afterwards (so :func:`view_pixel_of_ras`
+    maps onto the picture). Inside Slicer the user's view is a real widget of another size, so its
+    dimensions and field of view are put back after rendering.
+    """
+    node = slice_logic(view_name).GetSliceNode()
+    saved = _view_geometry(node) if in_slicer_application() else None
+    try:
+        with OffscreenSliceView(view_name, size) as view:
+            return view.render(fit=fit)
+    finally:
+        if saved is not None:
+            _restore_view_geometry(node, saved)
+
+
+def _view_geometry(node: slicer.vtkMRMLSliceNode) -> Tuple[Tuple[int, ...], Tuple[float, ...], Tuple[float, ...]]:
+    return tuple(node.GetDimensions()), tuple(node.GetFieldOfView()), tuple(node.GetXYZOrigin())
+
+
+def _restore_view_geometry(node: slicer.vtkMRMLSliceNode, saved: Tuple[Tuple, Tuple, Tuple]) -> None:
+    dimensions, field_of_view, origin = saved
+    was_modifying = node.StartModify()
+    try:
+        node.SetDimensions(*dimensions)
+        node.SetFieldOfView(*field_of_view)
+        node.SetXYZOrigin(*origin)
+    finally:
+        node.EndModify(was_modifying)
+
+
+def write_view_png(
+    path: os.PathLike,
+    view_name: str = "Red",
+    size: Tuple[int, int] = DEFAULT_SIZE,
+    fit: bool = False,
+    overwrite: bool = False,
+) -> np.ndarray:
+    """Render the view and write it as an 8-bit RGB PNG (atomically, never over an existing file
+    unless ``overwrite``); returns the picture written."""
+    pixels = render_slice_view(view_name, size, fit=fit)
+    image = sitk.GetImageFromArray(pixels, isVector=True)
+    with atomic_output(Path(path), overwrite=overwrite) as tmp:
+        sitk.WriteImage(image, str(tmp))
+    return pixels
+
+
+def offscreen_rendering_problem() -> Optional[str]:
+    """None when an offscreen OpenGL context can be made here, else why not (for skipping tests)."""
+    try:
+        window = _new_render_window()
+        window.SetSize(4, 4)
+        window.Render()
+        supported = bool(window.SupportsOpenGL())
+        window.Finalize()
+    except Exception as error:  # a VTK without any usable OpenGL window class
+        return f"VTK offscreen render window failed: {error}"
+    return None if supported else "VTK could not create an OpenGL context (no display, no EGL/OSMesa)"
