@@ -55,7 +55,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(
+    result, case = run_demo(
         Path(args.out),
         seed=args.seed,
         size=args.size,
@@ -63,7 +63,24 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         device=args.device,
         progress=_print_progress,
     )
+    _write_slicer_views(result, case.study_dir, Path(args.out), args.overwrite)
     return 0
+
+
+def _write_slicer_views(result, study_dir: Path, out_dir: Path, overwrite: bool) -> None:
+    """The demo's detections as Slicer's own slice views draw them, when slicer-core is installed."""
+    try:
+        from .mrml.rendering import offscreen_rendering_problem, write_detection_views
+    except ImportError:
+        print("Slicer views: skipped (install slicer-core, the 'slicer' extra, to have them)")
+        return
+    problem = offscreen_rendering_problem()
+    if problem:
+        print(f"Slicer views: skipped ({problem})")
+        return
+    folder = out_dir / "predicted" / result.name
+    for path in write_detection_views(study_dir, result.detection, folder, overwrite):
+        print(f"Slicer view: {path}")
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:

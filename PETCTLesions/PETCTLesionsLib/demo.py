@@ -27,8 +27,8 @@ def run_demo(
     overwrite: bool = False,
     device: str = "auto",
     progress: Optional[ProgressCallback] = None,
-) -> StudyPrediction:
-    """Write the demo study, detect its lesions with the bundled model; returns the prediction."""
+) -> Tuple[StudyPrediction, SyntheticCase]:
+    """Write the demo study, detect its lesions with the bundled model; returns the prediction and the study."""
     report = progress or (lambda fraction, message: None)
     out_dir = Path(out_dir)
     report(0.0, f"generating synthetic patient (seed {seed}, {size} size)")
@@ -43,7 +43,7 @@ def run_demo(
         raise ValueError(f"demo study {case.study_dir}: {result.error}")
     report(1.0, "done")
     _print_summary(study, case, result, out_dir)
-    return result
+    return result, case
 
 
 def write_demo_study(

@@ -126,6 +126,15 @@ def test_demo_detects_the_lesions_and_writes_table_pictures_nnunet_and_voc(tmp_p
     label = next((tmp_path / "predicted" / "nnUNet_raw").glob("*/labelsTr/*.nii.gz"))
     assert sitk.GetArrayFromImage(sitk.ReadImage(str(label))).sum() == sum(int(r["voxels"]) for r in rows)
     assert list((tmp_path / "predicted" / "Annotation").glob("*/*.xml"))
+    # The same detections as Slicer's own axial and coronal views draw them (slicer-core, offscreen).
+    from PETCTLesionsLib.mrml.segmentations import lesion_colour
+
+    segment_colour = np.array(lesion_colour(1)) * 255.0
+    for name in ("slicer_axial_fused.png", "slicer_coronal_fused.png"):
+        view = sitk.GetArrayFromImage(sitk.ReadImage(str(case_dir / name))).astype(float)
+        assert view.shape == (512, 512, 3) and f"Slicer view: {case_dir / name}" in printed
+        assert ((view[..., 0] > 150) & (view[..., 0] > view[..., 2] + 80)).sum() > 50  # PET colours
+        assert np.all(np.abs(view - segment_colour) <= 3, axis=-1).sum() > 20  # lesion 1's outline
 
 
 def test_predict_on_an_nnunet_dataset_then_evaluate_against_its_labels(tmp_path, capsys):

@@ -143,7 +143,7 @@ def test_catalogue_entry_has_only_schema_v1_0_2_fields_and_matches_the_cmake_met
 
     entry = json.loads((REPO / "PETCTLesions.json").read_text())
     assert entry["$schema"] == CATALOGUE_SCHEMA_URL
-    assert CATALOGUE_REQUIRED <= set(entry)
+    assert set(entry) >= CATALOGUE_REQUIRED
     assert set(entry) <= set(CATALOGUE_FIELDS), set(entry) - set(CATALOGUE_FIELDS)
     for key, value in entry.items():
         assert type(value) is CATALOGUE_FIELDS[key], key

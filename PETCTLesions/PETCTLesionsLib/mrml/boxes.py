@@ -29,6 +29,8 @@ LESION_ATTRIBUTE = "VOC.lesion"
 SEGMENT_ID_ATTRIBUTE = "PETCTLesions.segmentID"  # the lesion segment a box belongs to (detections, review)
 FLAG_ATTRIBUTES = ("VOC.pose", "VOC.truncated", "VOC.difficult")
 BOXES_FOLDER = "VOC boxes"
+AXIAL_VIEW_NODE_ID = "vtkMRMLSliceNodeRed"  # Slicer's axial view in every default layout
+BOX_FILL_OPACITY = 0.1
 
 
 @dataclass
@@ -100,6 +102,13 @@ def add_box_node(
     return node
 
 
+def colour_box(node: slicer.vtkMRMLMarkupsROINode, rgb: Sequence[float]) -> None:
+    """Draw a box in its lesion's colour (selected and unselected alike)."""
+    display = node.GetDisplayNode()
+    display.SetColor(*rgb)
+    display.SetSelectedColor(*rgb)
+
+
 def _box_node(box: VocBox, k: int, grid: Grid, uid: str, lesion: int) -> slicer.vtkMRMLMarkupsROINode:
     c0, r0, c1, r1 = box.to_pixel_ranges()
     centre_ijk = ((c0 + c1) / 2.0, (r0 + r1) / 2.0, float(k))
@@ -111,6 +120,13 @@ def _box_node(box: VocBox, k: int, grid: Grid, uid: str, lesion: int) -> slicer.
     matrix = slicer.util.vtkMatrixFromArray(object_to_node)
     node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", f"Lesion {lesion} {box.name} slice {k + 1}")
     node.CreateDefaultDisplayNodes()
+    # A VOC box belongs to one axial CT slice. Cut by a coronal or sagittal plane, the boxes of a
+    # lesion's slices would stack into a solid block over it (names piled on top), hiding the
+    # PET: boxes are shown in the axial (Red) view only, faintly filled, names in the Data module.
+    display = node.GetDisplayNode()
+    display.SetViewNodeIDs([AXIAL_VIEW_NODE_ID])
+    display.SetPropertiesLabelVisibility(False)
+    display.SetFillOpacity(BOX_FILL_OPACITY)
     node.SetAndObserveObjectToNodeMatrix(matrix)
     node.SetSize((c1 - c0 + 1) * grid.spacing[0], (r1 - r0 + 1) * grid.spacing[1], grid.spacing[2])
     node.SetAttribute(CLASS_ATTRIBUTE, box.name)

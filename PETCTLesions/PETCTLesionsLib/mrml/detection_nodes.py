@@ -20,16 +20,16 @@ import vtk
 
 from ..detection import Detection, ct_slice_boxes
 from ..geometry import Grid
-from ..lesions import voc_annotations_from_boxes
 from ..resampling import resample_ct_to_pet
-from ..voc import histology_class
-from .boxes import SEGMENT_ID_ATTRIBUTE, add_box_nodes
+from ..voc import VocBox, histology_class
+from .boxes import SEGMENT_ID_ATTRIBUTE, add_box_node, colour_box
 from .segmentations import SEGMENT_NAME, segmentation_from_mask
 from .study_nodes import is_suv_bw, patient_id_of, slice_sop_instance_uids
 from .volumes import grid_from_volume_node, image_from_volume_node
 
 MEASUREMENT_TAGS = ("mtv_ml", "suv_max", "suv_mean", "suv_peak", "tlg", "score")
 TAG_PREFIX = "PETCTLesions."
+DETECTION_FILL_OPACITY = 0.15
 _LESION_NUMBER = re.compile(r"^Lesion (\d+)$")
 
 
@@ -95,6 +95,8 @@ def add_detection_nodes(
             segmentation = detected
             detected = None
             segmentation.SetName(f"{pet_node.GetName()} lesions")
+            # Mostly outline: the PET uptake under a detected lesion is what the reviewer judges.
+            segmentation.GetDisplayNode().SetOpacity2DFill(DETECTION_FILL_OPACITY)
             snapshot = None
             ids = _segment_ids(segmentation)
         else:
@@ -113,7 +115,7 @@ def add_detection_nodes(
                 "choose the class (A, B, E or G) to make them"
             )
         else:
-            result.boxes = _add_boxes(found, ct_node, class_name, ids)
+            result.boxes = _add_boxes(found, ct_node, class_name, segmentation, ids)
     return result
 
 
@@ -166,19 +168,26 @@ def segment_measurements(segment: slicer.vtkSegment) -> Dict[str, float]:
 
 
 def _add_boxes(
-    found: Detection, ct_node: slicer.vtkMRMLScalarVolumeNode, class_name: str, ids: List[str]
+    found: Detection, ct_node: slicer.vtkMRMLScalarVolumeNode, class_name: str, segmentation, ids: List[str]
 ) -> List[slicer.vtkMRMLMarkupsROINode]:
-    """Each detected lesion's tight box on every CT slice it crosses, as VOC box markups linked to its segment."""
+    """Each detected lesion's tight box on every CT slice it crosses, as VOC box markups of its segment:
+    named and grouped like the segment ("Lesion <n>"), drawn in its colour, linked by segment ID."""
     uids = slice_sop_instance_uids(ct_node)
     ct_grid = grid_from_volume_node(ct_node)
-    boxes = ct_slice_boxes(found.lesion_map, found.pet_grid, ct_grid)
-    if not boxes or len(uids) != ct_grid.size[2]:
+    if len(uids) != ct_grid.size[2]:
         return []
-    annotations = voc_annotations_from_boxes(boxes, uids, ct_grid.size[0], ct_grid.size[1], class_name)
-    nodes = list(add_box_nodes(annotations, ct_node).nodes)
-    # Boxes come back in the order given (by slice, then lesion), each one a tight box inside the CT.
-    if len(nodes) != len(boxes):
-        raise RuntimeError(f"{len(boxes)} detected boxes but {len(nodes)} box markups were made")
-    for node, box in zip(nodes, boxes):
+    content = segmentation.GetSegmentation()
+    nodes = []
+    for box in ct_slice_boxes(found.lesion_map, found.pet_grid, ct_grid):
+        segment = content.GetSegment(ids[box.lesion - 1])
+        number = _LESION_NUMBER.match(segment.GetName())
+        node = add_box_node(
+            ct_node,
+            box.k,
+            VocBox.from_pixel_ranges(class_name, box.c0, box.r0, box.c1, box.r1),
+            int(number.group(1)) if number else box.lesion,
+        )
         node.SetAttribute(SEGMENT_ID_ATTRIBUTE, ids[box.lesion - 1])
+        colour_box(node, segment.GetColor())
+        nodes.append(node)
     return nodes

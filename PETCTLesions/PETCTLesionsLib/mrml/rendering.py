@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -62,12 +62,6 @@ def slice_node(view_name: str) -> slicer.vtkMRMLSliceNode:
 def centre_view_on(view_name: str, ras_point: Sequence[float]) -> None:
     """Move one slice view so that its slice goes through ``ras_point`` and the point is in its centre."""
     slice_node(view_name).JumpSliceByCentering(*(float(value) for value in ras_point[:3]))
-
-
-def centre_all_views_on(ras_point: Sequence[float]) -> None:
-    """Centre every slice view on ``ras_point`` (what clicking a lesion in a table does in Slicer)."""
-    r, a, s = (float(value) for value in ras_point[:3])
-    slicer.vtkMRMLSliceNode.JumpAllSlices(ensure_scene(), r, a, s, slicer.vtkMRMLSliceNode.CenteredJumpSlice)
 
 
 def view_pixel_of_ras(view_name: str, ras_point: Sequence[float]) -> Tuple[float, float]:
@@ -265,3 +259,39 @@ def offscreen_rendering_problem() -> Optional[str]:
     except Exception as error:  # a VTK without any usable OpenGL window class
         return f"VTK offscreen render window failed: {error}"
     return None if supported else "VTK could not create an OpenGL context (no display, no EGL/OSMesa)"
+
+
+# The views a reviewer looks at first: axial and coronal, each with its picture's file name.
+STUDY_VIEWS = (("Red", "slicer_axial_fused.png"), ("Green", "slicer_coronal_fused.png"))
+
+
+def write_detection_views(study_dir: Path, found, folder: Path, overwrite: bool = False) -> List[Path]:
+    """A DICOM study and its detections as the module shows them, written as PNGs of the Slicer views.
+
+    The study is loaded from ``study_dir`` into the (headless) scene, shown fused with the
+    mediastinum window, the detections (``found``, a ``detection.Detection`` on its PET grid)
+    added as segments and boxes, and the axial and coronal views centred on the largest lesion.
+    """
+    from ..study import load_study
+    from .detection_nodes import add_detection_nodes
+    from .display import show_fused_study
+    from .review import centre_views_on
+    from .study_nodes import add_study_nodes
+
+    ensure_scene()
+    ct_node, pet_node = add_study_nodes(load_study([Path(study_dir)]))
+    show_fused_study(ct_node, pet_node, preset="Mediastinum")
+    add_detection_nodes(found, pet_node, ct_node)
+    # Views sized as the pictures and fitted to the CT (the PET's wider field of view holds no
+    # anatomy), then moved to the largest lesion (fitting would move them back to the centre).
+    for view_name, _ in STUDY_VIEWS:
+        slice_node(view_name).SetDimensions(*DEFAULT_SIZE, 1)
+        slice_logic(view_name).FitSliceToVolume(ct_node, *DEFAULT_SIZE)
+    if found.lesions:
+        x, y, z = found.lesions[0].centroid_lps
+        centre_views_on(ct_node.GetScene(), (-x, -y, z))
+    written = []
+    for view_name, file_name in STUDY_VIEWS:
+        write_view_png(Path(folder) / file_name, view_name, DEFAULT_SIZE, overwrite=overwrite)
+        written.append(Path(folder) / file_name)
+    return written

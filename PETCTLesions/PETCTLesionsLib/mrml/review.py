@@ -25,7 +25,7 @@ import vtk
 from ..lesions import slice_boxes
 from ..measurements import LesionMeasurement, measure_lesions
 from ..voc import VALID_CLASSES, VocBox, histology_class
-from .boxes import CLASS_ATTRIBUTE, LESION_ATTRIBUTE, SEGMENT_ID_ATTRIBUTE, add_box_node
+from .boxes import CLASS_ATTRIBUTE, LESION_ATTRIBUTE, SEGMENT_ID_ATTRIBUTE, add_box_node, colour_box
 from .segmentations import lesion_map_on, segment_ids
 from .study_nodes import is_suv_bw
 from .volumes import grid_from_volume_node
@@ -251,8 +251,9 @@ def add_box_on_slice(
         numbers = [n.GetAttribute(LESION_ATTRIBUTE) for n in boxes_of_segment(segmentation, segment_id)]
         lesion = next((int(n) for n in numbers if n), None)  # beside the lesion's other boxes
     node = add_box_node(ct_node, k, VocBox.from_pixel_ranges(class_name, *box), lesion)
-    if segment_id:
+    if segmentation is not None and segment_id:
         node.SetAttribute(SEGMENT_ID_ATTRIBUTE, segment_id)
+        colour_box(node, _segment(segmentation, segment_id).GetColor())
     return node
 
 
