@@ -133,7 +133,7 @@ def _print_medians(title: str, times: Dict[str, List[float]], goal: str = "") ->
 
 def bench_nnunet(repeats: int, work: Path) -> None:
     from PETCTLesionsLib.lesions import label_lesions
-    from PETCTLesionsLib.mrml.convert import export_nnunet_case
+    from PETCTLesionsLib.mrml.export import export_nnunet_case
     from PETCTLesionsLib.mrml.segmentations import mask_on, segmentation_from_mask
     from PETCTLesionsLib.mrml.study_nodes import mark_as_suv_bw
     from PETCTLesionsLib.mrml.volumes import volume_node_from_image
