@@ -43,12 +43,14 @@ def _run(job: DetectionJob, timeout_s: float = 300) -> list:
 def test_demo_study_detect_review_edit_export_and_reimport(mrml_scene, demo_case, tmp_path):
     import slicer
 
+    from PETCTLesionsLib.lesions import slice_boxes
     from PETCTLesionsLib.mrml import review
-    from PETCTLesionsLib.mrml.boxes import SEGMENT_ID_ATTRIBUTE, box_nodes_of
+    from PETCTLesionsLib.mrml.boxes import SEGMENT_ID_ATTRIBUTE, box_nodes_of, voc_from_box_nodes
     from PETCTLesionsLib.mrml.detection_nodes import add_detection_nodes, detection_inputs
     from PETCTLesionsLib.mrml.display import apply_ct_preset, show_fused_study
     from PETCTLesionsLib.mrml.export import export_study
-    from PETCTLesionsLib.mrml.study_nodes import add_study_nodes, study_case_id
+    from PETCTLesionsLib.mrml.segmentations import lesion_map_on
+    from PETCTLesionsLib.mrml.study_nodes import add_study_nodes, slice_sop_instance_uids, study_case_id
 
     study, case = demo_case
     # Study: load from DICOM (PET in SUVbw); Display: fused, then the Lung preset.
@@ -122,6 +124,12 @@ def test_demo_study_detect_review_edit_export_and_reimport(mrml_scene, demo_case
     # Add a box for the first lesion on the CT slice through its centre: its tight box there.
     box = review.add_box_on_slice(ct, edited_row.centre_ras, edited_row.class_name, segmentation, first.segment_id)
     assert box.GetAttribute(SEGMENT_ID_ATTRIBUTE) == first.segment_id
+    # ... exactly the lesion's tight box on that slice, as Slicer rasterises it on the whole CT grid.
+    (annotation,), _ = voc_from_box_nodes([box], ct, None)
+    k = slice_sop_instance_uids(ct).index(annotation.sop_instance_uid)
+    ct_map, _ = lesion_map_on(segmentation, ct)
+    (expected,) = slice_boxes((ct_map[k : k + 1] == 1).astype(np.uint8))
+    assert annotation.boxes[0].to_pixel_ranges() == (expected.c0, expected.r0, expected.c1, expected.r1)
     boxes_before_export = len(box_nodes_of(ct))
 
     # Export, then read the files back.

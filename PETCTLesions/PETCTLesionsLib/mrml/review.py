@@ -22,13 +22,14 @@ import numpy as np
 import slicer
 import vtk
 
+from ..geometry import Grid
 from ..lesions import slice_boxes
 from ..measurements import LesionMeasurement, measure_lesions
 from ..voc import VALID_CLASSES, VocBox, histology_class
 from .boxes import CLASS_ATTRIBUTE, LESION_ATTRIBUTE, SEGMENT_ID_ATTRIBUTE, add_box_node, colour_box
-from .segmentations import lesion_map_on, segment_ids
+from .segmentations import lesion_map_on, segment_ids, segment_on
 from .study_nodes import is_suv_bw
-from .volumes import grid_from_volume_node
+from .volumes import grid_from_volume_node, volume_node_from_image
 
 STATUS_TAG = "PETCTLesions.status"
 CLASS_TAG = "PETCTLesions.class"
@@ -260,10 +261,17 @@ def add_box_on_slice(
 def _segment_box_on_slice(
     segmentation: slicer.vtkMRMLSegmentationNode, segment_id: str, ct_node: slicer.vtkMRMLScalarVolumeNode, k: int
 ) -> Optional[Tuple[int, int, int, int]]:
-    lesion_map, _ = lesion_map_on(segmentation, ct_node)
-    number = segment_ids(segmentation).index(segment_id) + 1
-    on_slice = (lesion_map[k : k + 1] == number).astype(np.uint8)
-    boxes = slice_boxes(on_slice)
+    """The segment's tight box on CT slice ``k``, rasterised by Slicer: that segment on that slice
+    only (all segments on the whole CT grid take seconds on a whole-body study)."""
+    grid = grid_from_volume_node(ct_node)
+    origin = grid.ijk_to_lps() @ np.array([0.0, 0.0, float(k), 1.0])
+    one_slice = Grid((grid.size[0], grid.size[1], 1), grid.spacing, tuple(origin[:3]), grid.direction)
+    reference = volume_node_from_image(one_slice.to_sitk(np.zeros(one_slice.shape, np.uint8)), "slice reference")
+    try:
+        mask = segment_on(segmentation, segment_id, reference)
+    finally:
+        reference.GetScene().RemoveNode(reference)
+    boxes = slice_boxes(mask)
     if not boxes:
         return None
     return (boxes[0].c0, boxes[0].r0, boxes[0].c1, boxes[0].r1)

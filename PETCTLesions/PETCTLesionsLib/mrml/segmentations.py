@@ -169,6 +169,19 @@ def lesion_map_on(
     return values, names
 
 
+def segment_on(
+    segmentation: slicer.vtkMRMLSegmentationNode, segment_id: str, reference: slicer.vtkMRMLVolumeNode
+) -> np.ndarray:
+    """One segment rasterised by Slicer on ``reference``'s grid: ``[k, j, i]`` uint8 mask.
+
+    Only that segment is converted, so a small reference (one CT slice) is quick whatever the
+    segmentation holds.
+    """
+    if segmentation.GetSegmentation().GetSegment(segment_id) is None:
+        raise KeyError(f"segmentation {segmentation.GetName()!r} has no segment {segment_id!r}")
+    return (_lesion_map_by_slicer(segmentation, [segment_id], reference) > 0).astype(np.uint8)
+
+
 def _lesion_map_by_slicer(
     segmentation: slicer.vtkMRMLSegmentationNode, ids: List[str], reference: slicer.vtkMRMLVolumeNode
 ) -> np.ndarray:
