@@ -154,7 +154,7 @@ class PETCTLesionsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._petCtChoices = []
         self._detectionJob = None
-        self._undoSnapshot = None
+        self._lastDetection = None
         self._lesionRows = []
 
     def setup(self) -> None:
@@ -220,7 +220,8 @@ class PETCTLesionsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneStartClose(self, caller, event) -> None:
         self._cancelDetection()
-        self._undoSnapshot = None
+        self._lastDetection = None
+        self.ui.undoDetectionButton.enabled = False
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -337,8 +338,8 @@ class PETCTLesionsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._endDetection()
         with slicer.util.tryWithErrorDisplay(_("Lesion detection failed."), waitCursor=True):
             nodes = self.logic.finishDetection(job, self._parameterNode)
-            self._undoSnapshot = nodes.snapshot
-            self.ui.undoDetectionButton.enabled = nodes.snapshot is not None
+            self._lastDetection = nodes
+            self.ui.undoDetectionButton.enabled = True
             notes = "; ".join(nodes.notes)
             self.ui.detectStatusLabel.text = _("{count} lesions added to '{name}'.").format(
                 count=len(nodes.segment_ids), name=nodes.segmentation.GetName()
@@ -357,11 +358,11 @@ class PETCTLesionsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._endDetection()
 
     def onUndoDetectionButton(self) -> None:
-        if self._undoSnapshot is None:
+        if self._lastDetection is None:
             return
         with slicer.util.tryWithErrorDisplay(_("Failed to undo the detection.")):
-            self.logic.undoDetection(self._undoSnapshot)
-            self._undoSnapshot = None
+            self.logic.undoDetection(self._lastDetection, self._parameterNode)
+            self._lastDetection = None
             self.ui.undoDetectionButton.enabled = False
             self.updateLesionTable()
 
@@ -654,8 +655,14 @@ class PETCTLesionsLogic(ScriptedLoadableModuleLogic):
             nodes.segmentation.CreateDefaultDisplayNodes()
         return nodes
 
-    def undoDetection(self, snapshot) -> None:
-        snapshot.restore()
+    def undoDetection(self, nodes, parameterNode: PETCTLesionsParameterNode) -> None:
+        """The last detection taken back: its boxes removed, the segmentation as it was before."""
+        from PETCTLesionsLib.mrml.detection_nodes import undo_detection
+
+        createdSegmentation = nodes.snapshot is None
+        undo_detection(nodes)
+        if createdSegmentation:
+            parameterNode.segmentation = None
 
     # 4. Review
 

@@ -48,7 +48,7 @@ def test_the_bundled_model_finds_the_generated_lesions_on_cpu(chest_study, found
 def test_detections_become_segments_and_boxes_beside_the_users_own_segment(mrml_scene, chest_study, found):
     import slicer
 
-    from PETCTLesionsLib.mrml.detection_nodes import add_detection_nodes, segment_measurements
+    from PETCTLesionsLib.mrml.detection_nodes import add_detection_nodes, segment_measurements, undo_detection
     from PETCTLesionsLib.mrml.segmentations import lesion_map_on, segmentation_from_mask
     from PETCTLesionsLib.mrml.volumes import volume_node_from_image
 
@@ -75,14 +75,14 @@ def test_detections_become_segments_and_boxes_beside_the_users_own_segment(mrml_
     assert np.array_equal(on_pet >= 3, found.mask > 0)  # segments 3.. are the detections
     assert np.array_equal(on_pet == 1, user_mask > 0)
     # One step back: only the user's segments are left.
-    nodes.snapshot.restore()
+    undo_detection(nodes)
     assert [content.GetNthSegment(n).GetName() for n in range(content.GetNumberOfSegments())] == ["Lesion 1", "my note"]
     assert slicer.mrmlScene.GetNodesByClass("vtkMRMLSegmentationNode").GetNumberOfItems() == 1
 
 
 def test_detections_get_voc_boxes_on_the_ct_slices_of_a_lung_dx_patient(mrml_scene, tmp_path):
     from PETCTLesionsLib.mrml.boxes import voc_from_box_nodes
-    from PETCTLesionsLib.mrml.detection_nodes import add_detection_nodes
+    from PETCTLesionsLib.mrml.detection_nodes import add_detection_nodes, undo_detection
     from PETCTLesionsLib.mrml.study_nodes import add_study_nodes
     from PETCTLesionsLib.study import load_study
     from PETCTLesionsLib.synth import generate_dataset
@@ -106,6 +106,11 @@ def test_detections_get_voc_boxes_on_the_ct_slices_of_a_lung_dx_patient(mrml_sce
     uids = loaded.ct_series.slice_sop_instance_uids
     assert exported == sorted((uids[b.k], (b.c0, b.r0, b.c1, b.r1), class_letter) for b in expected)
     assert skipped == []
+    # Undo removes what the detection made: its new segmentation and every box.
+    undo_detection(nodes)
+    assert mrml_scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 0
+    assert mrml_scene.GetNumberOfNodesByClass("vtkMRMLMarkupsROINode") == 0
+    assert ct.GetScene() is mrml_scene and pet.GetScene() is mrml_scene
 
 
 def test_demo_detects_the_lesions_and_writes_table_pictures_nnunet_and_voc(tmp_path, capsys):

@@ -55,6 +55,19 @@ class DetectionNodes:
     notes: List[str] = field(default_factory=list)  # what was not made, and why
 
 
+def undo_detection(nodes: DetectionNodes) -> None:
+    """Take one detection back: its boxes removed, and the segmentation as it was before (a
+    segmentation the detection created is removed; the user's own segments are never touched)."""
+    scene = nodes.segmentation.GetScene()
+    for box in nodes.boxes:
+        if box.GetScene() is not None:  # the user may have deleted it already
+            scene.RemoveNode(box)
+    if nodes.snapshot is not None:
+        nodes.snapshot.restore()
+    else:
+        scene.RemoveNode(nodes.segmentation)
+
+
 def detection_inputs(
     ct_node: slicer.vtkMRMLScalarVolumeNode, pet_node: slicer.vtkMRMLScalarVolumeNode
 ) -> Tuple[np.ndarray, np.ndarray, Grid]:
