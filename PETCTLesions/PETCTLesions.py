@@ -516,17 +516,19 @@ class PETCTLesionsLogic(ScriptedLoadableModuleLogic):
 
     # 1. Study
 
-    def loadDemoStudy(self, seed: int, size: str = "full"):
+    def loadDemoStudy(self, seed: int, size: str = "full", cacheFolder: Optional[Path] = None):
         """The generated demo patient (as ``petct-lesions demo`` makes it), written as DICOM and loaded from it.
 
-        The files go to Slicer's temporary folder once per seed; the study is loaded by the same
-        reader as a user's study, so its CT slices keep their SOPInstanceUIDs (VOC export works).
+        The files are written once per seed (under Slicer's temporary folder unless
+        ``cacheFolder``); the study is loaded by the same reader as a user's study, so its CT
+        slices keep their SOPInstanceUIDs (VOC export works).
         """
         from PETCTLesionsLib.demo import write_demo_study
         from PETCTLesionsLib.mrml.study_nodes import add_study_nodes
         from PETCTLesionsLib.study import load_study
 
-        folder = Path(slicer.app.temporaryPath) / "PETCTLesionsDemo" / f"seed-{seed}-{size}"
+        root = Path(cacheFolder) if cacheFolder else Path(slicer.app.temporaryPath) / "PETCTLesionsDemo"
+        folder = root / f"seed-{seed}-{size}"
         marker = folder / "complete"
         if not marker.is_file():
             shutil.rmtree(folder, ignore_errors=True)  # a half-written folder from an interrupted run

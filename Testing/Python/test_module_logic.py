@@ -1,0 +1,195 @@
+"""The module's own Logic class (PETCTLesions.py), button by button, on real MRML (slicer-core).
+
+PETCTLesions.py imports what exists only inside the application: Qt, Slicer's i18n, the
+parameterNodeWrapper (which imports Qt) and the ScriptedLoadableModule base classes. Those
+are replaced by minimal stand-ins while the file is imported (``slicer_module`` below), and
+the parameter node is a plain namespace with the fields and defaults the module declares.
+Everything the Logic then calls is real: the MRML scene and logics, files on disk, the
+detection worker process on the CPU.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import time
+import types
+import typing
+from pathlib import Path
+
+import pytest
+import SimpleITK as sitk
+
+MODULE_FILE = Path(__file__).resolve().parents[2] / "PETCTLesions" / "PETCTLesions.py"
+
+
+class _FloatRange:
+    def __init__(self, minimum: float, maximum: float) -> None:
+        self.minimum, self.maximum = minimum, maximum
+
+
+def _annotation(*_args, **_kwargs):
+    return object()
+
+
+def _application_only_modules() -> dict:
+    """Stand-ins for the imports that exist only inside the Slicer application."""
+    qt = types.ModuleType("qt")
+    i18n = types.ModuleType("slicer.i18n")
+    i18n.tr = lambda text: text
+    i18n.translate = lambda _context, text: text
+    wrapper = types.ModuleType("slicer.parameterNodeWrapper")
+    wrapper.parameterNodeWrapper = lambda cls: cls
+    wrapper.FloatRange = _FloatRange
+    wrapper.Choice = wrapper.Default = wrapper.RangeBounds = wrapper.WithinRange = _annotation
+    scripted = types.ModuleType("slicer.ScriptedLoadableModule")
+
+    class _Base:
+        def __init__(self, *args) -> None:
+            pass
+
+    for name in ("ScriptedLoadableModule", "ScriptedLoadableModuleLogic", "ScriptedLoadableModuleWidget"):
+        setattr(scripted, name, type(name, (_Base,), {}))
+    scripted.ScriptedLoadableModuleTest = type("ScriptedLoadableModuleTest", (object,), {})
+    return {
+        "qt": qt,
+        "slicer.i18n": i18n,
+        "slicer.parameterNodeWrapper": wrapper,
+        "slicer.ScriptedLoadableModule": scripted,
+    }
+
+
+@pytest.fixture(scope="module")
+def slicer_module():
+    saved = {name: sys.modules.get(name) for name in _application_only_modules()}
+    sys.modules.update(_application_only_modules())
+    try:
+        spec = importlib.util.spec_from_file_location("PETCTLesions", MODULE_FILE)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        for name, previous in saved.items():
+            if previous is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = previous
+    return module
+
+
+def _parameter_node(module, **values) -> types.SimpleNamespace:
+    """The parameter node's fields with the module's declared defaults (unset paths are '.')."""
+    declared = typing.get_type_hints(module.PETCTLesionsParameterNode, include_extras=False)
+    node = types.SimpleNamespace()
+    for name, kind in declared.items():
+        default = getattr(module.PETCTLesionsParameterNode, name, None)
+        setattr(node, name, Path() if kind is Path and default is None else default)
+    node.suvWindow = _FloatRange(0.0, 10.0)
+    for name, value in values.items():
+        assert hasattr(node, name), name
+        setattr(node, name, value)
+    return node
+
+
+def test_each_button_of_the_module_through_its_logic(slicer_module, mrml_scene, tmp_path, monkeypatch):
+    import slicer
+
+    from PETCTLesionsLib import nnunet, voc
+    from PETCTLesionsLib.mrml.study_nodes import patient_id_of, study_case_id
+
+    # PythonSlicer's launcher environment exists only in the application: the worker gets ours.
+    monkeypatch.setattr(slicer.util, "startupEnvironment", lambda: None)
+    logic = slicer_module.PETCTLesionsLogic()
+    params = _parameter_node(slicer_module, device="cpu")
+    assert (params.threshold, params.minLesionVolumeMl, params.ctPreset) == (0.5, 0.0, "Mediastinum")
+
+    # Study: the demo study, written once per seed and loaded from its DICOM files.
+    params.ctVolume, params.petVolume = logic.loadDemoStudy(1, size="small", cacheFolder=tmp_path / "cache")
+    assert len(list((tmp_path / "cache").glob("seed-1-small/complete"))) == 1
+    # Display
+    logic.showFusedStudy(params)
+    red = mrml_scene.GetNodeByID("vtkMRMLSliceCompositeNodeRed")
+    assert red.GetBackgroundVolumeID() == params.ctVolume.GetID()
+    assert red.GetForegroundVolumeID() == params.petVolume.GetID() and red.GetForegroundOpacity() == 0.5
+    logic.applyCtPreset(params.ctVolume, "Lung")
+    assert params.ctVolume.GetDisplayNode().GetWindow() == 1400.0
+    logic.setSuvWindow(params.petVolume, 0.0, 6.0)
+    assert params.petVolume.GetDisplayNode().GetWindowLevelMax() == pytest.approx(6.0)
+    logic.setPetOpacity(0.7)
+    assert red.GetForegroundOpacity() == pytest.approx(0.7)
+
+    # Detect: started, polled as the Widget's timer does, finished into a new segmentation.
+    job = logic.startDetection(params)
+    deadline = time.monotonic() + 300
+    while not job.poll().done and time.monotonic() < deadline:
+        time.sleep(0.1)
+    nodes = logic.finishDetection(job, params)
+    assert params.segmentation is nodes.segmentation and len(nodes.segment_ids) == 3
+    assert nodes.segmentation.GetDisplayNode() is not None and nodes.boxes
+
+    # Review
+    rows = logic.lesionRows(params)
+    assert [row.segment_id for row in rows] == nodes.segment_ids
+    assert all(row.class_name == voc.histology_class(patient_id_of(params.ctVolume)) for row in rows)
+    logic.centreViewsOn(rows[0].centre_ras)
+    logic.setReviewStatus(params, rows[1].segment_id, "rejected")
+    logic.setLesionClass(params, rows[0].segment_id, "G")
+    assert logic.deleteLesion(params, rows[2].segment_id) > 0
+    red_slice = mrml_scene.GetNodeByID("vtkMRMLSliceNodeRed")
+    box = logic.addBoxOnSlice(params, red_slice, "G", rows[0].segment_id)
+    assert box.GetAttribute("VOC.class") == "G"
+    rows = logic.lesionRows(params)
+    assert [(row.class_name, row.status) for row in rows] == [("G", ""), (rows[1].class_name, "rejected")]
+
+    # Export: the kept lesion only, as the nnU-Net case of the study and its boxes as class G.
+    params.nnunetRawFolder = tmp_path / "nnUNet_raw"
+    params.vocFolder = tmp_path / "Annotation"
+    report = logic.exportAnnotations(params)
+    assert report.skipped == [], report.text()
+    case = nnunet.read_case(params.nnunetRawFolder / params.nnunetDatasetName, study_case_id(params.ctVolume))
+    assert int(sitk.GetArrayFromImage(case.label).sum()) == rows[0].voxels
+    annotations, problems = voc.read_voc_folder(
+        params.vocFolder / voc.patient_folder_name(patient_id_of(params.ctVolume))
+    )
+    assert problems == [] and {b.name for a in annotations for b in a.boxes} == {"G"}
+    # Exporting again never replaces the files silently.
+    again = logic.exportAnnotations(params)
+    assert again.written == [] and len(again.skipped) == 2
+    params.nnunetDatasetName = "not a dataset"
+    with pytest.raises(nnunet.NnUNetError, match="Dataset<3 digits>_<Name>"):
+        logic.exportAnnotations(params)
+
+    # Undo the detection: its new segmentation and remaining boxes go.
+    logic.undoDetection(nodes, params)
+    assert params.segmentation is None
+    assert mrml_scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 0
+
+
+def test_detection_needs_pytorch_from_the_pytorch_extension(slicer_module, monkeypatch):
+    logic = slicer_module.PETCTLesionsLogic()
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", None)  # the PyTorch extension is not installed
+    with pytest.raises(RuntimeError, match="install the 'PyTorch' extension"):
+        logic.ensureTorch()
+    offered = []
+
+    class _PyTorchUtilsLogic:  # the extension's logic: torch missing, the user declines the install
+        @staticmethod
+        def torchInstalled() -> bool:
+            return False
+
+        def installTorch(self, askConfirmation=False, forceComputationBackend=None, torchVersionRequirement=None):
+            offered.append((askConfirmation, torchVersionRequirement))
+            return None
+
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=_PyTorchUtilsLogic))
+    assert logic.ensureTorch() is False
+    assert offered == [(True, slicer_module.TORCH_REQUIREMENT)]  # asked, through the extension (never pip)
+
+
+def test_detection_refuses_a_study_without_both_volumes(slicer_module, mrml_scene):
+    logic = slicer_module.PETCTLesionsLogic()
+    params = _parameter_node(slicer_module)
+    with pytest.raises(ValueError, match="CT and a PET"):
+        logic.startDetection(params)
+    with pytest.raises(ValueError, match="CT and PET first"):
+        logic.exportAnnotations(params)
+    assert mrml_scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 0  # nothing was made
