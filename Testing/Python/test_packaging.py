@@ -244,3 +244,79 @@ def test_every_connected_signal_exists_on_its_widget_class():
     assert len(connections) >= 15
     for widget, signal in connections:
         assert signal in _SIGNALS[classes[widget]], (widget, signal)
+
+
+# ----------------------------------------------------------------------------------------- real Qt
+# Slicer's Qt widgets checked against Qt's own meta-objects (PyQt5, offscreen): the .ui compiles
+# with Qt's uic, and every property the .ui sets, every signal the code connects to and every
+# attribute it uses on a standard Qt widget exists on that class. CTK and qMRML widgets have no
+# Python binding outside Slicer; their signals are checked against _SIGNALS above.
+
+
+@pytest.fixture(scope="module")
+def qt_widgets():
+    pytest.importorskip("PyQt5")
+    import os
+
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from PyQt5 import QtWidgets
+
+    app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
+    yield QtWidgets
+    del app
+
+
+def _standard_qt_widgets(qt_widgets):
+    root = ET.parse(UI_FILE).getroot()
+    return [
+        (w, getattr(qt_widgets, w.get("class"))) for w in root.iter("widget") if hasattr(qt_widgets, w.get("class"))
+    ]
+
+
+def test_ui_compiles_with_qts_own_uic(qt_widgets):
+    import io
+
+    from PyQt5 import uic
+
+    code = io.StringIO()
+    uic.compileUi(str(UI_FILE), code)
+    compiled = code.getvalue()
+    root = ET.parse(UI_FILE).getroot()
+    for widget in root.iter("widget"):
+        assert f'setObjectName("{widget.get("name")}")' in compiled, widget.get("name")
+
+
+def test_ui_properties_exist_on_their_qt_classes(qt_widgets):
+    checked = 0
+    for widget, cls in _standard_qt_widgets(qt_widgets):
+        meta = cls.staticMetaObject
+        for prop in widget.findall("property"):
+            if prop.get("stdset") == "0":
+                continue  # a dynamic property (SlicerParameterName): any name is allowed
+            assert meta.indexOfProperty(prop.get("name")) >= 0, (widget.get("name"), prop.get("name"))
+            checked += 1
+    assert checked >= 40
+
+
+def test_code_uses_only_signals_and_members_that_qt_widgets_have(qt_widgets):
+    from PyQt5 import QtCore
+
+    source = MODULE_SCRIPT.read_text()
+    classes = {w.get("name"): cls for w, cls in _standard_qt_widgets(qt_widgets)}
+    aliases = dict(re.findall(r"^\s+(\w+) = self\.ui\.(\w+)$", source, flags=re.MULTILINE))
+    uses = re.findall(r"self\.ui\.(\w+)\.(\w+)", source)
+    uses += [(aliases[name], member) for name, member in re.findall(r"\b(\w+)\.(\w+)\(", source) if name in aliases]
+    checked = 0
+    for widget, member in uses:
+        if widget not in classes or member == "connect":  # connect: PythonQt's signal connection
+            continue
+        # PythonQt offers a Qt property as an attribute (button.enabled), a method as a method.
+        is_property = classes[widget].staticMetaObject.indexOfProperty(member) >= 0
+        assert is_property or hasattr(classes[widget], member), (widget, member)
+        checked += 1
+    for widget, signal in re.findall(r'self\.ui\.(\w+)\.connect\("([^"]+)"', source):
+        if widget in classes:
+            normalized = QtCore.QMetaObject.normalizedSignature(signal).data().decode()
+            assert classes[widget].staticMetaObject.indexOfSignal(normalized) >= 0, (widget, signal)
+            checked += 1
+    assert checked >= 35
