@@ -200,7 +200,7 @@ class PETCTLesionsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.setClassButton.connect("clicked(bool)", self.onSetClassButton)
         self.ui.segmentEditorButton.connect("clicked(bool)", self.onSegmentEditorButton)
         self.ui.addBoxButton.connect("clicked(bool)", self.onAddBoxButton)
-        self.ui.refreshTableButton.connect("clicked(bool)", self.updateLesionTable)
+        self.ui.refreshTableButton.connect("clicked(bool)", lambda _checked: self.updateLesionTable())
         # 5. Export
         self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
 
@@ -238,7 +238,7 @@ class PETCTLesionsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             # Widgets carrying a SlicerParameterName property in the .ui follow the parameter node.
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-        self.updateLesionTable()
+        self.updateLesionTable(quiet=True)
 
     # ------------------------------------------------------------------------------- 1. Study
 
@@ -368,14 +368,21 @@ class PETCTLesionsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # ------------------------------------------------------------------------------- 4. Review
 
-    def updateLesionTable(self) -> None:
+    def updateLesionTable(self, quiet: bool = False) -> None:
+        """Measure the segments again; ``quiet`` (module entered, scene changed): log problems, no dialog."""
         if not hasattr(self, "ui"):
             return
         node = self._parameterNode
         rows = []
         if node and node.segmentation and node.petVolume:
-            with slicer.util.tryWithErrorDisplay(_("Failed to measure the lesions."), waitCursor=True):
-                rows = self.logic.lesionRows(node)
+            if quiet:
+                try:
+                    rows = self.logic.lesionRows(node)
+                except (ValueError, RuntimeError) as error:
+                    logging.warning(f"Lesion table not updated: {error}")
+            else:
+                with slicer.util.tryWithErrorDisplay(_("Failed to measure the lesions."), waitCursor=True):
+                    rows = self.logic.lesionRows(node)
         self._lesionRows = rows
         table = self.ui.lesionTable
         table.setRowCount(len(rows))
