@@ -111,7 +111,8 @@ class PETCTLesionsParameterNode:
     Study: dicomFolder (last imported), ctVolume and petVolume (PET in SUVbw), demoSeed.
     Display: ctPreset, petColormap, suvWindow, petOpacity.
     Detect: segmentation (receives the lesions; none: a new one), device, modelPath (empty:
-    the bundled model), threshold (model probability), minLesionVolumeMl.
+    the bundled model), useModelThreshold (the model's own, from its manifest) else threshold
+    (model probability), minLesionVolumeMl.
     Export: nnunetRawFolder + nnunetDatasetName, vocFolder + exportVoc, overwriteExports.
     """
 
@@ -126,6 +127,7 @@ class PETCTLesionsParameterNode:
     segmentation: vtkMRMLSegmentationNode
     device: Annotated[str, Choice(["auto", "cuda", "mps", "cpu"])] = "auto"
     modelPath: Path
+    useModelThreshold: bool = True
     threshold: Annotated[float, WithinRange(0.05, 0.95)] = 0.5
     minLesionVolumeMl: Annotated[float, WithinRange(0.0, 1000.0)] = 0.0
     nnunetRawFolder: Path
@@ -186,6 +188,9 @@ class PETCTLesionsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.petOpacitySliderWidget.connect("valueChanged(double)", self.onPetOpacityChanged)
         # 3. Detect: the button starts a background run and turns into Cancel while it runs.
         self.ui.detectButton.connect("clicked(bool)", self.onDetectButton)
+        self.ui.useModelThresholdCheckBox.connect(
+            "toggled(bool)", lambda useModel: self.ui.thresholdSliderWidget.setEnabled(not useModel)
+        )
         self.ui.undoDetectionButton.connect("clicked(bool)", self.onUndoDetectionButton)
         self.ui.detectProgressBar.setVisible(False)
         self._detectionTimer = qt.QTimer()
@@ -238,6 +243,7 @@ class PETCTLesionsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             # Widgets carrying a SlicerParameterName property in the .ui follow the parameter node.
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.ui.thresholdSliderWidget.setEnabled(not self._parameterNode.useModelThreshold)
         self.updateLesionTable(quiet=True)
 
     # ------------------------------------------------------------------------------- 1. Study
@@ -644,7 +650,7 @@ class PETCTLesionsLogic(ScriptedLoadableModuleLogic):
         settings = DetectionSettings(
             model_path=str(modelPath) if modelPath else None,
             device=parameterNode.device,
-            threshold=parameterNode.threshold,
+            threshold=None if parameterNode.useModelThreshold else parameterNode.threshold,
             min_volume_ml=parameterNode.minLesionVolumeMl,
         )
         python = shutil.which("PythonSlicer") or sys.executable

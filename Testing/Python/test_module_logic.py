@@ -118,12 +118,18 @@ def test_each_button_of_the_module_through_its_logic(slicer_module, mrml_scene, 
     assert red.GetForegroundOpacity() == pytest.approx(0.7)
 
     # Detect: started, polled as the Widget's timer does, finished into a new segmentation.
+    assert params.useModelThreshold  # by default the model's own threshold (from its manifest) is used
     job = logic.startDetection(params)
+    assert job.settings.threshold is None and job.settings.device == "cpu"
     deadline = time.monotonic() + 300
     while not job.poll().done and time.monotonic() < deadline:
         time.sleep(0.1)
     nodes = logic.finishDetection(job, params)
     assert params.segmentation is nodes.segmentation and len(nodes.segment_ids) == 3
+    params.useModelThreshold, params.threshold = False, 0.3
+    chosen = logic.startDetection(params)
+    assert chosen.settings.threshold == 0.3
+    chosen.cancel()
     assert nodes.segmentation.GetDisplayNode() is not None and nodes.boxes
 
     # Review

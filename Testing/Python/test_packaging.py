@@ -234,6 +234,7 @@ _SIGNALS = {
     "ctkRangeWidget": {"valuesChanged(double,double)"},
     "ctkSliderWidget": {"valueChanged(double)"},
     "QTableWidget": {"itemSelectionChanged()", "cellClicked(int,int)"},
+    "QCheckBox": {"toggled(bool)", "stateChanged(int)"},
 }
 
 
