@@ -321,3 +321,13 @@ def test_code_uses_only_signals_and_members_that_qt_widgets_have(qt_widgets):
             assert classes[widget].staticMetaObject.indexOfSignal(normalized) >= 0, (widget, signal)
             checked += 1
     assert checked >= 35
+
+
+def test_no_two_items_share_a_cell_of_a_form_layout():
+    """Qt's uic accepts two widgets in one row and column and then draws them on top of each other."""
+    root = ET.parse(UI_FILE).getroot()
+    layouts = [layout for layout in root.iter("layout") if layout.get("class") in ("QFormLayout", "QGridLayout")]
+    assert len(layouts) >= 4
+    for layout in layouts:
+        cells = [(item.get("row"), item.get("column")) for item in layout.findall("item")]
+        assert len(cells) == len(set(cells)), layout.get("name")
