@@ -140,6 +140,11 @@ def lps_to_ras_matrix() -> np.ndarray:
     return np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
+def lps_to_ras(point: Sequence[float]) -> Vector3:
+    """A point in LPS millimetres as RAS (Slicer's scene coordinates)."""
+    return (-float(point[0]), -float(point[1]), float(point[2]))
+
+
 def direction_from_dicom_orientation(image_orientation_patient: Sequence[float]) -> Tuple[float, ...]:
     """Grid direction (columns i, j, k) from DICOM ImageOrientationPatient (row, column cosines).
 

@@ -78,27 +78,44 @@ def add_box_nodes(annotations: Sequence[VocAnnotation], ct_node: slicer.vtkMRMLS
                 continue
             placed.append((k, box))
     lesions = group_boxes_into_lesions([(k, *box.to_pixel_ranges()) for k, box in placed])
-    folders = _lesion_folders(ct_node, sorted(set(lesions)))
-    for (k, box), lesion in zip(placed, lesions):
+    result.nodes = _place_boxes(ct_node, grid, uids, [(k, box, lesion) for (k, box), lesion in zip(placed, lesions)])
+    return result
+
+
+def _place_boxes(
+    ct_node: slicer.vtkMRMLScalarVolumeNode, grid: Grid, uids: Sequence[str], placed: Sequence[Tuple[int, VocBox, int]]
+) -> List[slicer.vtkMRMLMarkupsROINode]:
+    """ROI nodes for ``(slice k, box, lesion number)`` triples, each in its folder "Lesion <n>"."""
+    folders = _lesion_folders(ct_node, sorted({lesion for _, _, lesion in placed}))
+    nodes = []
+    for k, box, lesion in placed:
         node = _box_node(box, k, grid, uids[k], lesion)
         place_in_hierarchy(node, folders[lesion])
-        result.nodes.append(node)
-    return result
+        nodes.append(node)
+    return nodes
+
+
+def add_lesion_boxes(
+    ct_node: slicer.vtkMRMLScalarVolumeNode, placed: Sequence[Tuple[int, VocBox, int]]
+) -> List[slicer.vtkMRMLMarkupsROINode]:
+    """Boxes given as ``(CT slice k, box, lesion number)``, in the lesions' folders; a box that
+    does not fit its slice is refused (ValueError) before any node is made."""
+    grid, uids = _ct_slices(ct_node)
+    for k, box, _ in placed:
+        problem = box.problem(grid.size[0], grid.size[1])
+        if problem:
+            raise ValueError(f"box on slice {k + 1} of {ct_node.GetName()!r}: {problem}")
+    return _place_boxes(ct_node, grid, uids, placed)
 
 
 def add_box_node(
     ct_node: slicer.vtkMRMLScalarVolumeNode, k: int, box: VocBox, lesion: Optional[int] = None
 ) -> slicer.vtkMRMLMarkupsROINode:
     """One more box on CT slice ``k`` (0-based), in folder "Lesion <lesion>" (default: a new lesion number)."""
-    grid, uids = _ct_slices(ct_node)
-    problem = box.problem(grid.size[0], grid.size[1])
-    if problem:
-        raise ValueError(f"box on slice {k + 1} of {ct_node.GetName()!r}: {problem}")
     if lesion is None:
         numbers = [int(n.GetAttribute(LESION_ATTRIBUTE) or 0) for n in box_nodes_of(ct_node)]
         lesion = max(numbers, default=0) + 1
-    node = _box_node(box, k, grid, uids[k], lesion)
-    place_in_hierarchy(node, _lesion_folders(ct_node, [lesion])[lesion])
+    (node,) = add_lesion_boxes(ct_node, [(k, box, lesion)])
     return node
 
 
@@ -219,12 +236,13 @@ def _roi_corners_ijk(node: slicer.vtkMRMLMarkupsROINode, ras_to_ijk: np.ndarray)
 def box_nodes_of(ct_node: slicer.vtkMRMLScalarVolumeNode) -> List[slicer.vtkMRMLMarkupsROINode]:
     """The ROI nodes that are VOC boxes on ``ct_node``'s slices (their SOPInstanceUID is one of its slices)."""
     uids = set(slice_sop_instance_uids(ct_node))
-    scene = ct_node.GetScene()
-    nodes = [
-        scene.GetNthNodeByClass(n, "vtkMRMLMarkupsROINode")
-        for n in range(scene.GetNumberOfNodesByClass("vtkMRMLMarkupsROINode"))
-    ]
-    return [node for node in nodes if node.GetAttribute(SOP_INSTANCE_UID_ATTRIBUTE) in uids]
+    return [node for node in roi_nodes(ct_node.GetScene()) if node.GetAttribute(SOP_INSTANCE_UID_ATTRIBUTE) in uids]
+
+
+def roi_nodes(scene: slicer.vtkMRMLScene) -> List[slicer.vtkMRMLMarkupsROINode]:
+    """Every markups ROI node of the scene."""
+    count = scene.GetNumberOfNodesByClass("vtkMRMLMarkupsROINode")
+    return [scene.GetNthNodeByClass(n, "vtkMRMLMarkupsROINode") for n in range(count)]
 
 
 def voc_from_segmentation(

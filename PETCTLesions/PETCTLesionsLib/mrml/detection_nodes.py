@@ -20,12 +20,11 @@ import vtk
 
 from ..detection import Detection, ct_slice_boxes
 from ..geometry import Grid
-from ..resampling import resample_ct_to_pet
 from ..voc import VocBox, histology_class
-from .boxes import SEGMENT_ID_ATTRIBUTE, add_box_node, colour_box
-from .segmentations import SEGMENT_NAME, segmentation_from_mask
-from .study_nodes import is_suv_bw, patient_id_of, slice_sop_instance_uids
-from .volumes import grid_from_volume_node, image_from_volume_node
+from .boxes import SEGMENT_ID_ATTRIBUTE, add_lesion_boxes, colour_box
+from .segmentations import SEGMENT_NAME, segment_ids, segmentation_from_mask
+from .study_nodes import is_suv_bw, patient_id_of, slice_sop_instance_uids, study_images
+from .volumes import grid_from_volume_node
 
 MEASUREMENT_TAGS = ("mtv_ml", "suv_max", "suv_mean", "suv_peak", "tlg", "score")
 TAG_PREFIX = "PETCTLesions."
@@ -74,11 +73,9 @@ def detection_inputs(
     """What the model reads, from the study's nodes: CT (HU) on the PET grid, PET in SUVbw, the PET grid."""
     if not is_suv_bw(pet_node):
         raise ValueError(f"PET volume {pet_node.GetName()!r} is not in SUVbw; load it through the module first")
-    pet = image_from_volume_node(pet_node, sitk.sitkFloat32)
-    pet_grid = Grid.from_sitk(pet)
-    ct = image_from_volume_node(ct_node, sitk.sitkFloat32)
-    ct_on_pet = ct if Grid.from_sitk(ct).same_as(pet_grid) else resample_ct_to_pet(ct, pet_grid)
-    return sitk.GetArrayFromImage(ct_on_pet), sitk.GetArrayFromImage(pet), pet_grid
+    ct_on_pet, pet = study_images(ct_node, pet_node)
+    ct_hu = sitk.GetArrayFromImage(ct_on_pet).astype(np.float32, copy=False)
+    return ct_hu, sitk.GetArrayFromImage(pet), Grid.from_sitk(pet)
 
 
 def add_detection_nodes(
@@ -111,7 +108,7 @@ def add_detection_nodes(
             # Mostly outline: the PET uptake under a detected lesion is what the reviewer judges.
             segmentation.GetDisplayNode().SetOpacity2DFill(DETECTION_FILL_OPACITY)
             snapshot = None
-            ids = _segment_ids(segmentation)
+            ids = segment_ids(segmentation)
         else:
             snapshot = SegmentationSnapshot(segmentation)
             ids = _move_segments(detected, segmentation)
@@ -132,11 +129,6 @@ def add_detection_nodes(
     return result
 
 
-def _segment_ids(segmentation: slicer.vtkMRMLSegmentationNode) -> List[str]:
-    content = segmentation.GetSegmentation()
-    return [content.GetNthSegmentID(n) for n in range(content.GetNumberOfSegments())]
-
-
 def _move_segments(source: slicer.vtkMRMLSegmentationNode, target: slicer.vtkMRMLSegmentationNode) -> List[str]:
     """Copy every segment of ``source`` into ``target`` (Slicer resamples to the target's geometry),
     renamed so that "Lesion <n>" numbers continue after those already in ``target``."""
@@ -149,11 +141,11 @@ def _move_segments(source: slicer.vtkMRMLSegmentationNode, target: slicer.vtkMRM
     copied = []
     was_modifying = target.StartModify()
     try:
-        for offset, segment_id in enumerate(_segment_ids(source)):
-            before = set(_segment_ids(target))
+        for offset, segment_id in enumerate(segment_ids(source)):
+            before = set(segment_ids(target))
             if not target.GetSegmentation().CopySegmentFromSegmentation(source.GetSegmentation(), segment_id):
                 raise RuntimeError(f"Slicer could not copy {segment_id} into segmentation {target.GetName()!r}")
-            (new_id,) = set(_segment_ids(target)) - before
+            (new_id,) = set(segment_ids(target)) - before
             target.GetSegmentation().GetSegment(new_id).SetName(SEGMENT_NAME.format(next_number + offset))
             copied.append(new_id)
     finally:
@@ -190,17 +182,21 @@ def _add_boxes(
     if len(uids) != ct_grid.size[2]:
         return []
     content = segmentation.GetSegmentation()
-    nodes = []
-    for box in ct_slice_boxes(found.lesion_map, found.pet_grid, ct_grid):
-        segment = content.GetSegment(ids[box.lesion - 1])
-        number = _LESION_NUMBER.match(segment.GetName())
-        node = add_box_node(
-            ct_node,
-            box.k,
-            VocBox.from_pixel_ranges(class_name, box.c0, box.r0, box.c1, box.r1),
-            int(number.group(1)) if number else box.lesion,
-        )
+    boxes = ct_slice_boxes(found.lesion_map, found.pet_grid, ct_grid)
+    segments = [content.GetSegment(ids[box.lesion - 1]) for box in boxes]
+    numbers = [_LESION_NUMBER.match(segment.GetName()) for segment in segments]
+    nodes = add_lesion_boxes(
+        ct_node,
+        [
+            (
+                box.k,
+                VocBox.from_pixel_ranges(class_name, box.c0, box.r0, box.c1, box.r1),
+                int(n.group(1)) if n else box.lesion,
+            )
+            for box, n in zip(boxes, numbers)
+        ],
+    )
+    for node, box, segment in zip(nodes, boxes, segments):
         node.SetAttribute(SEGMENT_ID_ATTRIBUTE, ids[box.lesion - 1])
         colour_box(node, segment.GetColor())
-        nodes.append(node)
     return nodes

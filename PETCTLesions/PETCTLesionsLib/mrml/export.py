@@ -20,13 +20,12 @@ import slicer
 
 from .. import nnunet, voc
 from ..fileio import OutputExistsError
-from ..geometry import Grid
-from ..resampling import resample_ct_to_pet, resample_label_to_grid
+from ..resampling import resample_label_to_grid
 from .boxes import SEGMENT_ID_ATTRIBUTE, box_nodes_of, voc_from_box_nodes, voc_from_segmentation
 from .review import rejected_segment_ids, without_rejected
 from .segmentations import mask_on
-from .study_nodes import patient_id_of, slice_sop_instance_uids, study_case_id
-from .volumes import grid_from_volume_node, image_from_volume_node
+from .study_nodes import patient_id_of, slice_sop_instance_uids, study_case_id, study_images
+from .volumes import grid_from_volume_node
 
 
 @dataclass
@@ -170,10 +169,7 @@ def export_nnunet_case(
     ct_node: slicer.vtkMRMLScalarVolumeNode, pet_node: slicer.vtkMRMLScalarVolumeNode, label: sitk.Image, case_id: str
 ) -> nnunet.NnUNetCase:
     """An autoPET case from the study's nodes: CT resampled onto the PET grid, PET in SUV, the label."""
-    pet = image_from_volume_node(pet_node, sitk.sitkFloat32)
-    ct = image_from_volume_node(ct_node)
-    pet_grid = Grid.from_sitk(pet)
-    ct_on_pet = ct if Grid.from_sitk(ct).same_as(pet_grid) else resample_ct_to_pet(ct, pet_grid)
+    ct_on_pet, pet = study_images(ct_node, pet_node)
     return nnunet.NnUNetCase(nnunet.check_case_id(case_id), ct_on_pet, pet, label)
 
 

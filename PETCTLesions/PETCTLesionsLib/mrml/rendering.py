@@ -30,6 +30,7 @@ import vtk
 from vtk.util import numpy_support
 
 from ..fileio import atomic_output
+from ..geometry import lps_to_ras
 from .headless import application_logic, ensure_scene, in_slicer_application
 
 # The displayable managers a slice view needs for what this project shows. In Slicer the
@@ -288,8 +289,7 @@ def write_detection_views(study_dir: Path, found, folder: Path, overwrite: bool 
         slice_node(view_name).SetDimensions(*DEFAULT_SIZE, 1)
         slice_logic(view_name).FitSliceToVolume(ct_node, *DEFAULT_SIZE)
     if found.lesions:
-        x, y, z = found.lesions[0].centroid_lps
-        centre_views_on(ct_node.GetScene(), (-x, -y, z))
+        centre_views_on(ct_node.GetScene(), lps_to_ras(found.lesions[0].centroid_lps))
     written = []
     for view_name, file_name in STUDY_VIEWS:
         write_view_png(Path(folder) / file_name, view_name, DEFAULT_SIZE, overwrite=overwrite)

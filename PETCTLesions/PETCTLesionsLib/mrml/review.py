@@ -22,11 +22,11 @@ import numpy as np
 import slicer
 import vtk
 
-from ..geometry import Grid
+from ..geometry import Grid, lps_to_ras
 from ..lesions import slice_boxes
 from ..measurements import LesionMeasurement, measure_lesions
 from ..voc import VALID_CLASSES, VocBox, histology_class
-from .boxes import CLASS_ATTRIBUTE, LESION_ATTRIBUTE, SEGMENT_ID_ATTRIBUTE, add_box_node, colour_box
+from .boxes import CLASS_ATTRIBUTE, LESION_ATTRIBUTE, SEGMENT_ID_ATTRIBUTE, add_box_node, colour_box, roi_nodes
 from .segmentations import lesion_map_on, segment_ids, segment_on
 from .study_nodes import is_suv_bw
 from .volumes import grid_from_volume_node, volume_node_from_image
@@ -85,6 +85,10 @@ def lesion_rows(
     pet_suv = slicer.util.arrayFromVolume(pet_node)
     measured = {m.label: m for m in measure_lesions(lesion_map, len(ids), pet_suv, pet_grid)}
     default_class = histology_class(patient_id) or ""
+    # PET voxel -> CT voxel, to give each lesion's slices as CT slice numbers.
+    pet_to_ct_ijk = None
+    if ct_node is not None:
+        pet_to_ct_ijk = np.linalg.inv(grid_from_volume_node(ct_node).ijk_to_ras()) @ pet_grid.ijk_to_ras()
     rows = []
     for number, segment_id in enumerate(ids, start=1):
         segment = segmentation.GetSegmentation().GetSegment(segment_id)
@@ -101,30 +105,24 @@ def lesion_rows(
                 suv_mean=lesion.suv_mean if lesion else 0.0,
                 suv_peak=lesion.suv_peak if lesion else 0.0,
                 tlg=lesion.tlg if lesion else 0.0,
-                slices=_slice_range(lesion, pet_node, ct_node) if lesion else None,
-                centre_ras=_lps_to_ras(lesion.centroid_lps) if lesion else None,
+                slices=_slice_range(lesion, pet_to_ct_ijk, ct_node) if lesion else None,
+                centre_ras=lps_to_ras(lesion.centroid_lps) if lesion else None,
             )
         )
     return rows
 
 
-def _lps_to_ras(point) -> Tuple[float, float, float]:
-    return (-float(point[0]), -float(point[1]), float(point[2]))
-
-
 def _slice_range(
     lesion: LesionMeasurement,
-    pet_node: slicer.vtkMRMLScalarVolumeNode,
+    pet_to_ct_ijk: Optional[np.ndarray],
     ct_node: Optional[slicer.vtkMRMLScalarVolumeNode],
 ) -> Tuple[int, int]:
     (k0, k1), (j0, j1), (i0, i1) = lesion.bbox_kji
-    if ct_node is None:
+    if pet_to_ct_ijk is None:
         return (k0 + 1, k1 + 1)
     # The lesion's first and last PET slice centres, found on the CT's slices.
-    pet_ijk_to_ras = grid_from_volume_node(pet_node).ijk_to_ras()
-    ras_to_ct_ijk = np.linalg.inv(grid_from_volume_node(ct_node).ijk_to_ras())
     centre_ij = ((i0 + i1) / 2.0, (j0 + j1) / 2.0)
-    ks = [(ras_to_ct_ijk @ pet_ijk_to_ras @ np.array([*centre_ij, k, 1.0]))[2] for k in (k0, k1)]
+    ks = [(pet_to_ct_ijk @ np.array([*centre_ij, k, 1.0]))[2] for k in (k0, k1)]
     last_slice = ct_node.GetImageData().GetDimensions()[2] - 1
     first, last = (int(np.clip(np.floor(k + 0.5), 0, last_slice)) + 1 for k in sorted(ks))
     return (first, last)
@@ -192,12 +190,7 @@ def delete_lesion(segmentation: slicer.vtkMRMLSegmentationNode, segment_id: str)
 def boxes_of_segment(
     segmentation: slicer.vtkMRMLSegmentationNode, segment_id: str
 ) -> List[slicer.vtkMRMLMarkupsROINode]:
-    scene = segmentation.GetScene()
-    return [
-        scene.GetNthNodeByClass(n, "vtkMRMLMarkupsROINode")
-        for n in range(scene.GetNumberOfNodesByClass("vtkMRMLMarkupsROINode"))
-        if scene.GetNthNodeByClass(n, "vtkMRMLMarkupsROINode").GetAttribute(SEGMENT_ID_ATTRIBUTE) == segment_id
-    ]
+    return [box for box in roi_nodes(segmentation.GetScene()) if box.GetAttribute(SEGMENT_ID_ATTRIBUTE) == segment_id]
 
 
 def _segment(segmentation: slicer.vtkMRMLSegmentationNode, segment_id: str) -> slicer.vtkSegment:

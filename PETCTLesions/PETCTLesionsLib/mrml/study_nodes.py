@@ -8,7 +8,9 @@ import numpy as np
 import SimpleITK as sitk
 import slicer
 
-from .volumes import grid_from_volume_node, volume_node_from_image
+from ..geometry import Grid
+from ..resampling import resample_ct_to_pet
+from .volumes import grid_from_volume_node, image_from_volume_node, volume_node_from_image
 
 if TYPE_CHECKING:
     from ..phantom import PhantomStudy
@@ -189,3 +191,15 @@ def study_case_id(node: slicer.vtkMRMLNode) -> str:
         study_date = dicom_attribute_above(node, constants.GetDICOMStudyDateAttributeName())
         return case_id_for_study(patient_id, study_uid, study_date)
     return case_id_from_name(node.GetName())
+
+
+def study_images(
+    ct_node: slicer.vtkMRMLScalarVolumeNode, pet_node: slicer.vtkMRMLScalarVolumeNode
+) -> Tuple[sitk.Image, sitk.Image]:
+    """The study as the model and the nnU-Net export see it: the CT on the PET grid (as stored
+    when it is already there, else resampled: float32 HU, air outside) and the PET (float32)."""
+    pet = image_from_volume_node(pet_node, sitk.sitkFloat32)
+    ct = image_from_volume_node(ct_node)
+    pet_grid = Grid.from_sitk(pet)
+    ct_on_pet = ct if Grid.from_sitk(ct).same_as(pet_grid) else resample_ct_to_pet(ct, pet_grid)
+    return ct_on_pet, pet
