@@ -3,7 +3,8 @@
     CT on the PET grid + PET SUV --model--> probability --threshold--> mask
     --26-connected components, minimum volume--> numbered lesions (largest first)
     --> measurements (SUVmax/mean/peak, MTV, TLG, centroid, box, score)
-    --> per-CT-slice boxes for the VOC export (when the CT grid is given).
+    --> the lesions on the CT grid, traced at CT resolution from the probability,
+        and their per-CT-slice boxes for the VOC export (when the CT grid is given).
 
 The MRML layer turns a :class:`Detection` into segments and box markups; the command line
 writes it as files. Both only ever see a finished result (see model.inference).
@@ -12,21 +13,21 @@ writes it as files. Both only ever see a finished result (see model.inference).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
 
 from .geometry import Grid
-from .lesions import SliceBox, label_lesions, slice_boxes
+from .lesions import SliceBox, label_lesions, lesion_extents, slice_boxes
 from .measurements import LesionMeasurement, measure_lesions
-from .resampling import resample_label_to_grid
+from .resampling import resample_label_to_grid, resample_to_grid
 
 
 @dataclass
 class Detection:
     pet_grid: Grid
-    probability: Optional[np.ndarray]  # float32 on the PET grid (None when detected in another process)
+    probability: Optional[np.ndarray]  # on the PET grid: float32, or float16 when read back from a worker
     lesion_map: np.ndarray  # uint16 on the PET grid, lesion n = voxels with value n, largest first
     lesions: List[LesionMeasurement]
     threshold: float
@@ -96,6 +97,106 @@ def lesion_map_on(lesion_map: np.ndarray, pet_grid: Grid, grid: Grid) -> np.ndar
     return sitk.GetArrayFromImage(resample_label_to_grid(pet_grid.to_sitk(lesion_map.astype(np.uint16)), grid))
 
 
-def ct_slice_boxes(lesion_map: np.ndarray, pet_grid: Grid, ct_grid: Grid) -> List[SliceBox]:
-    """Every lesion's tight box on every CT slice it crosses (lesion map moved to the CT grid, nearest)."""
-    return slice_boxes(lesion_map_on(lesion_map, pet_grid, ct_grid))
+def lesions_on_ct(
+    lesion_map: np.ndarray,
+    pet_grid: Grid,
+    ct_grid: Grid,
+    probability: Optional[np.ndarray] = None,
+    threshold: float = 0.5,
+) -> Tuple[np.ndarray, List[SliceBox]]:
+    """The lesions on the CT grid (uint16 map) and every lesion's tight box on every CT slice it crosses.
+
+    Without ``probability`` the PET-grid map is moved by nearest neighbour: outlines are steps of
+    PET voxels (4 mm) against CT pixels of about 1 mm, and a lesion's first and last CT slices
+    are off by up to half a PET slice, which costs the boxes their overlap with a reader's.
+    With the model's ``probability`` (the one ``threshold`` cut into ``lesion_map``) each lesion
+    is traced at CT resolution instead: where its probability, interpolated linearly onto the
+    CT voxels, reaches the threshold. Each box then scores the highest interpolated probability
+    on its slice, so a lesion's faint end slices rank below its middle ones.
+    """
+    if probability is None:
+        ct_map = lesion_map_on(lesion_map, pet_grid, ct_grid)
+        return ct_map, slice_boxes(ct_map)
+    if probability.shape != lesion_map.shape:
+        raise ValueError(f"probability {probability.shape} and lesion map {lesion_map.shape} are on different grids")
+    ct_map = np.zeros(ct_grid.shape, np.uint16)
+    boxes: List[SliceBox] = []
+    for number, extent in enumerate(lesion_extents(lesion_map, int(lesion_map.max())), start=1):
+        if extent is not None:
+            boxes += _trace_lesion(number, extent, lesion_map, probability, float(threshold), pet_grid, ct_grid, ct_map)
+    boxes.sort(key=lambda box: (box.k, box.lesion))
+    return ct_map, boxes
+
+
+def _trace_lesion(
+    number: int,
+    extent: Tuple[slice, slice, slice],
+    lesion_map: np.ndarray,
+    probability: np.ndarray,
+    threshold: float,
+    pet_grid: Grid,
+    ct_grid: Grid,
+    ct_map: np.ndarray,
+) -> List[SliceBox]:
+    """Paint lesion ``number`` into ``ct_map`` at CT resolution; return its CT-slice boxes."""
+    # One PET voxel around the lesion holds its whole outline: the cut lies between a lesion
+    # voxel and a neighbour. Clamping makes the outline agree with the lesion map exactly:
+    # every lesion voxel centre is inside, every other voxel centre (background, another
+    # lesion, a component dropped for its size) outside, whatever the probability's rounding.
+    window = tuple(slice(max(s.start - 1, 0), min(s.stop + 1, n)) for s, n in zip(extent, lesion_map.shape))
+    inside = lesion_map[window] == number
+    values = np.minimum(probability[window].astype(np.float32), np.nextafter(np.float32(threshold), np.float32(0)))
+    values[inside] = np.maximum(probability[window][inside].astype(np.float32), np.float32(threshold))
+    pet_window = _sub_grid(pet_grid, [s.start for s in window[::-1]], [s.stop for s in window[::-1]])
+    low, high = _ct_index_range(pet_window, ct_grid)
+    if np.any(high <= low):
+        return []  # outside the CT's field of view
+    ct_window = _sub_grid(ct_grid, low, high)
+    interpolated = sitk.GetArrayFromImage(
+        resample_to_grid(pet_window.to_sitk(values), ct_window, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    )
+    traced = interpolated >= threshold
+    if not traced.any():  # smaller than the CT's voxel spacing: keep the PET voxels' footprint
+        traced = lesion_map_on(inside.astype(np.uint16), pet_window, ct_window) > 0
+    target = ct_map[low[2] : high[2], low[1] : high[1], low[0] : high[0]]
+    target[traced & (target == 0)] = number
+    return [
+        SliceBox(
+            number,
+            box.k + int(low[2]),
+            box.c0 + int(low[0]),
+            box.r0 + int(low[1]),
+            box.c1 + int(low[0]),
+            box.r1 + int(low[1]),
+            float(interpolated[box.k][traced[box.k]].max()),
+        )
+        for box in slice_boxes(traced.astype(np.uint8))
+    ]
+
+
+def _sub_grid(grid: Grid, low_ijk: Sequence[int], high_ijk: Sequence[int]) -> Grid:
+    """The voxels ``low_ijk`` (inclusive) to ``high_ijk`` (exclusive) of ``grid`` as a grid of their own."""
+    origin = grid.index_to_lps([float(v) for v in low_ijk])
+    size = tuple(int(h) - int(lo) for lo, h in zip(low_ijk, high_ijk))
+    return Grid(size, grid.spacing, tuple(float(v) for v in origin), grid.direction)
+
+
+def _ct_index_range(pet_window: Grid, ct_grid: Grid) -> Tuple[np.ndarray, np.ndarray]:
+    """The CT voxels (i, j, k from ``low`` inclusive to ``high`` exclusive) among a PET window's voxel centres."""
+    corners = np.array([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)], float)
+    corners *= np.asarray(pet_window.size, float) - 1.0
+    ct_index = ct_grid.lps_to_index(pet_window.index_to_lps(corners))
+    low = np.maximum(np.floor(ct_index.min(axis=0) - 1e-6).astype(int), 0)
+    high = np.minimum(np.ceil(ct_index.max(axis=0) + 1e-6).astype(int) + 1, np.asarray(ct_grid.size))
+    return low, high
+
+
+def ct_slice_boxes(
+    lesion_map: np.ndarray,
+    pet_grid: Grid,
+    ct_grid: Grid,
+    probability: Optional[np.ndarray] = None,
+    threshold: float = 0.5,
+) -> List[SliceBox]:
+    """Every lesion's tight box on every CT slice it crosses (see :func:`lesions_on_ct`)."""
+    return lesions_on_ct(lesion_map, pet_grid, ct_grid, probability, threshold)[1]

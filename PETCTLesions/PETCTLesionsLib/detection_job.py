@@ -3,7 +3,7 @@
     caller                                          worker: python -m PETCTLesionsLib.detection_job JOB
     DetectionJob.start(ct, pet, grid, settings) --> JOB/inputs: ct_hu.npy, pet_suv.npy, job.json
     DetectionJob.poll() <-- progress lines ------- detect_lesions(...) reporting "fraction message"
-    DetectionJob.poll() -> finished  <------------ JOB/lesion_map.npy, then JOB/result.json (atomic)
+    DetectionJob.poll() -> finished  <------------ JOB/lesion_map.npy, probability.npy, then result.json (atomic)
     DetectionJob.cancel() --> terminate ----------> nothing half-made: no result, JOB removed
 
 A process (not a thread) because the model holds the interpreter for long stretches of
@@ -37,6 +37,7 @@ from .measurements import LesionMeasurement
 PROGRESS_PREFIX = "PETCTLESIONS-PROGRESS"
 RESULT_FILE = "result.json"
 LESION_MAP_FILE = "lesion_map.npy"
+PROBABILITY_FILE = "probability.npy"  # float16: the caller traces lesions at CT resolution from it
 _LIBRARY_PARENT = Path(__file__).resolve().parents[1]  # the folder that holds PETCTLesionsLib/
 
 
@@ -211,11 +212,12 @@ def _grid_from_json(content: Dict[str, Sequence[float]]) -> Grid:
 
 
 def read_result(job_dir: Path, pet_grid: Grid) -> Detection:
-    """The worker's result files as a :class:`Detection` (no probability map: it stays in the worker)."""
+    """The worker's result files as a :class:`Detection` (its probability map in float16)."""
     content = json.loads((job_dir / RESULT_FILE).read_text())
-    lesion_map = np.load(job_dir / LESION_MAP_FILE)
-    if lesion_map.shape != pet_grid.shape:
-        raise DetectionJobError(f"{job_dir / LESION_MAP_FILE}: shape {lesion_map.shape}, expected {pet_grid.shape}")
+    lesion_map, probability = (np.load(job_dir / name) for name in (LESION_MAP_FILE, PROBABILITY_FILE))
+    for name, array in ((LESION_MAP_FILE, lesion_map), (PROBABILITY_FILE, probability)):
+        if array.shape != pet_grid.shape:
+            raise DetectionJobError(f"{job_dir / name}: shape {array.shape}, expected {pet_grid.shape}")
     lesions = [
         LesionMeasurement(
             **{
@@ -228,7 +230,7 @@ def read_result(job_dir: Path, pet_grid: Grid) -> Detection:
     ]
     return Detection(
         pet_grid,
-        None,
+        probability,
         lesion_map,
         lesions,
         content["threshold"],
@@ -261,8 +263,9 @@ def run_job(job_dir: Path) -> None:
         progress=lambda fraction, message: report_progress(0.95 * fraction, message),
     )
     report_progress(0.97, f"writing {len(found.lesions)} lesions")
-    with atomic_output(job_dir / LESION_MAP_FILE) as tmp, open(tmp, "wb") as stream:
-        np.save(stream, found.lesion_map)
+    for name, array in ((LESION_MAP_FILE, found.lesion_map), (PROBABILITY_FILE, found.probability.astype(np.float16))):
+        with atomic_output(job_dir / name) as tmp, open(tmp, "wb") as stream:
+            np.save(stream, array)
     result = {
         "lesions": [asdict(lesion) for lesion in found.lesions],
         "threshold": found.threshold,

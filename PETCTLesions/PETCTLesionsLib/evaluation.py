@@ -40,6 +40,7 @@ class Evaluation:
     ) -> metrics.CaseMetrics:
         """Add one study: binary masks on one grid, and optionally its per-slice boxes.
 
+        A predicted box is ranked by its own score when it has one, else by its lesion's:
         ``lesion_scores`` maps a predicted lesion number to its confidence (1.0 when absent).
         """
         result = metrics.case_metrics(prediction, reference, voxel_ml)
@@ -48,7 +49,10 @@ class Evaluation:
         for box in reference_boxes:
             self.box_references.setdefault((name, box.k), []).append(_as_box(box))
         for box in predicted_boxes:
-            score = 1.0 if lesion_scores is None else float(lesion_scores.get(box.lesion, 1.0))
+            if box.score is not None:
+                score = float(box.score)
+            else:
+                score = 1.0 if lesion_scores is None else float(lesion_scores.get(box.lesion, 1.0))
             self.box_predictions.append(((name, box.k), score, _as_box(box)))
         return result
 

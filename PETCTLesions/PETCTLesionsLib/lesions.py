@@ -70,6 +70,7 @@ class SliceBox:
     r0: int
     c1: int
     r1: int
+    score: Optional[float] = None  # the model's confidence in this box, when it has one
 
 
 def slice_boxes(lesion_map: np.ndarray) -> List[SliceBox]:

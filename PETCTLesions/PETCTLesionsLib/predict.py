@@ -29,10 +29,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import nnunet, preview, voc
-from .detection import Detection, detect_lesions, lesion_map_on
+from .detection import Detection, detect_lesions, lesions_on_ct
 from .fileio import atomic_output, atomic_write_text
 from .geometry import Grid
-from .lesions import SliceBox, slice_boxes, voc_annotations_from_boxes
+from .lesions import SliceBox, voc_annotations_from_boxes
 from .measurements import LesionMeasurement
 from .resampling import resample_ct_to_pet
 
@@ -162,8 +162,8 @@ def _predict_loaded(loaded, study_date: str, out_dir: Path, model, options, canc
     label = pet_grid.to_sitk(found.mask)
     case = nnunet.NnUNetCase(case_id, ct_on_pet, loaded.pet_suv, label)
     written += nnunet.write_case(out_dir / "nnUNet_raw" / PREDICTED_DATASET, case, overwrite=options.overwrite).values()
-    lesion_map_ct = lesion_map_on(found.lesion_map, pet_grid, ct_grid)  # once: boxes and pictures
-    boxes = slice_boxes(lesion_map_ct)
+    # Once, for the boxes and the pictures: the lesions traced at CT resolution.
+    lesion_map_ct, boxes = lesions_on_ct(found.lesion_map, pet_grid, ct_grid, found.probability, found.threshold)
     written += _write_voc(loaded, ct_grid, boxes, out_dir, options.overwrite, notes)
     if options.pictures:
         ct_hu = sitk.GetArrayViewFromImage(loaded.ct)

@@ -11,6 +11,8 @@ Accuracy (``--held-out N``): N generated whole-body studies with seeds HELD_OUT_
 never used in training (training seeds start at 1,000,000, validation at 900,000): Dice,
 FPV, FNV (autoPET), lesion sensitivity, false-positive lesions per study, box mAP@0.5 on
 CT slices. Targets: Dice >= 0.85, sensitivity >= 0.90 at <= 1 FP per study, mAP >= 0.87.
+The generator's own description of every lesion also gives the sensitivity by true diameter
+and by site, which shows where the misses are.
 
     python Testing/Benchmarks/benchmark_model.py [--device cpu|cuda] [--held-out 20] [--no-speed]
 """
@@ -76,7 +78,7 @@ def speed(model, device: str) -> dict:
         model_times.append(time.perf_counter() - start)
         start = time.perf_counter()
         found = detection.detect_lesions(model, ct, pet, grid, device=device)
-        boxes = detection.ct_slice_boxes(found.lesion_map, grid, study.ct_grid)
+        boxes = detection.ct_slice_boxes(found.lesion_map, grid, study.ct_grid, found.probability, found.threshold)
         total_times.append(time.perf_counter() - start)
     result = {
         "device": found.device,
@@ -92,21 +94,46 @@ def speed(model, device: str) -> dict:
     return result
 
 
+DIAMETER_BINS_MM = ((5.0, 10.0), (10.0, 20.0), (20.0, 50.0))
+
+
 def _held_out_study(seed: int):
     """Generate one held-out study and keep what the evaluation needs (runs in a worker process)."""
     study = make_phantom(PhantomConfig(seed=seed, size="full", body="wholebody"))
-    return seed, study.pet_grid, study.ct_grid, phantom_study_arrays(study), slice_boxes(study.ct_lesion_labels)
+    truth = [(lesion.label, lesion.diameter_mm, lesion.site) for lesion in study.lesions]
+    return (
+        seed,
+        study.pet_grid,
+        study.ct_grid,
+        phantom_study_arrays(study),
+        slice_boxes(study.ct_lesion_labels),
+        study.pet_lesion_labels,
+        truth,
+    )
+
+
+def sensitivity_by(found_lesions: list) -> dict:
+    """Lesion sensitivity by true diameter and by site, from (diameter mm, site, detected) rows."""
+    groups = {f"{lo:g}-{hi:g} mm": [row for row in found_lesions if lo <= row[0] < hi] for lo, hi in DIAMETER_BINS_MM}
+    for site in sorted({row[1] for row in found_lesions}):
+        groups[site] = [row for row in found_lesions if row[1] == site]
+    return {
+        name: {"lesions": len(rows), "detected": sum(row[2] for row in rows)} for name, rows in groups.items() if rows
+    }
 
 
 def held_out(model, device: str, count: int, workers: int) -> dict:
     result = evaluation.Evaluation()
     seeds = [evaluation.HELD_OUT_SEED_BASE + n for n in range(count)]
+    found_lesions = []  # (true diameter mm, site, detected) of every reference lesion
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(max(1, workers), context) as pool:
-        for seed, pet_grid, ct_grid, arrays, reference_boxes in pool.map(_held_out_study, seeds):
+        for seed, pet_grid, ct_grid, arrays, reference_boxes, labels, truth in pool.map(_held_out_study, seeds):
             start = time.perf_counter()
             found = detection.detect_lesions(model, arrays.ct_hu_on_pet, arrays.pet_suv, pet_grid, device=device)
-            predicted = detection.ct_slice_boxes(found.lesion_map, pet_grid, ct_grid)
+            predicted = detection.ct_slice_boxes(
+                found.lesion_map, pet_grid, ct_grid, found.probability, found.threshold
+            )
             case = result.add(
                 f"held-out seed {seed}",
                 found.mask,
@@ -116,13 +143,18 @@ def held_out(model, device: str, count: int, workers: int) -> dict:
                 reference_boxes,
                 {lesion.label: lesion.score for lesion in found.lesions},
             )
+            found_lesions += [(diameter, site, bool(found.mask[labels == n].any())) for n, diameter, site in truth]
             print(
                 f"  seed {seed}: Dice {case.dice:.3f}, lesions {case.detected_lesions}/{case.reference_lesions}, "
                 f"FP {case.false_positive_lesions}  (detection {time.perf_counter() - start:.1f} s)",
                 flush=True,
             )
     print(result.table())
-    return result.summary()
+    by = sensitivity_by(found_lesions)
+    print("lesion sensitivity by true diameter and by site:")
+    for name, group in by.items():
+        print(f"  {name:<12} {group['detected']:>3}/{group['lesions']:<3} {group['detected'] / group['lesions']:.3f}")
+    return {**result.summary(), "sensitivity_by": by}
 
 
 def main() -> int:

@@ -43,6 +43,7 @@ def _run(job: DetectionJob, timeout_s: float = 300) -> list:
 def test_demo_study_detect_review_edit_export_and_reimport(mrml_scene, demo_case, tmp_path):
     import slicer
 
+    from PETCTLesionsLib.detection import ct_slice_boxes
     from PETCTLesionsLib.lesions import slice_boxes
     from PETCTLesionsLib.mrml import review
     from PETCTLesionsLib.mrml.boxes import SEGMENT_ID_ATTRIBUTE, box_nodes_of, voc_from_box_nodes
@@ -51,6 +52,7 @@ def test_demo_study_detect_review_edit_export_and_reimport(mrml_scene, demo_case
     from PETCTLesionsLib.mrml.export import export_study
     from PETCTLesionsLib.mrml.segmentations import lesion_map_on
     from PETCTLesionsLib.mrml.study_nodes import add_study_nodes, slice_sop_instance_uids, study_case_id
+    from PETCTLesionsLib.mrml.volumes import grid_from_volume_node
 
     study, case = demo_case
     # Study: load from DICOM (PET in SUVbw); Display: fused, then the Lung preset.
@@ -73,11 +75,14 @@ def test_demo_study_detect_review_edit_export_and_reimport(mrml_scene, demo_case
     found = job.result()
     assert not job.job_dir.exists()  # the worker's files are gone once the result is taken
     assert found.device == "cpu" and len(found.lesions) == 3
+    assert found.probability.dtype == np.float16 and found.probability.shape == pet_grid.shape
     truth = study.pet_lesion_labels > 0
     assert all(truth[found.lesion_map == lesion.label].mean() > 0.5 for lesion in found.lesions)
     nodes = add_detection_nodes(found, pet, ct)  # boxes of the Lung_Dx patient's histology class
     segmentation = nodes.segmentation
     assert len(nodes.segment_ids) == 3 and len(nodes.boxes) > 3
+    traced = ct_slice_boxes(found.lesion_map, pet_grid, grid_from_volume_node(ct), found.probability, found.threshold)
+    assert len(nodes.boxes) == len(traced)  # traced at CT resolution from the worker's probability
     assert {box.GetAttribute(SEGMENT_ID_ATTRIBUTE) for box in nodes.boxes} == set(nodes.segment_ids)
 
     # Review: the table measures the segments on the PET as they are.
@@ -192,3 +197,21 @@ def test_a_failing_detection_reports_the_workers_message(demo_case, tmp_path):
     with pytest.raises(RuntimeError, match="no-such-model.json"):
         job.result()
     assert not job.job_dir.exists()
+
+
+def test_a_worker_result_on_another_grid_is_refused_naming_the_file(tmp_path):
+    import json
+
+    from PETCTLesionsLib.detection_job import LESION_MAP_FILE, PROBABILITY_FILE, RESULT_FILE, read_result
+    from PETCTLesionsLib.geometry import Grid
+
+    grid = Grid((6, 5, 4), (4.0, 4.0, 3.0), (0.0, 0.0, 0.0))
+    result = {"lesions": [], "threshold": 0.5, "min_volume_ml": 0.0, "device": "cpu", "notes": []}
+    (tmp_path / RESULT_FILE).write_text(json.dumps(result))
+    np.save(tmp_path / LESION_MAP_FILE, np.zeros(grid.shape, np.uint16))
+    np.save(tmp_path / PROBABILITY_FILE, np.full(grid.shape, 0.25, np.float16))
+    found = read_result(tmp_path, grid)
+    assert found.probability.dtype == np.float16 and float(found.probability.max()) == 0.25
+    np.save(tmp_path / PROBABILITY_FILE, np.zeros((4, 5, 5), np.float16))
+    with pytest.raises(RuntimeError, match=rf"{PROBABILITY_FILE}: shape \(4, 5, 5\), expected \(4, 5, 6\)"):
+        read_result(tmp_path, grid)
