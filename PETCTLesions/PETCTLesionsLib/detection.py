@@ -191,12 +191,7 @@ def _ct_index_range(pet_window: Grid, ct_grid: Grid) -> Tuple[np.ndarray, np.nda
     return low, high
 
 
-def ct_slice_boxes(
-    lesion_map: np.ndarray,
-    pet_grid: Grid,
-    ct_grid: Grid,
-    probability: Optional[np.ndarray] = None,
-    threshold: float = 0.5,
-) -> List[SliceBox]:
-    """Every lesion's tight box on every CT slice it crosses (see :func:`lesions_on_ct`)."""
-    return lesions_on_ct(lesion_map, pet_grid, ct_grid, probability, threshold)[1]
+def ct_slice_boxes(found: Detection, ct_grid: Grid) -> List[SliceBox]:
+    """A detection's boxes on every CT slice its lesions cross, traced from its probability when it
+    has one (see :func:`lesions_on_ct`)."""
+    return lesions_on_ct(found.lesion_map, found.pet_grid, ct_grid, found.probability, found.threshold)[1]

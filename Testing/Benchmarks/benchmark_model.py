@@ -80,7 +80,7 @@ def speed(model, device: str) -> dict:
         model_times.append(time.perf_counter() - start)
         start = time.perf_counter()
         found = detection.detect_lesions(model, ct, pet, grid, device=device)
-        boxes = detection.ct_slice_boxes(found.lesion_map, grid, study.ct_grid, found.probability, found.threshold)
+        boxes = detection.ct_slice_boxes(found, study.ct_grid)
         total_times.append(time.perf_counter() - start)
     result = {
         "device": found.device,
@@ -133,9 +133,7 @@ def held_out(model, device: str, count: int, workers: int) -> dict:
         for seed, pet_grid, ct_grid, arrays, reference_boxes, labels, truth in pool.map(_held_out_study, seeds):
             start = time.perf_counter()
             found = detection.detect_lesions(model, arrays.ct_hu_on_pet, arrays.pet_suv, pet_grid, device=device)
-            predicted = detection.ct_slice_boxes(
-                found.lesion_map, pet_grid, ct_grid, found.probability, found.threshold
-            )
+            predicted = detection.ct_slice_boxes(found, ct_grid)
             case = result.add(
                 f"held-out seed {seed}",
                 found.mask,
@@ -167,7 +165,7 @@ def box_ceiling(count: int, workers: int) -> float:
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(max(1, workers), context) as pool:
         for seed, pet_grid, ct_grid, arrays, reference_boxes, labels, _ in pool.map(_held_out_study, seeds):
-            predicted = detection.ct_slice_boxes(labels, pet_grid, ct_grid)
+            _, predicted = detection.lesions_on_ct(labels, pet_grid, ct_grid)
             result.add(f"seed {seed}", arrays.label, arrays.label, pet_grid.voxel_volume_ml, predicted, reference_boxes)
     box_map = result.summary()["box_map50"]
     print(f"box mAP@0.5 of the true PET-grid lesions, boxes from PET voxels, {count} studies: {box_map:.3f}")

@@ -99,7 +99,7 @@ def test_detections_get_voc_boxes_on_the_ct_slices_of_a_lung_dx_patient(mrml_sce
     )
     nodes = add_detection_nodes(known, pet, ct_node=ct)
     class_letter = case.patient_id.split("-")[-1][0]
-    expected = detection.ct_slice_boxes(lesion_map, pet_grid, detection.Grid.from_sitk(loaded.ct), known.probability)
+    expected = detection.ct_slice_boxes(known, detection.Grid.from_sitk(loaded.ct))
     assert len(nodes.boxes) == len(expected) > 0 and nodes.notes == []
     annotations, skipped = voc_from_box_nodes(nodes.boxes, ct, class_letter)
     exported = sorted((a.sop_instance_uid, b.to_pixel_ranges(), b.name) for a in annotations for b in a.boxes)

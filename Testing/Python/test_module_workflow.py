@@ -81,7 +81,7 @@ def test_demo_study_detect_review_edit_export_and_reimport(mrml_scene, demo_case
     nodes = add_detection_nodes(found, pet, ct)  # boxes of the Lung_Dx patient's histology class
     segmentation = nodes.segmentation
     assert len(nodes.segment_ids) == 3 and len(nodes.boxes) > 3
-    traced = ct_slice_boxes(found.lesion_map, pet_grid, grid_from_volume_node(ct), found.probability, found.threshold)
+    traced = ct_slice_boxes(found, grid_from_volume_node(ct))
     assert len(nodes.boxes) == len(traced)  # traced at CT resolution from the worker's probability
     assert {box.GetAttribute(SEGMENT_ID_ATTRIBUTE) for box in nodes.boxes} == set(nodes.segment_ids)
 

@@ -182,7 +182,7 @@ def _add_boxes(
     if len(uids) != ct_grid.size[2]:
         return []
     content = segmentation.GetSegmentation()
-    boxes = ct_slice_boxes(found.lesion_map, found.pet_grid, ct_grid, found.probability, found.threshold)
+    boxes = ct_slice_boxes(found, ct_grid)
     segments = [content.GetSegment(ids[box.lesion - 1]) for box in boxes]
     numbers = [_LESION_NUMBER.match(segment.GetName()) for segment in segments]
     nodes = add_lesion_boxes(
