@@ -145,13 +145,14 @@ def _trace_lesion(
     # lesion, a component dropped for its size) outside, whatever the probability's rounding.
     window = tuple(slice(max(s.start - 1, 0), min(s.stop + 1, n)) for s, n in zip(extent, lesion_map.shape))
     inside = lesion_map[window] == number
-    values = np.minimum(probability[window].astype(np.float32), np.nextafter(np.float32(threshold), np.float32(0)))
-    values[inside] = np.maximum(probability[window][inside].astype(np.float32), np.float32(threshold))
-    pet_window = _sub_grid(pet_grid, [s.start for s in window[::-1]], [s.stop for s in window[::-1]])
+    window_probability = probability[window].astype(np.float32)
+    values = np.minimum(window_probability, np.nextafter(np.float32(threshold), np.float32(0)))
+    values[inside] = np.maximum(window_probability[inside], np.float32(threshold))
+    pet_window = pet_grid.sub_grid([s.start for s in window[::-1]], [s.stop for s in window[::-1]])
     low, high = _ct_index_range(pet_window, ct_grid)
     if np.any(high <= low):
         return []  # outside the CT's field of view
-    ct_window = _sub_grid(ct_grid, low, high)
+    ct_window = ct_grid.sub_grid(low, high)
     interpolated = sitk.GetArrayFromImage(
         resample_to_grid(pet_window.to_sitk(values), ct_window, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     )
@@ -172,13 +173,6 @@ def _trace_lesion(
         )
         for box in slice_boxes(traced.astype(np.uint8))
     ]
-
-
-def _sub_grid(grid: Grid, low_ijk: Sequence[int], high_ijk: Sequence[int]) -> Grid:
-    """The voxels ``low_ijk`` (inclusive) to ``high_ijk`` (exclusive) of ``grid`` as a grid of their own."""
-    origin = grid.index_to_lps([float(v) for v in low_ijk])
-    size = tuple(int(h) - int(lo) for lo, h in zip(low_ijk, high_ijk))
-    return Grid(size, grid.spacing, tuple(float(v) for v in origin), grid.direction)
 
 
 def _ct_index_range(pet_window: Grid, ct_grid: Grid) -> Tuple[np.ndarray, np.ndarray]:

@@ -75,6 +75,12 @@ class Grid:
         m = np.linalg.inv(self.ijk_to_lps())
         return lps @ m[:3, :3].T + m[:3, 3]
 
+    def sub_grid(self, low_ijk: Sequence[int], high_ijk: Sequence[int]) -> Grid:
+        """Voxels ``low_ijk`` (inclusive) to ``high_ijk`` (exclusive) as a grid of their own, e.g. one slice."""
+        origin = self.index_to_lps([float(v) for v in low_ijk])
+        size = tuple(int(high) - int(low) for low, high in zip(low_ijk, high_ijk))
+        return Grid(size, self.spacing, tuple(float(v) for v in origin), self.direction)
+
     def axis_coordinates(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """LPS x, y, z coordinates of voxel centres along each axis (axis-aligned grids only)."""
         if not self.is_axis_aligned:

@@ -24,13 +24,7 @@ BOX_RGB = (0.2, 0.8, 1.0)
 
 def pet_on_ct_slice(pet: sitk.Image, ct_grid: Grid, k: int) -> np.ndarray:
     """PET values (linear interpolation) at the voxel centres of CT slice ``k``: array [row, column]."""
-    slice_origin = tuple(ct_grid.index_to_lps((0, 0, k)).tolist())
-    slice_grid = Grid(
-        size=(ct_grid.size[0], ct_grid.size[1], 1),
-        spacing=ct_grid.spacing,
-        origin=slice_origin,
-        direction=ct_grid.direction,
-    )
+    slice_grid = ct_grid.sub_grid((0, 0, k), (ct_grid.size[0], ct_grid.size[1], k + 1))
     return sitk.GetArrayFromImage(resample_to_grid(pet, slice_grid, sitk.sitkLinear, 0.0, sitk.sitkFloat32))[0]
 
 

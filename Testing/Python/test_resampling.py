@@ -6,7 +6,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from PETCTLesionsLib.geometry import Grid
-from PETCTLesionsLib.resampling import AIR_HU, resample_ct_to_pet, resample_label_to_grid
+from PETCTLesionsLib.resampling import AIR_HU, resample_ct_to_pet, resample_label_to_grid, resample_to_grid
 
 
 def _ramp_ct() -> sitk.Image:
@@ -46,3 +46,19 @@ def test_label_resampling_keeps_label_values():
     )
     assert set(np.unique(sitk.GetArrayFromImage(out)).tolist()) == {0, 7, 300}
     assert out.GetPixelID() == sitk.sitkUInt16
+
+
+def test_a_sub_grid_holds_the_same_voxels_as_its_parent_on_an_oblique_grid():
+    tilted = Grid(
+        (40, 32, 12),
+        (0.9, 0.8, 2.5),
+        (-18.0, -14.4, -15.0),
+        (1.0, 0.0, 0.0, 0.0, 0.9945219, -0.1045285, 0.0, 0.1045285, 0.9945219),
+    )
+    window = tilted.sub_grid((3, 5, 7), (10, 9, 8))
+    assert window.size == (7, 4, 1) and window.spacing == tilted.spacing and window.direction == tilted.direction
+    inner = np.array([[0, 0, 0], [6, 3, 0], [2, 1, 0]], float)
+    np.testing.assert_allclose(window.index_to_lps(inner), tilted.index_to_lps(inner + [3, 5, 7]), atol=1e-9)
+    values = np.arange(np.prod(tilted.shape), dtype=np.float32).reshape(tilted.shape)
+    cut = sitk.GetArrayFromImage(resample_to_grid(tilted.to_sitk(values), window, sitk.sitkNearestNeighbor))
+    np.testing.assert_array_equal(cut, values[7:8, 5:9, 3:10])

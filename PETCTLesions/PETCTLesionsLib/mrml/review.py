@@ -22,7 +22,7 @@ import numpy as np
 import slicer
 import vtk
 
-from ..geometry import Grid, lps_to_ras
+from ..geometry import lps_to_ras
 from ..lesions import slice_boxes
 from ..measurements import LesionMeasurement, measure_lesions
 from ..voc import VALID_CLASSES, VocBox, histology_class
@@ -257,8 +257,7 @@ def _segment_box_on_slice(
     """The segment's tight box on CT slice ``k``, rasterised by Slicer: that segment on that slice
     only (all segments on the whole CT grid take seconds on a whole-body study)."""
     grid = grid_from_volume_node(ct_node)
-    origin = grid.ijk_to_lps() @ np.array([0.0, 0.0, float(k), 1.0])
-    one_slice = Grid((grid.size[0], grid.size[1], 1), grid.spacing, tuple(origin[:3]), grid.direction)
+    one_slice = grid.sub_grid((0, 0, k), (grid.size[0], grid.size[1], k + 1))
     reference = volume_node_from_image(one_slice.to_sitk(np.zeros(one_slice.shape, np.uint8)), "slice reference")
     try:
         mask = segment_on(segmentation, segment_id, reference)
