@@ -10,10 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from PETCTLesionsLib import nnunet
 from PETCTLesionsLib.cli import main
-from PETCTLesionsLib.model import training_data, weights
+from PETCTLesionsLib.model import preprocessing, training_data, weights
 
 TINY = ["--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "1", "--patch", "32,48,48", "--workers", "0"]
 TINY += ["--pool-size", "1", "--validation-cases", "1", "--synthetic-size", "small", "--warmup-steps", "1"]
@@ -46,7 +47,7 @@ def test_patches_centre_a_share_on_lesions_and_pad_outside_the_volume():
     label = np.zeros((20, 30, 30), np.uint8)
     label[10, 15, 15] = 1
     case = training_data.TrainingCase(
-        "t", np.zeros((2, 20, 30, 30), np.float16), label, np.array([[10, 15, 15]], np.int32),
+        "t", np.zeros((2, 20, 30, 30), np.float16), label, np.array([[10, 15, 15]], np.int32), np.array([0, 1]),
         np.array([[0, 0, 0]], np.int32),
     )  # fmt: skip
     images, labels = training_data.sample_patches([case], 400, (16, 16, 16), rng, foreground_fraction=0.5)
@@ -54,6 +55,44 @@ def test_patches_centre_a_share_on_lesions_and_pad_outside_the_volume():
     assert 0.4 < with_lesion < 0.6  # body centres are in the corner, far from the lesion
     padded = images[labels.reshape(400, -1).max(axis=1) == 0]
     assert (padded[:, 1] == np.float16(-1.0)).any()  # PET padding: zero uptake
+
+
+def test_lesion_centred_patches_pick_each_lesion_equally_often_whatever_its_size():
+    label = np.zeros((40, 40, 80), np.uint8)
+    label[10:30, 10:30, 5:25] = 1  # 8000 voxels
+    label[20, 20, 60] = 1  # one voxel, 35 voxels away
+    case = training_data.prepare_case(
+        training_data.StudyArrays("t", np.zeros(label.shape, np.float32), np.zeros(label.shape, np.float32), label,
+                                  (4.0, 4.0, 3.0)),
+    )  # fmt: skip
+    assert list(np.diff(case.lesion_offsets)) == [8000, 1]
+    _, labels = training_data.sample_patches([case], 400, (20, 20, 20), np.random.default_rng(1), 1.0)
+    small_only = (labels.reshape(400, -1).sum(axis=1) == 1).mean()
+    assert 0.4 < small_only < 0.6  # per voxel it would be 1 in 8001
+
+
+def test_every_lesion_keeps_a_voxel_when_the_label_moves_to_the_working_grid():
+    from PETCTLesionsLib.lesions import label_lesions
+
+    # autoPET's PET grid (2.0364 mm, 3 mm): single-voxel lesions at odd indices fall between the 4 mm samples.
+    label = np.zeros((12, 41, 41), np.uint8)
+    singles = [(3, 5, 5), (3, 5, 35), (7, 35, 21), (9, 21, 9)]
+    for voxel in singles:
+        label[voxel] = 1
+    label[2:10, 15:27, 15:27] = 1  # 1152 voxels, 4.6 mL
+    spacing_zyx = (3.0, 2.0364, 2.0364)
+    with torch.no_grad():
+        soft = preprocessing.to_working_grid(torch.from_numpy(label).float()[None], spacing_zyx)[0].numpy()
+    assert label_lesions((soft >= 0.5).astype(np.uint8))[1] == 1  # plain interpolation loses the four small ones
+    working = training_data.label_on_working_grid(label, spacing_zyx)
+    lesion_map, count = label_lesions(working)
+    assert count == 5
+    sizes = np.bincount(lesion_map.ravel())[1:]
+    assert list(sizes[1:]) == [1, 1, 1, 1]
+    assert sizes[0] == (soft >= 0.5).sum()  # the large lesion is the interpolated one, unchanged
+    scale = np.array(spacing_zyx) / np.array([3.0, 4.0, 4.0])
+    for voxel in singles:  # each kept voxel is the working voxel nearest the lesion
+        assert working[tuple(np.rint(np.array(voxel) * scale).astype(int))] == 1
 
 
 def test_training_reads_an_nnunet_dataset_and_its_splits(tmp_path, capsys):

@@ -4,8 +4,8 @@ One command for one CPU, one GPU or many: under ``torchrun`` (WORLD_SIZE > 1) ea
 trains on its own GPU (or CPU with gloo) with DistributedDataParallel, draws its own
 patients, and rank 0 validates, logs and writes checkpoints.
 
-What a step does: draw a batch of patches (a third centred on lesions) from the case pool,
-augment on the device (mirroring on every axis, PET intensity scaling, CT/PET noise),
+What a step does: draw a batch of patches (a third centred on lesions, each lesion as likely
+as any other) from the case pool, augment on the device (mirroring on every axis, PET intensity scaling, CT/PET noise),
 BCE + soft Dice loss, AdamW with warm-up then polynomial decay, bf16 autocast on CUDA.
 An epoch is ``steps_per_epoch`` steps followed by validation on whole studies with the
 inference code users run (same tiling, same thresholds) and the autoPET metrics. Files in
@@ -48,7 +48,7 @@ class TrainingSettings:
     learning_rate: float = 2e-3
     weight_decay: float = 1e-4
     warmup_steps: int = 200
-    foreground_fraction: float = training_data.FOREGROUND_FRACTION  # patches centred on a lesion voxel
+    foreground_fraction: float = training_data.FOREGROUND_FRACTION  # patches centred on a lesion
     features: Tuple[int, ...] = DEFAULT_FEATURES
     workers: int = max(1, (os.cpu_count() or 2) - 1)
     pool_size: int = 48

@@ -2,9 +2,12 @@
 
 A case is prepared once (in a worker process) into what the network sees: the normalised
 two-channel image on the working grid (float16, to halve memory) and the lesion label on the
-same grid. A :class:`CasePool` keeps a rolling set of prepared cases filled by worker
-processes while training draws patches from it, so data preparation (seconds per synthetic
-whole-body patient) overlaps with the GPU's work.
+same grid, in which every lesion keeps at least one voxel (:func:`label_on_working_grid`).
+Patches centred on lesions pick the lesion first, uniformly, then a voxel in it, so a 5 mm
+node is centred as often as a 50 mm mass (per voxel it would be a thousand times rarer).
+A :class:`CasePool` keeps a rolling set of prepared cases filled by worker processes while
+training draws patches from it, so data preparation (seconds per synthetic whole-body
+patient) overlaps with the GPU's work.
 
 Synthetic seeds: training patients use seeds >= ``TRAIN_SEED_BASE``; validation patients
 ``VALIDATION_SEED_BASE + n``; everything below ``VALIDATION_SEED_BASE`` (the demo, the tests,
@@ -23,12 +26,13 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from ..lesions import label_lesions
 from . import preprocessing
 
 TRAIN_SEED_BASE = 1_000_000
 VALIDATION_SEED_BASE = 900_000
 SYNTHETIC_BODIES = (("wholebody", 0.75), ("torso", 0.25))
-FOREGROUND_FRACTION = 1.0 / 3.0  # share of patches centred on a lesion voxel (nnU-Net's oversampling)
+FOREGROUND_FRACTION = 1.0 / 3.0  # share of patches centred on a lesion (nnU-Net's oversampling)
 _BODY_HU = -500.0  # voxels denser than this are inside the patient: the other patches are centred there
 _MAX_CENTRES = 20000
 
@@ -55,7 +59,8 @@ class TrainingCase:
     name: str
     image: np.ndarray  # float16 [2, D, H, W], normalised
     label: np.ndarray  # uint8 [D, H, W]
-    lesion_centres: np.ndarray  # (n, 3) int32 voxel indices inside lesions (subsampled)
+    lesion_centres: np.ndarray  # (n, 3) int32 voxel indices inside lesions (subsampled), lesion by lesion
+    lesion_offsets: np.ndarray  # (lesions + 1,) int: lesion m's centres are lesion_centres[offsets[m]:offsets[m + 1]]
     body_centres: np.ndarray  # (n, 3) int32 voxel indices inside the body (subsampled)
 
 
@@ -119,21 +124,64 @@ def prepare_case(study: StudyArrays, seed: int = 0) -> TrainingCase:
     with torch.no_grad():
         image = preprocessing.normalise(torch.from_numpy(study.ct_hu_on_pet), torch.from_numpy(study.pet_suv))
         image = preprocessing.to_working_grid(image, spacing_zyx)
-        label = preprocessing.to_working_grid(torch.from_numpy(study.label).float()[None], spacing_zyx)[0] >= 0.5
+    label = label_on_working_grid(study.label, spacing_zyx)
     rng = np.random.default_rng(seed)
+    lesion_centres, lesion_offsets = _centres_by_lesion(label, rng)
     ct_hu = image[0].numpy() * preprocessing.CT_SCALE_HU
     return TrainingCase(
         name=study.name,
         image=image.numpy().astype(np.float16),
-        label=label.numpy().astype(np.uint8),
-        lesion_centres=_some(np.argwhere(label.numpy()), rng),
+        label=label,
+        lesion_centres=lesion_centres,
+        lesion_offsets=lesion_offsets,
         body_centres=_some(np.argwhere(ct_hu > _BODY_HU), rng),
     )
 
 
-def _some(points: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    if len(points) > _MAX_CENTRES:
-        points = points[rng.choice(len(points), _MAX_CENTRES, replace=False)]
+def label_on_working_grid(label: np.ndarray, spacing_zyx: Sequence[float]) -> np.ndarray:
+    """A 0/1 lesion label moved onto the working grid: interpolated value >= 0.5, and every
+    lesion (26-connected) keeps at least the working voxel nearest its centroid.
+
+    Why the second rule: a lesion of one or two PET voxels (5-8 mm) stays under 0.5 when the
+    grid moves by a fraction of a voxel (4.07 -> 4 mm) or halves (autoPET's 2 mm -> 4 mm).
+    Dropped from the label, such lesions teach the network that a small hot spot is background.
+    """
+    label = np.asarray(label, np.uint8)
+    with torch.no_grad():
+        soft = preprocessing.to_working_grid(torch.from_numpy(label).float()[None], spacing_zyx)[0].numpy()
+    working = soft >= 0.5
+    lesion_map, count = label_lesions(label)
+    if count == 0:
+        return working.astype(np.uint8)
+    # Working index = original index x original spacing / working spacing (both grids share voxel 0).
+    scale = np.asarray(spacing_zyx, float) / np.asarray(tuple(reversed(preprocessing.WORKING_SPACING_MM)))
+    last = np.asarray(working.shape) - 1
+    voxels = np.argwhere(lesion_map)
+    lesion_of_voxel = lesion_map[tuple(voxels.T)]
+    nearest = np.minimum(np.rint(voxels * scale).astype(np.int64), last)
+    kept = np.zeros(count + 1, bool)
+    kept[lesion_of_voxel[working[tuple(nearest.T)]]] = True
+    for lesion in np.flatnonzero(~kept[1:]) + 1:
+        centroid = voxels[lesion_of_voxel == lesion].mean(axis=0) * scale
+        working[tuple(np.minimum(np.rint(centroid).astype(np.int64), last))] = True
+    return working.astype(np.uint8)
+
+
+def _centres_by_lesion(label: np.ndarray, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+    """Patch centres inside the lesions grouped lesion by lesion (at most ``_MAX_CENTRES`` in all), and offsets."""
+    lesion_map, count = label_lesions(label)
+    voxels = np.argwhere(lesion_map)
+    lesion_of_voxel = lesion_map[tuple(voxels.T)]
+    per_lesion = max(1, _MAX_CENTRES // max(count, 1))
+    groups = [_some(voxels[lesion_of_voxel == lesion], rng, per_lesion) for lesion in range(1, count + 1)]
+    offsets = np.cumsum([0] + [len(group) for group in groups])
+    centres = np.concatenate(groups) if groups else np.zeros((0, 3), np.int32)
+    return centres, offsets
+
+
+def _some(points: np.ndarray, rng: np.random.Generator, most: int = _MAX_CENTRES) -> np.ndarray:
+    if len(points) > most:
+        points = points[rng.choice(len(points), most, replace=False)]
     return points.astype(np.int32)
 
 
@@ -238,17 +286,20 @@ def sample_patches(
     rng: np.random.Generator,
     foreground_fraction: float = FOREGROUND_FRACTION,
 ) -> Tuple[np.ndarray, np.ndarray]:
-    """``count`` random patches (float16 [n, 2, *patch], uint8 [n, *patch]), some centred on lesions."""
+    """``count`` random patches (float16 [n, 2, *patch], uint8 [n, *patch]), some centred on lesions.
+
+    A lesion-centred patch picks one of the case's lesions uniformly, then one of its voxels.
+    """
     images = np.empty((count, 2) + tuple(patch), np.float16)
     labels = np.zeros((count,) + tuple(patch), np.uint8)
     pad = preprocessing.padding_values()
     for n in range(count):
         case = cases[int(rng.integers(len(cases)))]
-        centres = (
-            case.lesion_centres
-            if len(case.lesion_centres) and rng.random() < foreground_fraction
-            else case.body_centres
-        )
+        if len(case.lesion_centres) and rng.random() < foreground_fraction:
+            lesion = int(rng.integers(len(case.lesion_offsets) - 1))
+            centres = case.lesion_centres[case.lesion_offsets[lesion] : case.lesion_offsets[lesion + 1]]
+        else:
+            centres = case.body_centres
         if len(centres) == 0:
             centres = np.array([[s // 2 for s in case.label.shape]])
         centre = centres[int(rng.integers(len(centres)))] + rng.integers(-8, 9, 3)
