@@ -12,7 +12,11 @@ never used in training (training seeds start at 1,000,000, validation at 900,000
 FPV, FNV (autoPET), lesion sensitivity, false-positive lesions per study, box mAP@0.5 on
 CT slices. Targets: Dice >= 0.85, sensitivity >= 0.90 at <= 1 FP per study, mAP >= 0.87.
 The generator's own description of every lesion also gives the sensitivity by true diameter
-and by site, which shows where the misses are. ``--box-ceiling`` scores the true lesions'
+and by site, which shows where the misses are, and whether the missed lesions were visible:
+a missed lesion whose PET peak stands at least ``VISIBLE_CONTRAST`` local noise SDs above its
+surroundings is a miss of the model, not of the physics; the same criterion counts the
+background spots as strong (outside every lesion and finding), i.e. what such a plain
+contrast rule would add as false positives. ``--box-ceiling`` scores the true lesions'
 boxes drawn from PET voxels instead (no model): the box mAP a perfect PET-grid mask would get
 without tracing at CT resolution.
 
@@ -98,6 +102,35 @@ def speed(model, device: str) -> dict:
 
 
 DIAMETER_BINS_MM = ((5.0, 10.0), (10.0, 20.0), (20.0, 50.0))
+VISIBLE_CONTRAST = 7.0  # local noise SDs
+
+
+def local_contrast(pet_suv: np.ndarray) -> tuple:
+    """(contrast, local maxima) on the PET grid, in voxels: lightly smoothed SUV minus its local
+    mean (9 x 9 x 5 voxels), over the local RMS of that difference (11 x 11 x 7 voxels)."""
+    smooth = sitk.DiscreteGaussian(sitk.GetImageFromArray(pet_suv.astype(np.float32)), 0.49, 32, 0.01, False)
+    residual = smooth - sitk.BoxMean(smooth, [4, 4, 2])
+    noise = sitk.Sqrt(sitk.BoxMean(residual * residual, [5, 5, 3])) + 1e-3
+    maxima = sitk.GetArrayFromImage(smooth) == sitk.GetArrayFromImage(sitk.GrayscaleDilate(smooth, [1, 1, 1]))
+    return sitk.GetArrayFromImage(residual / noise), maxima
+
+
+def _dilated(mask: np.ndarray, voxels: int) -> np.ndarray:
+    image = sitk.GetImageFromArray(mask.astype(np.uint8))
+    return sitk.GetArrayFromImage(sitk.BinaryDilate(image, [voxels] * 3, sitk.sitkBox)).astype(bool)
+
+
+def visibility(pet_suv: np.ndarray, labels: np.ndarray, truth: list, found_mask: np.ndarray) -> tuple:
+    """(peak local contrast of each true lesion, background spots at least VISIBLE_CONTRAST strong)."""
+    contrast, maxima = local_contrast(pet_suv)
+    # One voxel around each lesion (lesions are generated apart, so a grey dilation keeps their numbers).
+    around = sitk.GetArrayFromImage(sitk.GrayscaleDilate(sitk.GetImageFromArray(labels.astype(np.uint16)), [1, 1, 1]))
+    inside = around > 0
+    peak_of = np.zeros(int(around.max()) + 1)
+    np.maximum.at(peak_of, around[inside], contrast[inside])
+    peaks = [float(peak_of[n]) if n < len(peak_of) else 0.0 for n, _, _ in truth]
+    elsewhere = ~_dilated((labels > 0) | (found_mask > 0), 2)
+    return peaks, int(np.count_nonzero(maxima & elsewhere & (contrast >= VISIBLE_CONTRAST)))
 
 
 def _held_out_study(seed: int):
@@ -135,7 +168,8 @@ def _held_out_studies(count: int, workers: int) -> Iterator[tuple]:
 
 def held_out(model, device: str, count: int, workers: int) -> dict:
     result = evaluation.Evaluation()
-    found_lesions = []  # (true diameter mm, site, detected) of every reference lesion
+    found_lesions = []  # (true diameter mm, site, detected, peak local contrast) of every reference lesion
+    background_spots = 0
     for seed, pet_grid, ct_grid, arrays, reference_boxes, labels, truth in _held_out_studies(count, workers):
         start = time.perf_counter()
         found = detection.detect_lesions(model, arrays.ct_hu_on_pet, arrays.pet_suv, pet_grid, device=device)
@@ -149,7 +183,10 @@ def held_out(model, device: str, count: int, workers: int) -> dict:
             reference_boxes,
             {lesion.label: lesion.score for lesion in found.lesions},
         )
-        found_lesions += [(diameter, site, bool(found.mask[labels == n].any())) for n, diameter, site in truth]
+        peaks, spots = visibility(arrays.pet_suv, labels, truth, found.mask)
+        background_spots += spots
+        for (n, diameter, site), peak in zip(truth, peaks):
+            found_lesions.append((diameter, site, bool(found.mask[labels == n].any()), peak))
         print(
             f"  seed {seed}: Dice {case.dice:.3f}, lesions {case.detected_lesions}/{case.reference_lesions}, "
             f"FP {case.false_positive_lesions}  (detection {time.perf_counter() - start:.1f} s)",
@@ -160,7 +197,20 @@ def held_out(model, device: str, count: int, workers: int) -> dict:
     print("lesion sensitivity by true diameter and by site:")
     for name, group in by.items():
         print(f"  {name:<12} {group['detected']:>3}/{group['lesions']:<3} {group['detected'] / group['lesions']:.3f}")
-    return {**result.summary(), "sensitivity_by": by}
+    missed = [row for row in found_lesions if not row[2]]
+    visible = [row for row in missed if row[3] >= VISIBLE_CONTRAST]
+    print(
+        f"missed lesions standing >= {VISIBLE_CONTRAST:g} local noise SDs above their surroundings: {len(visible)} of "
+        f"{len(missed)} ({sum(row[0] < 10 for row in visible)} of them under 10 mm); background spots as strong, "
+        f"outside lesions and findings: {background_spots} in {count} studies"
+    )
+    return {
+        **result.summary(),
+        "sensitivity_by": by,
+        "missed_visible": len(visible),
+        "missed": len(missed),
+        "background_spots_as_visible": background_spots,
+    }
 
 
 def box_ceiling(count: int, workers: int) -> float:

@@ -170,13 +170,15 @@ def label_on_working_grid(label: np.ndarray, spacing_zyx: Sequence[float]) -> np
 def _centres_by_lesion(label: np.ndarray, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
     """Patch centres inside the lesions grouped lesion by lesion (at most ``_MAX_CENTRES`` in all), and offsets."""
     lesion_map, count = label_lesions(label)
+    if count == 0:
+        return np.zeros((0, 3), np.int32), np.zeros(1, np.int64)
     voxels = np.argwhere(lesion_map)
     lesion_of_voxel = lesion_map[tuple(voxels.T)]
     per_lesion = max(1, _MAX_CENTRES // max(count, 1))
-    groups = [_some(voxels[lesion_of_voxel == lesion], rng, per_lesion) for lesion in range(1, count + 1)]
-    offsets = np.cumsum([0] + [len(group) for group in groups])
-    centres = np.concatenate(groups) if groups else np.zeros((0, 3), np.int32)
-    return centres, offsets
+    by_lesion = voxels[np.argsort(lesion_of_voxel, kind="stable")]
+    sizes = np.bincount(lesion_of_voxel, minlength=count + 1)[1:]
+    groups = [_some(group, rng, per_lesion) for group in np.split(by_lesion, np.cumsum(sizes)[:-1])]
+    return np.concatenate(groups), np.cumsum([0] + [len(group) for group in groups])
 
 
 def _some(points: np.ndarray, rng: np.random.Generator, most: int = _MAX_CENTRES) -> np.ndarray:
