@@ -149,7 +149,7 @@ def _held_out_study(seed: int):
 
 
 def sensitivity_by(found_lesions: list) -> dict:
-    """Lesion sensitivity by true diameter and by site, from (diameter mm, site, detected) rows."""
+    """Lesion sensitivity by true diameter and by site, from rows that start (diameter mm, site, detected)."""
     groups = {f"{lo:g}-{hi:g} mm": [row for row in found_lesions if lo <= row[0] < hi] for lo, hi in DIAMETER_BINS_MM}
     for site in sorted({row[1] for row in found_lesions}):
         groups[site] = [row for row in found_lesions if row[1] == site]

@@ -5,8 +5,9 @@ trains on its own GPU (or CPU with gloo) with DistributedDataParallel, draws its
 patients, and rank 0 validates, logs and writes checkpoints.
 
 What a step does: draw a batch of patches (a third centred on lesions, each lesion as likely
-as any other) from the case pool, augment on the device (mirroring on every axis, PET intensity scaling, CT/PET noise),
-BCE + soft Dice loss, AdamW with warm-up then polynomial decay, bf16 autocast on CUDA.
+as any other) from the case pool, augment on the device (mirroring on every axis, PET
+intensity scaling, CT/PET noise), BCE + soft Dice loss, AdamW with warm-up then polynomial
+decay, bf16 autocast on CUDA.
 An epoch is ``steps_per_epoch`` steps followed by validation on whole studies with the
 inference code users run (same tiling, same thresholds) and the autoPET metrics. Files in
 the output folder: ``checkpoint_last.pt`` (resume), ``checkpoint_best.pt`` (best validation

@@ -149,36 +149,35 @@ def label_on_working_grid(label: np.ndarray, spacing_zyx: Sequence[float]) -> np
     label = np.asarray(label, np.uint8)
     with torch.no_grad():
         soft = preprocessing.to_working_grid(torch.from_numpy(label).float()[None], spacing_zyx)[0].numpy()
-    working = soft >= 0.5
-    lesion_map, count = label_lesions(label)
-    if count == 0:
-        return working.astype(np.uint8)
+    interpolated = soft >= 0.5
+    working = interpolated.copy()
     # Working index = original index x original spacing / working spacing (both grids share voxel 0).
     scale = np.asarray(spacing_zyx, float) / np.asarray(tuple(reversed(preprocessing.WORKING_SPACING_MM)))
     last = np.asarray(working.shape) - 1
-    voxels = np.argwhere(lesion_map)
-    lesion_of_voxel = lesion_map[tuple(voxels.T)]
-    nearest = np.minimum(np.rint(voxels * scale).astype(np.int64), last)
-    kept = np.zeros(count + 1, bool)
-    kept[lesion_of_voxel[working[tuple(nearest.T)]]] = True
-    for lesion in np.flatnonzero(~kept[1:]) + 1:
-        centroid = voxels[lesion_of_voxel == lesion].mean(axis=0) * scale
-        working[tuple(np.minimum(np.rint(centroid).astype(np.int64), last))] = True
+    for voxels in _voxels_by_lesion(label):
+        if not interpolated[tuple(np.minimum(np.rint(voxels * scale).astype(np.int64), last).T)].any():
+            working[tuple(np.minimum(np.rint(voxels.mean(axis=0) * scale).astype(np.int64), last))] = True
     return working.astype(np.uint8)
 
 
 def _centres_by_lesion(label: np.ndarray, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
     """Patch centres inside the lesions grouped lesion by lesion (at most ``_MAX_CENTRES`` in all), and offsets."""
-    lesion_map, count = label_lesions(label)
-    if count == 0:
+    lesions = _voxels_by_lesion(label)
+    if not lesions:
         return np.zeros((0, 3), np.int32), np.zeros(1, np.int64)
+    groups = [_some(voxels, rng, max(1, _MAX_CENTRES // len(lesions))) for voxels in lesions]
+    return np.concatenate(groups), np.cumsum([0] + [len(group) for group in groups])
+
+
+def _voxels_by_lesion(mask: np.ndarray) -> List[np.ndarray]:
+    """The (n, 3) voxel indices of each 26-connected lesion of a 0/1 mask, largest lesion first."""
+    lesion_map, count = label_lesions(mask)
+    if count == 0:
+        return []
     voxels = np.argwhere(lesion_map)
     lesion_of_voxel = lesion_map[tuple(voxels.T)]
-    per_lesion = max(1, _MAX_CENTRES // max(count, 1))
-    by_lesion = voxels[np.argsort(lesion_of_voxel, kind="stable")]
     sizes = np.bincount(lesion_of_voxel, minlength=count + 1)[1:]
-    groups = [_some(group, rng, per_lesion) for group in np.split(by_lesion, np.cumsum(sizes)[:-1])]
-    return np.concatenate(groups), np.cumsum([0] + [len(group) for group in groups])
+    return np.split(voxels[np.argsort(lesion_of_voxel, kind="stable")], np.cumsum(sizes)[:-1])
 
 
 def _some(points: np.ndarray, rng: np.random.Generator, most: int = _MAX_CENTRES) -> np.ndarray:
