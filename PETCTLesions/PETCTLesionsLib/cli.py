@@ -141,6 +141,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         resume=args.resume,
         init_model=Path(args.init) if args.init else None,
         max_minutes=args.max_minutes,
+        freeze_batchnorm=args.freeze_batchnorm,
+        overwrite=args.overwrite,
     )
     if len(settings.patch) != 3:
         raise ValueError(f"--patch must be three sizes z,y,x, got {args.patch!r}")
@@ -331,7 +333,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument(
         "--foreground-fraction", type=float, default=1 / 3, help="share of patches centred on a lesion (default 1/3)"
     )
-    tr.add_argument("--workers", type=int, default=None, help="data preparation processes (default: cores - 1)")
+    tr.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="data preparation processes (default: cores - 1; 0: the pool is filled once, here, and kept)",
+    )
     tr.add_argument("--pool-size", type=int, default=48, help="prepared studies kept in memory (default 48)")
     tr.add_argument("--validation-cases", type=int, default=6, help="whole studies validated each epoch")
     tr.add_argument("--synthetic-size", choices=("small", "full"), default="full")
@@ -339,6 +346,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
     tr.add_argument("--resume", action="store_true", help="continue from --out/checkpoint_last.pt")
     tr.add_argument("--init", help="start from this model's weights (a model .json manifest), new optimizer")
+    tr.add_argument(
+        "--freeze-batchnorm",
+        action="store_true",
+        help="with --init: keep its BatchNorm statistics (fine-tuning on small patches or batches)",
+    )
+    tr.add_argument("--overwrite", action="store_true", help="start again in an --out that holds an earlier run")
     tr.add_argument("--max-minutes", type=float, default=None, help="stop after the epoch that passes this time")
     tr.set_defaults(func=_cmd_train)
     return parser

@@ -40,6 +40,33 @@ def test_training_on_generated_studies_writes_a_loadable_model_and_resumes(tmp_p
     assert main(["train", "--out", str(out), *TINY[:1], "2", *TINY[2:], "--resume"]) == 0
     assert [r["epoch"] for r in _log_rows(out)] == ["1", "2"]
     assert weights.load_model(out / "model.json").manifest["training"]["steps"] == 4
+    # A new run in the same folder would append to its log and replace its model: refused, named.
+    capsys.readouterr()
+    assert main(["train", "--out", str(out), *TINY]) != 0
+    error = capsys.readouterr().err
+    assert f"{out} holds an earlier training run (checkpoint_last.pt" in error and "--overwrite" in error
+    assert [r["epoch"] for r in _log_rows(out)] == ["1", "2"]
+    assert main(["train", "--out", str(out), *TINY, "--overwrite"]) == 0
+    assert [r["epoch"] for r in _log_rows(out)] == ["1"]
+    assert weights.load_model(out / "model.json").manifest["training"]["steps"] == 2
+
+
+def test_fine_tune_with_frozen_batchnorm_keeps_the_statistics_and_fills_a_fixed_pool_once(tmp_path):
+    out = tmp_path / "fine-tune"
+    bundled = weights.bundled_manifest_path()
+    fixed_pool = ["--pool-size", "2", "--workers", "0"]  # no workers: the whole pool is prepared before step 1
+    assert main(["train", "--out", str(out), *TINY, *fixed_pool, "--init", str(bundled), "--freeze-batchnorm"]) == 0
+    before = weights.load_model(bundled).network.state_dict()
+    after = weights.load_model(out / "model.json").network.state_dict()
+    statistics = [name for name in before if name.endswith(("running_mean", "running_var"))]
+    assert len(statistics) == 2 * 2 * 7  # two BatchNorms in each of the 7 double convolutions
+    for name in statistics:  # saved as float16 both times: equal means untouched
+        assert torch.equal(before[name], after[name]), name
+    assert not torch.equal(before["encoders.0.0.weight"], after["encoders.0.0.weight"])  # the weights did learn
+    (row,) = _log_rows(out)
+    assert row["cases_prepared"] == "2"
+    training = weights.load_model(out / "model.json").manifest["training"]
+    assert training["batchnorm_statistics"] == "frozen (from the initial weights)"
 
 
 def test_patches_centre_a_share_on_lesions_and_pad_outside_the_volume():

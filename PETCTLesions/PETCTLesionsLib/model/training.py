@@ -60,6 +60,8 @@ class TrainingSettings:
     device: str = "auto"
     resume: bool = False
     init_model: Optional[Path] = None  # start from these weights (a model manifest), fresh optimizer
+    freeze_batchnorm: bool = False  # keep the BatchNorm statistics of init_model (fine-tuning on small patches)
+    overwrite: bool = False  # start again in an out_dir that holds an earlier run (its files are replaced)
     max_minutes: Optional[float] = None
     card: Dict[str, object] = field(default_factory=dict)
 
@@ -219,12 +221,26 @@ def _scores_at(studies, probabilities: Sequence[np.ndarray], threshold: float) -
 # ---------------------------------------------------------------------------- the training
 
 
+def _train_mode(model: torch.nn.Module, freeze_batchnorm: bool) -> None:
+    """Training mode; with ``freeze_batchnorm`` the BatchNorm layers stay in evaluation mode.
+
+    A fine-tune on small patches (or small batches) would otherwise replace the running
+    statistics learned on large patches with noisy ones, and whole-study inference uses
+    those statistics. Their affine weights still learn.
+    """
+    model.train()
+    if freeze_batchnorm:
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.eval()
+
+
 def train(settings: TrainingSettings, log=print) -> Path:
     """Train as ``settings`` says; returns the manifest path of the final model (rank 0)."""
     rank = _start_distributed(settings.device)
     out = Path(settings.out_dir)
     if rank.main:
-        out.mkdir(parents=True, exist_ok=True)
+        _claim_output_folder(out, settings)
     torch.manual_seed(settings.seed * 1000 + rank.rank)
     rng = np.random.default_rng(settings.seed * 1000 + rank.rank)
     generator = torch.Generator().manual_seed(settings.seed * 1000 + rank.rank)
@@ -257,10 +273,12 @@ def train(settings: TrainingSettings, log=print) -> Path:
     use_cuda = rank.device.type == "cuda"
     started = time.monotonic()
     try:
-        pool.refresh(minimum=min(settings.pool_size, max(4, settings.workers // 2)))
+        # Without workers nothing refreshes the pool in the background, so it is filled once, whole.
+        first_fill = max(4, settings.workers // 2) if settings.workers else settings.pool_size
+        pool.refresh(minimum=min(settings.pool_size, first_fill))
         while state["epoch"] < settings.epochs:
             epoch_start = time.monotonic()
-            model.train()
+            _train_mode(model, settings.freeze_batchnorm)
             losses = []
             for _ in range(settings.steps_per_epoch):
                 pool.refresh(minimum=1)
@@ -317,6 +335,27 @@ def train(settings: TrainingSettings, log=print) -> Path:
         log(f"model written: {manifest}")
     _barrier(rank)
     return manifest
+
+
+RUN_FILES = ("checkpoint_last.pt", "checkpoint_best.pt", "training_log.csv", "model.json", "model.pt")
+
+
+def _claim_output_folder(out: Path, settings: TrainingSettings) -> None:
+    """Create ``out``; an earlier run in it is continued (resume), replaced (overwrite) or an error.
+
+    Without this a new run would append to the old log and replace its checkpoints silently.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    earlier = [name for name in RUN_FILES if (out / name).exists()]
+    if not earlier or settings.resume:
+        return
+    if not settings.overwrite:
+        raise FileExistsError(
+            f"{out} holds an earlier training run ({', '.join(earlier)}): "
+            "use --resume to continue it, --overwrite to start again there, or another --out"
+        )
+    for name in earlier:
+        (out / name).unlink()
 
 
 def _validation_studies(specs: Sequence[Tuple], workers: int):
@@ -401,6 +440,7 @@ def _export(out: Path, network: LesionUNet, settings: TrainingSettings, state: D
                 "devices": f"{rank.device.type} x{rank.world}",
                 "best_validation_dice": state["best_dice"],
                 "initial_weights": str(settings.init_model) if settings.init_model else None,
+                "batchnorm_statistics": "frozen (from the initial weights)" if settings.freeze_batchnorm else "learned",
             },
             "threshold_choice": state.get("threshold_scores", {}),
             "validation_history": state["history"],
