@@ -121,6 +121,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     if args.dataset is not None and not Path(args.dataset).is_dir():
         raise FileNotFoundError(f"{args.dataset}: no such dataset folder")
+    if args.freeze_batchnorm and not (args.init or args.resume):
+        raise ValueError(
+            "--freeze-batchnorm keeps the statistics of --init (or of the run --resume continues): give one"
+        )
     settings = TrainingSettings(
         out_dir=Path(args.out),
         dataset=Path(args.dataset) if args.dataset else None,
@@ -344,14 +348,15 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--synthetic-size", choices=("small", "full"), default="full")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
-    tr.add_argument("--resume", action="store_true", help="continue from --out/checkpoint_last.pt")
+    again = tr.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue from --out/checkpoint_last.pt")
+    again.add_argument("--overwrite", action="store_true", help="start again in an --out that holds an earlier run")
     tr.add_argument("--init", help="start from this model's weights (a model .json manifest), new optimizer")
     tr.add_argument(
         "--freeze-batchnorm",
         action="store_true",
         help="with --init: keep its BatchNorm statistics (fine-tuning on small patches or batches)",
     )
-    tr.add_argument("--overwrite", action="store_true", help="start again in an --out that holds an earlier run")
     tr.add_argument("--max-minutes", type=float, default=None, help="stop after the epoch that passes this time")
     tr.set_defaults(func=_cmd_train)
     return parser

@@ -51,8 +51,10 @@ def test_training_on_generated_studies_writes_a_loadable_model_and_resumes(tmp_p
     assert weights.load_model(out / "model.json").manifest["training"]["steps"] == 2
 
 
-def test_fine_tune_with_frozen_batchnorm_keeps_the_statistics_and_fills_a_fixed_pool_once(tmp_path):
+def test_fine_tune_with_frozen_batchnorm_keeps_the_statistics_and_fills_a_fixed_pool_once(tmp_path, capsys):
     out = tmp_path / "fine-tune"
+    assert main(["train", "--out", str(out), *TINY, "--freeze-batchnorm"]) == 2  # statistics of what? refused
+    assert "--freeze-batchnorm keeps the statistics of --init" in capsys.readouterr().err and not out.exists()
     bundled = weights.bundled_manifest_path()
     fixed_pool = ["--pool-size", "2", "--workers", "0"]  # no workers: the whole pool is prepared before step 1
     assert main(["train", "--out", str(out), *TINY, *fixed_pool, "--init", str(bundled), "--freeze-batchnorm"]) == 0

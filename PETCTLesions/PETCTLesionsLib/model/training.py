@@ -273,9 +273,7 @@ def train(settings: TrainingSettings, log=print) -> Path:
     use_cuda = rank.device.type == "cuda"
     started = time.monotonic()
     try:
-        # Without workers nothing refreshes the pool in the background, so it is filled once, whole.
-        first_fill = max(4, settings.workers // 2) if settings.workers else settings.pool_size
-        pool.refresh(minimum=min(settings.pool_size, first_fill))
+        pool.refresh(minimum=min(settings.pool_size, max(4, settings.workers // 2)))
         while state["epoch"] < settings.epochs:
             epoch_start = time.monotonic()
             _train_mode(model, settings.freeze_batchnorm)

@@ -256,10 +256,14 @@ class CasePool:
             self.cases[self.rng.randrange(self.size)] = case
 
     def refresh(self, minimum: int = 1) -> None:
-        """Take in finished cases; block until the pool holds at least ``minimum`` cases."""
+        """Take in finished cases; block until the pool holds at least ``minimum`` cases.
+
+        Without workers nothing would ever add to the pool later, so the first call fills it
+        whole, here, and the pool is then kept as it is.
+        """
         minimum = min(minimum, self.size)
         if self._executor is None:
-            while len(self.cases) < max(minimum, 1) or not self.cases:
+            while len(self.cases) < self.size:
                 self._add(_prepare_from_spec(next(self.specs), self.rng.randrange(1 << 30)))
             return
         while True:
