@@ -33,7 +33,7 @@ import struct
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Generic, Iterable, List, Optional, Sequence, Tuple, TypeVar, Union
 
 import numpy as np
 import pydicom
@@ -184,16 +184,35 @@ class IndexedSeries:
         return min(positions) - half, max(positions) + half
 
 
+SeriesT = TypeVar("SeriesT")
+OtherSeriesT = TypeVar("OtherSeriesT")
+
+
 @dataclass
-class SeriesPairing:
-    """The CT chosen for one PET series, why, and the CT series that were not chosen."""
+class SeriesPairing(Generic[SeriesT]):
+    """The CT chosen for one PET series, why, and the CT series that were not chosen.
+
+    Generic in how a series is described: the scan pairs :class:`IndexedSeries`; the study
+    report carries the same pairing over its geometry summaries (:meth:`with_series`).
+    """
 
     study_uid: str
-    pet: IndexedSeries
-    ct: Optional[IndexedSeries]
+    pet: SeriesT
+    ct: Optional[SeriesT]
     rule: str
     alternatives: List[str] = field(default_factory=list)
     warnings: List[str] = field(default_factory=list)
+
+    def with_series(self, describe: Callable[[SeriesT], OtherSeriesT]) -> SeriesPairing[OtherSeriesT]:
+        """The same pairing (rule, alternatives, warnings) with each series replaced by ``describe(series)``."""
+        return SeriesPairing(
+            study_uid=self.study_uid,
+            pet=describe(self.pet),
+            ct=None if self.ct is None else describe(self.ct),
+            rule=self.rule,
+            alternatives=list(self.alternatives),
+            warnings=list(self.warnings),
+        )
 
 
 @dataclass
@@ -218,7 +237,7 @@ class FileProblem:
 @dataclass
 class ScanResult:
     studies: List[IndexedStudy]
-    pairings: List[SeriesPairing]
+    pairings: List[SeriesPairing[IndexedSeries]]
     files_found: int
     skipped: List[FileProblem]  # not DICOM, or DICOM without an image: skipped on purpose
     problems: List[FileProblem]  # DICOM files that could not be read
@@ -743,12 +762,12 @@ def _ct_candidates(pet: IndexedSeries, studies: Sequence[IndexedStudy]) -> Tuple
     return others, "another study of the patient with the same FrameOfReferenceUID"
 
 
-def pair_pet_with_ct(studies: Sequence[IndexedStudy]) -> List[SeriesPairing]:
+def pair_pet_with_ct(studies: Sequence[IndexedStudy]) -> List[SeriesPairing[IndexedSeries]]:
     """One pairing per PT series (see the module docstring for the rule)."""
     return [_pair_one(pet, studies) for study in studies for pet in study.series_of("PT")]
 
 
-def _pair_one(pet: IndexedSeries, studies: Sequence[IndexedStudy]) -> SeriesPairing:
+def _pair_one(pet: IndexedSeries, studies: Sequence[IndexedStudy]) -> SeriesPairing[IndexedSeries]:
     cts, origin = _ct_candidates(pet, studies)
     if not cts:
         return SeriesPairing(

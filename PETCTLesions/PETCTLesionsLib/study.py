@@ -120,14 +120,8 @@ class SeriesInfo:
         )
 
 
-@dataclass
-class PetCtPair:
-    study_uid: str
-    pet: SeriesInfo
-    ct: Optional[SeriesInfo]
-    rule: str
-    alternatives: List[str] = field(default_factory=list)
-    warnings: List[str] = field(default_factory=list)
+# A PET/CT pairing as the study report shows it: the scan's pairing over series summaries.
+PetCtPair = SeriesPairing[SeriesInfo]
 
 
 @dataclass
@@ -151,14 +145,7 @@ def describe_scan(scan: ScanResult) -> List[DicomStudy]:
     result = []
     for study in scan.studies:
         pairs = [
-            PetCtPair(
-                study_uid=pairing.study_uid,
-                pet=infos[_key(pairing.pet)],
-                ct=None if pairing.ct is None else infos[_key(pairing.ct)],
-                rule=pairing.rule,
-                alternatives=list(pairing.alternatives),
-                warnings=list(pairing.warnings),
-            )
+            pairing.with_series(lambda series: infos[_key(series)])
             for pairing in scan.pairings
             if pairing.study_uid == study.study_uid
         ]
@@ -224,7 +211,7 @@ def _paths_text(paths: Sequence[PathLike]) -> str:
 
 def choose_pairing(
     scan: ScanResult, study_uid: Optional[str] = None, pet_series_uid: Optional[str] = None, where: str = ""
-) -> SeriesPairing:
+) -> SeriesPairing[IndexedSeries]:
     """The one PET/CT pairing matching the filters; :class:`StudyLoadError` when none or several do."""
     pairings = [
         p
