@@ -7,7 +7,8 @@ every slice of a series, the factor that turns the rescaled value into SUVbw.
 
 Rules (see FORMATS.md section 3):
 
-- Units BQML: the formula above. Units GML: values are already SUV (factor 1). Units CNTS
+- Units BQML: the formula above. Units GML: values are already SUV (factor 1), provided SUV
+  Type (0054,1006) is BW or absent (an SUVlbm or SUVbsa cannot become SUVbw). Units CNTS
   (Philips): the private SUV scale factor (7053,xx00) of creator "Philips PET Private Group"
   gives SUV directly from the rescaled value; failing that, the private Bq/mL scale factor
   (7053,xx09) turns the rescaled value into Bq/mL and the BQML formula follows. Any other
@@ -17,11 +18,16 @@ Rules (see FORMATS.md section 3):
   series was re-created after the scan); then GE's private scan datetime (0009,xx0D) of
   creator "GEMS_PETD_01" when present, else the earliest acquisition datetime.
   DecayCorrection ADMIN: already corrected to the injection, dt = 0. Anything else is refused.
-- Injection time: RadiopharmaceuticalStartDateTime; else RadiopharmaceuticalStartTime on the
-  calendar day of the decay reference (SeriesDate in the usual case). When that puts the
-  injection after the reference, the injection is taken to be on the day before (injected
-  before midnight, scanned after) provided the delay is then at most 12 hours; otherwise the
-  headers are refused.
+- Injection time: RadiopharmaceuticalStartDateTime (a date alone takes its time of day from
+  RadiopharmaceuticalStartTime), used as it is when the uptake to the reference is between 0
+  and 10 half-lives (days for Zr-89). Otherwise its date cannot be right (anonymisers shift
+  series dates and miss this one) and its time of day is used as below, with a warning.
+  Without it, RadiopharmaceuticalStartTime on the calendar day of the decay reference
+  (SeriesDate in the usual case); when that puts the injection after the reference, on the
+  day before (injected before midnight, scanned after). A time of day is accepted only for an
+  uptake of at most 12 hours (and 10 half-lives), and only for half-lives up to 12 hours: a
+  Zr-89 scan is days after its injection, which a time of day cannot place. Anything else is
+  refused. An uptake over 4 half-lives (a blanked 000000 start time, say) is a warning.
 - Only what a computation uses is required: PatientWeight, dose, half-life and start time
   are needed for BQML (and Philips Bq/mL factors), not for GML or the Philips SUV factor.
   Nothing is ever defaulted: a missing or invalid value raises :class:`SUVError` naming the
@@ -55,9 +61,19 @@ GE_PRIVATE_CREATOR = "GEMS_PETD_01"
 GE_GROUP = 0x0009
 GE_SCAN_DATETIME_OFFSET = 0x0D  # (0009,xx0D) scan datetime the data are decay corrected to, DT
 
-# An injection before midnight with the scan after midnight is accepted only when the
-# resulting uptake delay is plausible; a longer one means the headers are inconsistent.
+# Plausible uptake (injection to decay reference). After 10 half-lives a thousandth of the
+# activity is left: no one images then, so a longer delay means the injection date/time is
+# wrong (an anonymiser that shifted the series dates but not this one, say).
+MAX_UPTAKE_HALF_LIVES = 10.0
+# A time of day alone says nothing about the day. It is taken on the decay reference's day,
+# or on the day before (injected before midnight, scanned after), only when the uptake is then
+# at most 12 hours, and only for radionuclides that are imaged within hours: with a longer
+# half-life (Cu-64, Zr-89, I-124) scans are days after injection and the day is unknowable.
 MAX_MIDNIGHT_ROLLOVER_DELAY = datetime.timedelta(hours=12)
+MAX_HALF_LIFE_FOR_TIME_OF_DAY = datetime.timedelta(hours=12)
+# An uptake of more than 4 half-lives is possible (late imaging) but more often a blanked or
+# wrong injection time (000000): it is shown as a warning.
+SUSPICIOUS_UPTAKE_HALF_LIVES = 4.0
 
 # (gggg,eeee) of every public tag named in messages.
 _TAGS = {
@@ -74,6 +90,7 @@ _TAGS = {
     "CorrectedImage": "(0028,0051)",
     "RadiopharmaceuticalInformationSequence": "(0054,0016)",
     "Units": "(0054,1001)",
+    "SUVType": "(0054,1006)",
     "DecayCorrection": "(0054,1102)",
 }
 _PHILIPS_SUV_TAG_NAME = f"Philips SUV scale factor (7053,1000) [{PHILIPS_PRIVATE_CREATOR}]"
@@ -162,6 +179,14 @@ def parse_dicom_datetime(value: Any) -> datetime.datetime:
         int(second or 0),
         _microseconds(fraction),
     )
+
+
+def dicom_datetime_has_time(value: Any) -> bool:
+    """Whether a DICOM DT value gives a time of day (at least the hour), not only a date."""
+    if isinstance(value, datetime.datetime):
+        return True
+    match = _DATETIME_RE.match(_as_text(value))
+    return bool(match and match.group(4))
 
 
 # --------------------------------------------------------------------------- header access
@@ -472,57 +497,125 @@ def _start_reference(slices: Sequence[_Slice]) -> Tuple[datetime.datetime, str]:
 
 
 def _injection_datetime(
-    slices: Sequence[_Slice], reference: datetime.datetime, warnings: List[str]
+    slices: Sequence[_Slice], reference: datetime.datetime, half_life_s: float, warnings: List[str]
 ) -> datetime.datetime:
     """Injection datetime, identical across the series (see the module docstring for the rules)."""
     values = []
     for index, item in enumerate(slices):
         info = _radiopharmaceutical_item(item)
         # Every slice is checked; the first one speaks for the series in warnings.
-        values.append(_slice_injection(info, reference, warnings if index == 0 else []))
+        values.append(_slice_injection(info, reference, half_life_s, warnings if index == 0 else []))
     _require_same(slices, "RadiopharmaceuticalStartDateTime", values)
-    return values[0]
+    injection = values[0]
+    uptake_s = (reference - injection).total_seconds()
+    if uptake_s > SUSPICIOUS_UPTAKE_HALF_LIVES * half_life_s:
+        warnings.append(
+            f"{slices[0].label}: the uptake time from the injection ({injection}) to the decay reference "
+            f"({reference}) is {_hours(uptake_s)}, more than {SUSPICIOUS_UPTAKE_HALF_LIVES:g} half-lives of the "
+            f"radionuclide ({_hours(half_life_s)}); check the injection time in the headers"
+        )
+    return injection
 
 
-def _slice_injection(info: _Slice, reference: datetime.datetime, warnings: List[str]) -> datetime.datetime:
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.3g} h"
+
+
+def _max_uptake(half_life_s: float) -> datetime.timedelta:
+    return datetime.timedelta(seconds=MAX_UPTAKE_HALF_LIVES * half_life_s)
+
+
+def _slice_injection(
+    info: _Slice, reference: datetime.datetime, half_life_s: float, warnings: List[str]
+) -> datetime.datetime:
     start_datetime, start_time = info.raw("RadiopharmaceuticalStartDateTime"), info.raw("RadiopharmaceuticalStartTime")
-    if start_datetime is not None:
-        injection = _parse_or_fail(info, "RadiopharmaceuticalStartDateTime", parse_dicom_datetime, start_datetime)
-        if start_time is not None:
-            time = _parse_or_fail(info, "RadiopharmaceuticalStartTime", parse_dicom_time, start_time)
-            message = (
-                f"{info.label}: {_tag_name('RadiopharmaceuticalStartTime')} {time} differs from "
-                f"{_tag_name('RadiopharmaceuticalStartDateTime')} {injection}; the date/time was used"
-            )
-            if time != injection.time():
-                warnings.append(message)
-        if injection > reference:
+    time_of_day = None
+    if start_time is not None:
+        time_of_day = _parse_or_fail(info, "RadiopharmaceuticalStartTime", parse_dicom_time, start_time)
+    if start_datetime is None:
+        if time_of_day is None:
             raise info.fail(
-                f"{_tag_name('RadiopharmaceuticalStartDateTime')} {injection} is after the decay reference "
-                f"{reference}; the injection time is wrong"
+                f"{_tag_name('RadiopharmaceuticalStartTime')} and {_tag_name('RadiopharmaceuticalStartDateTime')} "
+                "are missing; the injection time is needed for decay correction"
             )
-        return injection
-    if start_time is None:
-        raise info.fail(
-            f"{_tag_name('RadiopharmaceuticalStartTime')} and {_tag_name('RadiopharmaceuticalStartDateTime')} "
-            "are missing; the injection time is needed for decay correction"
+        return _injection_on_reference_day(info, time_of_day, reference, half_life_s, warnings)
+
+    injection = _parse_or_fail(info, "RadiopharmaceuticalStartDateTime", parse_dicom_datetime, start_datetime)
+    if not dicom_datetime_has_time(start_datetime):
+        # A date alone: the time of day can only come from RadiopharmaceuticalStartTime.
+        if time_of_day is None:
+            raise info.fail(
+                f"{_tag_name('RadiopharmaceuticalStartDateTime')} {_as_text(start_datetime)!r} has no time of day "
+                f"and {_tag_name('RadiopharmaceuticalStartTime')} is missing; the injection time is needed for "
+                "decay correction"
+            )
+        injection = datetime.datetime.combine(injection.date(), time_of_day)
+    elif time_of_day is not None and time_of_day != injection.time():
+        warnings.append(
+            f"{info.label}: {_tag_name('RadiopharmaceuticalStartTime')} {time_of_day} differs from "
+            f"{_tag_name('RadiopharmaceuticalStartDateTime')} {injection}; the date/time was used"
         )
-    time = _parse_or_fail(info, "RadiopharmaceuticalStartTime", parse_dicom_time, start_time)
-    injection = datetime.datetime.combine(reference.date(), time)
-    if injection <= reference:
+    uptake = reference - injection
+    if datetime.timedelta(0) <= uptake <= _max_uptake(half_life_s):
         return injection
-    day_before = injection - datetime.timedelta(days=1)
-    if reference - day_before > MAX_MIDNIGHT_ROLLOVER_DELAY:
+
+    # The date/time cannot be right. Its time of day may still be (a date not shifted with the
+    # series dates): it is taken on the reference's day under the time-of-day rule, and said so.
+    problem = (
+        f"{_tag_name('RadiopharmaceuticalStartDateTime')} {injection} is after the decay reference {reference}"
+        if uptake < datetime.timedelta(0)
+        else f"{_tag_name('RadiopharmaceuticalStartDateTime')} {injection} is {_hours(uptake.total_seconds())} "
+        f"before the decay reference {reference}, more than {MAX_UPTAKE_HALF_LIVES:g} half-lives "
+        f"({_hours(half_life_s)})"
+    )
+    fallback_time = time_of_day if time_of_day is not None else injection.time()
+    try:
+        fallback = _injection_on_reference_day(info, fallback_time, reference, half_life_s, [])
+    except SUVError as error:
         raise info.fail(
-            f"{_tag_name('RadiopharmaceuticalStartTime')} {time} is after the decay reference {reference} "
+            f"{problem}, and the time of day {fallback_time} does not fit the reference day either "
+            f"({str(error).split(': ', 1)[-1]}); the injection time is wrong"
+        ) from None
+    warnings.append(
+        f"{info.label}: {problem}, so its date cannot be right; the injection was taken at its time of day "
+        f"on the day of the decay reference or the day before: {fallback}"
+    )
+    return fallback
+
+
+def _injection_on_reference_day(
+    info: _Slice, time_of_day: datetime.time, reference: datetime.datetime, half_life_s: float, warnings: List[str]
+) -> datetime.datetime:
+    """The injection at ``time_of_day`` on the reference's day, or the day before (see the constants)."""
+    if half_life_s > MAX_HALF_LIFE_FOR_TIME_OF_DAY.total_seconds():
+        raise info.fail(
+            f"the radionuclide's half-life is {_hours(half_life_s)} and only a time of day ({time_of_day}) gives "
+            f"the injection: with a half-life over {_hours(MAX_HALF_LIFE_FOR_TIME_OF_DAY.total_seconds())} "
+            f"scans are days after the injection, so {_tag_name('RadiopharmaceuticalStartDateTime')} with its "
+            "date is needed"
+        )
+    longest = min(MAX_MIDNIGHT_ROLLOVER_DELAY, _max_uptake(half_life_s))
+    same_day = datetime.datetime.combine(reference.date(), time_of_day)
+    if same_day <= reference:
+        uptake_s = (reference - same_day).total_seconds()
+        if uptake_s > longest.total_seconds():
+            raise info.fail(
+                f"{_tag_name('RadiopharmaceuticalStartTime')} {time_of_day} is {_hours(uptake_s)} "
+                f"before the decay reference {reference}, more than the longest plausible uptake "
+                f"({_hours(longest.total_seconds())}); the injection time is wrong"
+            )
+        return same_day
+    day_before = same_day - datetime.timedelta(days=1)
+    if reference - day_before > longest:
+        raise info.fail(
+            f"{_tag_name('RadiopharmaceuticalStartTime')} {time_of_day} is after the decay reference {reference} "
             "on the same day, and taking it on the day before would mean an uptake of more than "
-            f"{MAX_MIDNIGHT_ROLLOVER_DELAY.total_seconds() / 3600:g} hours; the injection time is wrong"
+            f"{_hours(longest.total_seconds())}; the injection time is wrong"
         )
-    message = (
-        f"{info.label}: {_tag_name('RadiopharmaceuticalStartTime')} {time} is later in the day than the "
+    warnings.append(
+        f"{info.label}: {_tag_name('RadiopharmaceuticalStartTime')} {time_of_day} is later in the day than the "
         f"decay reference {reference}; the injection was taken to be on the day before ({day_before})"
     )
-    warnings.append(message)
     return day_before
 
 
@@ -543,6 +636,20 @@ def _philips_factors(slices: Sequence[_Slice], offset: int, tag_name: str) -> Op
             raise item.fail(f"{tag_name} is {factor:g}; it must be greater than zero")
         factors.append(factor)
     return np.asarray(factors, dtype=np.float64)
+
+
+def _stored_suv_is_body_weight(slices: Sequence[_Slice]) -> str:
+    """Units GML holds an SUV already; SUV Type says which one (absent: body weight, the usual one)."""
+    types = [item.text("SUVType") for item in slices]
+    if all(value is None for value in types):
+        return "GML: values are already SUV (SUV Type absent: body weight)"
+    _require_same(slices, "SUVType", types)
+    if types[0].upper() != "BW":  # type: ignore[union-attr]
+        raise slices[0].fail(
+            f"{_tag_name('Units')} is GML with {_tag_name('SUVType')} {types[0]!r}: the stored values are an SUV "
+            "normalised by something other than body weight, and they cannot be turned into SUVbw"
+        )
+    return "GML with SUV Type BW: values are already SUVbw"
 
 
 def _check_modality(slices: Sequence[_Slice]) -> None:
@@ -572,7 +679,7 @@ def suv_bw_factors(datasets: Sequence[pydicom.Dataset], source: str = "") -> SUV
     warnings = _corrected_image_warnings(slices)
 
     if units == "GML":
-        return _without_decay(slices, units, np.ones(len(slices)), "GML: values are already SUVbw", warnings)
+        return _without_decay(slices, units, np.ones(len(slices)), _stored_suv_is_body_weight(slices), warnings)
 
     bqml_scale = np.ones(len(slices))
     if units == "CNTS":
@@ -597,7 +704,7 @@ def suv_bw_factors(datasets: Sequence[pydicom.Dataset], source: str = "") -> SUV
     elif decay_correction == "START":
         half_life_s = _series_number(slices, "RadionuclideHalfLife", in_sequence=True)
         reference_datetime, reference = _start_reference(slices)
-        injection = _injection_datetime(slices, reference_datetime, warnings)
+        injection = _injection_datetime(slices, reference_datetime, half_life_s, warnings)
         decay_time_s = (reference_datetime - injection).total_seconds()
     else:
         raise slices[0].fail(
@@ -606,6 +713,11 @@ def suv_bw_factors(datasets: Sequence[pydicom.Dataset], source: str = "") -> SUV
         )
     decay = 1.0 if decay_time_s == 0.0 else 2.0 ** (-decay_time_s / half_life_s)  # type: ignore[operator]
     factor = weight_kg * 1000.0 / (dose_bq * decay)
+    if not (math.isfinite(factor) and factor > 0.0):
+        raise slices[0].fail(
+            f"the SUV factor is {factor!r} (weight {weight_kg:g} kg, dose {dose_bq:g} Bq, decay {decay:g}); "
+            "the headers are inconsistent"
+        )
     return SUVResult(
         factors=bqml_scale * factor,
         units=units,

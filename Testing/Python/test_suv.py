@@ -229,6 +229,91 @@ def test_start_datetime_is_preferred_and_carries_the_day_before():
     assert same_day.decay_time_s == 1200.0 and same_day.warnings == []
 
 
+ZR89_HALF_LIFE = 282276.0  # 78.41 h
+RB82_HALF_LIFE = 75.45
+
+
+def test_a_start_datetime_on_the_wrong_day_falls_back_to_its_time_of_day_and_says_so():
+    """Series 2019-06-12 09:20:05.5, injection 08:14:30: dt = 3935.5 s whatever the date says.
+
+    Anonymisers that shift the series dates but not RadiopharmaceuticalStartDateTime give a
+    date days away; the time of day is still right.
+    """
+    expected = _bw_factor(81.3, 3.52e8, 3935.5)
+    for start_datetime, start_time in (
+        ("20190611081430", "081430"),  # a day early, StartTime agrees
+        ("20190611081430", None),  # a day early, no StartTime: the DT's own time of day
+        ("19000101081430", None),  # used to underflow the decay to 0 (ZeroDivisionError)
+        ("20190613081430", "081430"),  # a day late: after the scan
+    ):
+        result = suv_bw_factors(_series(start_datetime=start_datetime, start_time=start_time))
+        assert result.decay_time_s == 3935.5, start_datetime
+        np.testing.assert_allclose(result.factors, expected, rtol=1e-12)
+        assert len(result.warnings) == 1 and "its date cannot be right" in result.warnings[0]
+        assert "2019-06-12 08:14:30" in result.warnings[0] and "(0018,1078)" in result.warnings[0]
+
+
+def test_a_start_datetime_with_only_a_date_takes_the_time_from_start_time():
+    result = suv_bw_factors(_series(start_datetime="20190612", start_time="081430"))
+    assert result.decay_time_s == 3935.5 and result.warnings == []
+    with pytest.raises(SUVError, match=r"RadiopharmaceuticalStartDateTime \(0018,1078\) '20190612' has no time of day"):
+        suv_bw_factors(_series(start_datetime="20190612", start_time=None))
+
+
+def test_injection_before_midnight_with_equal_dates_is_taken_on_the_day_before():
+    """Dates set equal (23:40:10 on the scan day, scan 00:35:40): the day before, with a warning."""
+    result = suv_bw_factors(
+        _series(("003541",), series_time="003540", start_datetime="20190612234010", start_time=None)
+    )
+    assert result.decay_time_s == 3330.0
+    assert any("day before" in warning for warning in result.warnings)
+
+
+def test_long_lived_radionuclides_keep_days_of_uptake_but_need_the_date():
+    """Zr-89 antibodies are imaged days after injection: the date/time is taken as it is."""
+    three_days = 3 * 86400 + 3935.5
+    result = suv_bw_factors(_series(start_datetime="20190609081430", start_time=None, half_life=str(ZR89_HALF_LIFE)))
+    assert result.decay_time_s == three_days and result.warnings == []
+    np.testing.assert_allclose(result.factors, _bw_factor(81.3, 3.52e8, three_days, ZR89_HALF_LIFE), rtol=1e-12)
+    # A time of day alone cannot say which day: refused rather than assumed to be the scan day.
+    with pytest.raises(SUVError, match=r"half-life is 78.4 h .* RadiopharmaceuticalStartDateTime \(0018,1078\)"):
+        suv_bw_factors(_series(half_life=str(ZR89_HALF_LIFE)))
+
+
+def test_uptake_longer_than_ten_half_lives_is_refused():
+    """Rb-82 (75 s): an injection an hour before the scan is 48 half-lives, a wrong time."""
+    with pytest.raises(SUVError, match=r"RadiopharmaceuticalStartTime \(0018,1072\) 08:14:30 is 1.09 h before"):
+        suv_bw_factors(_series(half_life=str(RB82_HALF_LIFE)))
+    ok = suv_bw_factors(_series(start_time="091835.5", half_life=str(RB82_HALF_LIFE)))
+    assert ok.decay_time_s == 90.0 and ok.warnings == []
+    # F-18 over 12 hours on the same day (injection 00:10, scan 20:00): refused too.
+    with pytest.raises(SUVError, match="more than the longest plausible uptake"):
+        suv_bw_factors(_series(("200006",), series_time="200005", start_time="001000"))
+
+
+def test_a_blanked_injection_time_gives_a_warning():
+    """StartTime 000000 (an anonymiser's blank) is 9.3 h before the scan: possible, so only warned."""
+    result = suv_bw_factors(_series(start_time="000000"))
+    assert result.decay_time_s == 9 * 3600 + 20 * 60 + 5.5
+    assert len(result.warnings) == 1 and "more than 4 half-lives" in result.warnings[0]
+
+
+def test_an_infinite_factor_is_refused():
+    with pytest.raises(SUVError, match="the SUV factor is inf"):
+        suv_bw_factors(_series(dose="1e-320"))
+
+
+def test_stored_suv_must_be_body_weight_suv():
+    datasets = _series(units="GML", weight=None, dose=None)
+    for ds in datasets:
+        ds.SUVType = "BW"
+    assert suv_bw_factors(datasets).reference_time == "GML with SUV Type BW: values are already SUVbw"
+    for ds in datasets:
+        ds.SUVType = "LBM"
+    with pytest.raises(SUVError, match=r"Units \(0054,1001\) is GML with SUVType \(0054,1006\) 'LBM'"):
+        suv_bw_factors(datasets)
+
+
 def test_start_time_with_fractional_and_missing_seconds():
     assert suv_bw_factors(_series(start_time="0814")).decay_time_s == 3965.5
     assert suv_bw_factors(_series(start_time="081429.75")).decay_time_s == 3935.75
@@ -311,7 +396,7 @@ REFUSALS = {
         "RadiopharmaceuticalStartTime (0018,1072) 09:30:00 is after the decay reference",
     ),
     "start datetime after the scan": (
-        lambda: _series(start_datetime="20190612093000"),
+        lambda: _series(start_datetime="20190612093000", start_time=None),
         "RadiopharmaceuticalStartDateTime (0018,1078) 2019-06-12 09:30:00 is after",
     ),
     "bad series time": (lambda: _malformed_series_time("9h20"), "SeriesTime (0008,0031): '9h20' is not a DICOM time"),
