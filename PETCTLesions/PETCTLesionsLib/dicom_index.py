@@ -23,6 +23,13 @@ the first one in this order wins (the rule is reported with the alternatives):
 3. the most slices,
 4. the lowest SeriesNumber (then the SeriesInstanceUID, so that the choice never depends on
    file order).
+
+A study often holds more than one PT series: the attenuation-corrected (AC) images, the same
+data without attenuation correction (NAC), MIPs, screenshots. Series that are not a volume
+(Secondary Capture, colour images, projections, localizers) are never paired. The others are
+ranked (:data:`PET_PREFERENCE`) and the first one with a CT is the study's *preferred*
+pairing: what a load picks when no series is named, and what a batch run processes. A
+localizer (scout) stored inside an axial series is set aside from it, with a note.
 """
 
 from __future__ import annotations
@@ -60,7 +67,14 @@ PAIRING_RULE = (
     "among several CT series: same FrameOfReferenceUID first, then the largest z-overlap with the PET, "
     "then the most slices, then the lowest SeriesNumber"
 )
+PET_PREFERENCE = (
+    "attenuation-corrected first (CorrectedImage has ATTN), then ORIGINAL before DERIVED images, "
+    "then the most slices, then the lowest SeriesNumber"
+)
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+SECONDARY_CAPTURE_SOP_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.7"  # and its multi-frame kinds .7.1-.7.4
+# ImageType values (third and later) of images that are not slices of a volume.
+PROJECTION_IMAGE_TYPES = frozenset(("LOCALIZER", "MIP", "PROJECTION IMAGE"))
 HEADER_CHUNK_BYTES = 64 * 1024
 PIXEL_DATA_TAG = 0x7FE00010
 PIXEL_DATA_TAGS = frozenset((0x7FE00008, 0x7FE00009, PIXEL_DATA_TAG))  # float, double float, integer pixels
@@ -82,7 +96,17 @@ class NotDicomError(ValueError):
 
 
 class DicomReadError(ValueError):
-    """A DICOM file whose header cannot be read or is unusable; the message names the file."""
+    """A DICOM file whose header cannot be read or is unusable; the message names the file.
+
+    ``series_uid`` and ``sop_instance_uid`` name the series and instance when the header could
+    be read (a file cut short in its pixel data): a load of that series must not go on without
+    the instance (unless an intact copy of it was found).
+    """
+
+    def __init__(self, message: str, series_uid: str = "", sop_instance_uid: str = "") -> None:
+        super().__init__(message)
+        self.series_uid = series_uid
+        self.sop_instance_uid = sop_instance_uid
 
 
 class NoImageError(ValueError):
@@ -123,10 +147,20 @@ class SliceHeader:
     pixel_representation: int
     rescale_slope: float
     rescale_intercept: float
-    transfer_syntax: str  # "" when the file has no meta information
+    # Without a meta group (an old ACR-NEMA style file) the encoding the dataset was read with.
+    transfer_syntax: str
     pixel_data_offset: Optional[int] = None  # byte offset of the native pixel data value in the file
     pixel_data_length: Optional[int] = None
     dataset: Optional[Dataset] = None  # the whole header (no pixels), kept for PET: SUV needs it
+    part10: bool = True  # False: no preamble and meta group (pydicom must be forced to read it)
+    sop_class_uid: str = ""
+    image_type: Tuple[str, ...] = ()  # ImageType values, upper case
+    corrected_image: Tuple[str, ...] = ()  # CorrectedImage values (PET), upper case
+
+    @property
+    def is_projection(self) -> bool:
+        """A localizer, MIP or other projection: an image, but not a slice of a volume."""
+        return any(value in PROJECTION_IMAGE_TYPES for value in self.image_type[2:])
 
     @property
     def normal(self) -> np.ndarray:
@@ -148,6 +182,7 @@ class IndexedSeries:
     modality: str
     headers: List[SliceHeader]
     duplicates: List[Tuple[Path, Path]] = field(default_factory=list)  # (ignored copy, kept file)
+    set_aside: List[Tuple[Path, str]] = field(default_factory=list)  # (file, why it is not a slice of the volume)
 
     @property
     def first(self) -> SliceHeader:
@@ -174,6 +209,28 @@ class IndexedSeries:
         """How messages name the series."""
         number = "?" if self.series_number is None else str(self.series_number)
         return f"{self.modality} series {number} '{self.description}' ({self.series_uid})"
+
+    @property
+    def attenuation_corrected(self) -> bool:
+        return "ATTN" in self.first.corrected_image
+
+    @property
+    def derived(self) -> bool:
+        return bool(self.first.image_type) and self.first.image_type[0] == "DERIVED"
+
+    def volume_problem(self) -> Optional[str]:
+        """Why the series is not a volume of slices (a screenshot, colour, projections), or None."""
+        first = self.first
+        if first.sop_class_uid.startswith(SECONDARY_CAPTURE_SOP_CLASS_PREFIX):
+            return "Secondary Capture images (screenshots), not a volume"
+        if first.samples_per_pixel != 1:
+            return f"colour images ({first.samples_per_pixel} samples per pixel), not a volume"
+        if all(header.is_projection for header in self.headers):
+            kinds = sorted(
+                {value for h in self.headers for value in h.image_type[2:] if value in PROJECTION_IMAGE_TYPES}
+            )
+            return f"projection images (ImageType {', '.join(kinds)}), not a volume"
+        return None
 
     def z_extent(self, normal: np.ndarray) -> Optional[Tuple[float, float]]:
         """Extent (mm) of the slices along ``normal``: slice centres widened by half a slice thickness."""
@@ -202,6 +259,9 @@ class SeriesPairing(Generic[SeriesT]):
     rule: str
     alternatives: List[str] = field(default_factory=list)
     warnings: List[str] = field(default_factory=list)
+    # The study's first choice among its PET series (see PET_PREFERENCE); else why another one is.
+    preferred: bool = True
+    not_preferred_because: str = ""
 
     def with_series(self, describe: Callable[[SeriesT], OtherSeriesT]) -> SeriesPairing[OtherSeriesT]:
         """The same pairing (rule, alternatives, warnings) with each series replaced by ``describe(series)``."""
@@ -212,6 +272,8 @@ class SeriesPairing(Generic[SeriesT]):
             rule=self.rule,
             alternatives=list(self.alternatives),
             warnings=list(self.warnings),
+            preferred=self.preferred,
+            not_preferred_because=self.not_preferred_because,
         )
 
 
@@ -232,6 +294,8 @@ class IndexedStudy:
 class FileProblem:
     path: Path
     message: str
+    series_uid: str = ""  # the series and instance the file holds, when its header could be read
+    sop_instance_uid: str = ""
 
 
 @dataclass
@@ -245,6 +309,16 @@ class ScanResult:
     @property
     def series(self) -> List[IndexedSeries]:
         return [series for study in self.studies for series in study.series]
+
+    def unreadable_files(self, series: IndexedSeries) -> List[FileProblem]:
+        """Files of the series that could not be read (cut short, say) and of which no intact copy
+        was found: a volume without them is incomplete."""
+        present = {header.sop_instance_uid for header in series.headers}
+        return [
+            problem
+            for problem in self.problems
+            if problem.series_uid == series.series_uid and problem.sop_instance_uid not in present
+        ]
 
     def find_series(self, series_uid: str) -> IndexedSeries:
         for series in self.series:
@@ -471,7 +545,20 @@ def _with_meta_values(ds: Dataset, pixel_start: int) -> _RawHeader:
     meta = getattr(ds, "file_meta", None)
     transfer_syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
     sop_class = str(meta.get("MediaStorageSOPClassUID", "")) if meta is not None else ""
+    if not transfer_syntax:  # no meta group: the encoding pydicom found is the transfer syntax
+        transfer_syntax = _encoding_transfer_syntax(ds)
     return _RawHeader(ds, pixel_start, transfer_syntax, sop_class)
+
+
+def _encoding_transfer_syntax(ds: Dataset) -> str:
+    """The native transfer syntax of the encoding a dataset was read with ("" when unknown)."""
+    encoding = getattr(ds, "original_encoding", None)  # pydicom 3
+    implicit, little = encoding if encoding is not None else (ds.is_implicit_VR, ds.is_little_endian)
+    if implicit is None or little is None:
+        return ""
+    if implicit:
+        return str(ImplicitVRLittleEndian) if little else ""
+    return str(ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
 
 
 def _read_native_part10(data: bytes, buffer: io.BytesIO) -> Optional[_RawHeader]:
@@ -557,11 +644,20 @@ def read_slice_header(path: PathLike, text_cache: Optional[Dict[Tuple[int, bytes
                 f"{path}: has image attributes (Rows, Columns) but no pixel data; the file may be truncated"
             )
         handle.seek(pixel_start)
-        offset, length = _pixel_data_location(handle, transfer_syntax, file_size, path)
+        try:
+            offset, length = _pixel_data_location(handle, transfer_syntax, file_size, path)
+        except DicomReadError as error:  # cut short: say which series it leaves incomplete
+            uids = (str(ds.get(keyword, "")).strip() for keyword in ("SeriesInstanceUID", "SOPInstanceUID"))
+            raise DicomReadError(str(error), *uids) from None
     try:
-        return _header_from_dataset(ds, path, transfer_syntax, offset, length, {} if text_cache is None else text_cache)
+        header = _header_from_dataset(
+            ds, path, transfer_syntax, offset, length, {} if text_cache is None else text_cache
+        )
     except (ValueError, TypeError, OverflowError) as error:
         raise DicomReadError(f"{path}: {error}") from None
+    header.part10 = is_part10
+    header.sop_class_uid = sop_class or header.sop_class_uid
+    return header
 
 
 def _header_from_dataset(
@@ -615,7 +711,14 @@ def _header_from_dataset(
         pixel_data_offset=offset,
         pixel_data_length=length if offset is not None else None,
         dataset=ds if modality == "PT" else None,
+        sop_class_uid=values.ascii("SOPClassUID"),
+        image_type=_upper_values(values.ascii("ImageType")),
+        corrected_image=_upper_values(values.ascii("CorrectedImage")),
     )
+
+
+def _upper_values(text: str) -> Tuple[str, ...]:
+    return tuple(part.strip().upper() for part in text.split("\\")) if text else ()
 
 
 # --------------------------------------------------------------------------- scanning
@@ -654,7 +757,7 @@ def scan_paths(
         except (NotDicomError, NoImageError) as error:
             skipped.append(FileProblem(path, str(error)))
         except DicomReadError as error:
-            problems.append(FileProblem(path, str(error)))
+            problems.append(FileProblem(path, str(error), error.series_uid, error.sop_instance_uid))
         except OSError as error:
             problems.append(FileProblem(path, f"{path}: cannot be read: {error}"))
     if progress is not None:
@@ -691,6 +794,8 @@ def group_headers(headers: Iterable[SliceHeader]) -> List[IndexedStudy]:
         seen[key][header.sop_instance_uid] = header.path
         series.headers.append(header)
 
+    for series in by_series.values():
+        _set_aside_projections(series)
     studies: Dict[str, IndexedStudy] = {}
     for series in by_series.values():
         study = studies.get(series.study_uid)
@@ -708,6 +813,17 @@ def group_headers(headers: Iterable[SliceHeader]) -> List[IndexedStudy]:
     for study in studies.values():
         study.series.sort(key=_series_sort_key)
     return sorted(studies.values(), key=lambda s: (s.patient_id, s.study_date, s.study_uid))
+
+
+def _set_aside_projections(series: IndexedSeries) -> None:
+    """Keep a localizer (scout, topogram) stored among a series' axial slices out of its volume."""
+    projections = [header for header in series.headers if header.is_projection]
+    if not projections or len(projections) == len(series.headers):
+        return
+    series.headers = [header for header in series.headers if not header.is_projection]
+    for header in projections:
+        kind = "/".join(value for value in header.image_type[2:] if value in PROJECTION_IMAGE_TYPES)
+        series.set_aside.append((header.path, f"a {kind} image (ImageType {'/'.join(header.image_type)})"))
 
 
 # --------------------------------------------------------------------------- pairing
@@ -744,9 +860,13 @@ def _overlap_mm(pet: IndexedSeries, ct: IndexedSeries) -> float:
     return max(0.0, min(pet_extent[1], ct_extent[1]) - max(pet_extent[0], ct_extent[0]))
 
 
+def _ct_volumes(study: IndexedStudy) -> List[IndexedSeries]:
+    return [series for series in study.series_of("CT") if series.volume_problem() is None]
+
+
 def _ct_candidates(pet: IndexedSeries, studies: Sequence[IndexedStudy]) -> Tuple[List[IndexedSeries], str]:
     """CT series the PET may be paired with, and where they come from."""
-    own = [s for study in studies if study.study_uid == pet.study_uid for s in study.series_of("CT")]
+    own = [s for study in studies if study.study_uid == pet.study_uid for s in _ct_volumes(study)]
     if own:
         return own, "same study"
     frame = pet.frame_of_reference_uid
@@ -756,18 +876,54 @@ def _ct_candidates(pet: IndexedSeries, studies: Sequence[IndexedStudy]) -> Tuple
         s
         for study in studies
         if study.study_uid != pet.study_uid and study.patient_id == pet.first.patient_id
-        for s in study.series_of("CT")
+        for s in _ct_volumes(study)
         if s.frame_of_reference_uid == frame
     ]
     return others, "another study of the patient with the same FrameOfReferenceUID"
 
 
+def pet_preference_key(pet: IndexedSeries) -> Tuple[Any, ...]:
+    """Sort key of a study's PT series, the preferred first (:data:`PET_PREFERENCE`)."""
+    number = pet.series_number
+    return (
+        pet.volume_problem() is not None,
+        not pet.attenuation_corrected,
+        pet.derived,
+        -len(pet.headers),
+        number is None,
+        number if number is not None else 0,
+        pet.series_uid,
+    )
+
+
+def _pet_summary(pet: IndexedSeries) -> str:
+    corrected = "attenuation-corrected" if pet.attenuation_corrected else "not attenuation-corrected"
+    kind = "DERIVED" if pet.derived else "ORIGINAL"
+    return f"{pet.label}: {corrected}, {kind}, {len(pet.headers)} slices"
+
+
 def pair_pet_with_ct(studies: Sequence[IndexedStudy]) -> List[SeriesPairing[IndexedSeries]]:
-    """One pairing per PT series (see the module docstring for the rule)."""
-    return [_pair_one(pet, studies) for study in studies for pet in study.series_of("PT")]
+    """One pairing per PT series, the study's preferred one first (see the module docstring)."""
+    pairings = []
+    for study in studies:
+        ranked = sorted(study.series_of("PT"), key=pet_preference_key)
+        study_pairings = [_pair_one(pet, studies) for pet in ranked]
+        chosen = next((p for p in study_pairings if p.ct is not None), None)
+        for pairing in study_pairings:
+            pairing.preferred = pairing is chosen
+            if not pairing.preferred and chosen is not None:
+                pairing.not_preferred_because = (
+                    f"the study's {_pet_summary(chosen.pet)} comes first by the rule [{PET_PREFERENCE}]; "
+                    f"this one: {_pet_summary(pairing.pet)}"
+                )
+        pairings.extend(study_pairings)
+    return pairings
 
 
 def _pair_one(pet: IndexedSeries, studies: Sequence[IndexedStudy]) -> SeriesPairing[IndexedSeries]:
+    problem = pet.volume_problem()
+    if problem is not None:
+        return SeriesPairing(pet.study_uid, pet, None, f"not paired: {problem}")
     cts, origin = _ct_candidates(pet, studies)
     if not cts:
         return SeriesPairing(

@@ -118,7 +118,10 @@ def _predict_dicom(paths, out_dir: Path, model, options, report, cancel) -> List
     from .study import describe_scan, load_study
 
     scan = scan_paths(paths, cancel=cancel)
-    pairs = [(study, pair) for study in describe_scan(scan) for pair in study.pairs if pair.ct is not None]
+    # One result per study (its case id names the study): the study's preferred PET, e.g. the
+    # attenuation-corrected one and not the NAC images beside it; the others are named in notes.
+    studies = describe_scan(scan)
+    pairs = [(study, pair) for study in studies for pair in study.pairs if pair.ct is not None and pair.preferred]
     if not pairs:
         raise ValueError(f"{', '.join(str(p) for p in paths)}: no PET series with a CT of the same study found")
     results = []
@@ -127,6 +130,11 @@ def _predict_dicom(paths, out_dir: Path, model, options, report, cancel) -> List
         report(index / len(pairs), f"study {index + 1} of {len(pairs)}: {name}")
         started = time.perf_counter()
         result = StudyPrediction(name)
+        result.notes.extend(
+            f"not processed: {other.pet.label}: {other.not_preferred_because or other.rule}"
+            for other in study.pairs
+            if other is not pair
+        )
         try:
             loaded = load_study(paths, study.study_uid, pair.pet.series_uid, scan=scan, cancel=cancel)
             result.name = nnunet.case_id_for_study(loaded.patient_id, loaded.study_uid, study.study_date)

@@ -13,7 +13,7 @@ turns that report into text.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -21,6 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .dicom_index import (
+    PET_PREFERENCE,
     CancelCallback,
     Cancelled,
     IndexedSeries,
@@ -96,6 +97,9 @@ class SeriesInfo:
         warnings = [
             f"{copy}: identical copy of {kept} (same SOPInstanceUID); ignored" for copy, kept in series.duplicates
         ]
+        warnings.extend(
+            f"{path}: {why}, stored in the series; kept out of its volume" for path, why in series.set_aside
+        )
         grid = geometry.grid if geometry is not None else None
         if geometry is not None:
             warnings.extend(geometry.warnings)
@@ -142,6 +146,10 @@ def _key(series: IndexedSeries) -> Tuple[str, str]:
 def describe_scan(scan: ScanResult) -> List[DicomStudy]:
     """Studies with their series (geometry worked out) and PET/CT pairs, from a scan."""
     infos = {_key(series): SeriesInfo.from_series(series) for series in scan.series}
+    for series in scan.series:
+        unreadable = _unreadable_text(scan, series)
+        if unreadable:
+            infos[_key(series)].error = unreadable
     result = []
     for study in scan.studies:
         pairs = [
@@ -231,14 +239,41 @@ def choose_pairing(
         )
         raise StudyLoadError(f"no PET series{' with ' + wanted if wanted else ''} under {where} (found: {found})")
     if len(pairings) > 1:
-        listing = "; ".join(f"{p.pet.label} in study {p.study_uid}" for p in pairings)
-        raise StudyLoadError(
-            f"{len(pairings)} PET series under {where}: {listing}; choose one with study_uid or pet_series_uid"
+        preferred = [p for p in pairings if p.preferred]
+        if len(preferred) != 1:  # several studies (or none with a CT): only the caller can choose
+            listing = "; ".join(f"{p.pet.label} in study {p.study_uid}" for p in pairings)
+            raise StudyLoadError(
+                f"{len(pairings)} PET series under {where}: {listing}; choose one with study_uid or pet_series_uid"
+            )
+        others = "; ".join(p.pet.label for p in pairings if not p.preferred)
+        note = (
+            f"{len(pairings)} PET series in the study: {preferred[0].pet.label} was loaded "
+            f"({PET_PREFERENCE}); not loaded: {others} (name one with pet_series_uid to load it)"
         )
+        return replace(preferred[0], warnings=list(preferred[0].warnings) + [note])
     pairing = pairings[0]
     if pairing.ct is None:
         raise StudyLoadError(f"{pairing.pet.label}: {pairing.rule}")
     return pairing
+
+
+def _unreadable_text(scan: ScanResult, series: IndexedSeries) -> str:
+    """Why the series is incomplete (files of it that could not be read), or ""."""
+    problems = scan.unreadable_files(series)
+    if not problems:
+        return ""
+    listed = "; ".join(problem.message for problem in problems[:3])
+    more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+    return (
+        f"{series.label}: {len(problems)} of its files could not be read, so its volume would be "
+        f"incomplete: {listed}{more}"
+    )
+
+
+def _check_complete(scan: ScanResult, series: IndexedSeries) -> None:
+    unreadable = _unreadable_text(scan, series)
+    if unreadable:
+        raise StudyLoadError(unreadable)
 
 
 def load_study(
@@ -261,6 +296,8 @@ def load_study(
         scan = scan_paths(paths, progress=_sub_progress(progress, 0.0, 0.2), cancel=cancel)
     pairing = choose_pairing(scan, study_uid, pet_series_uid, _paths_text(paths))
     assert pairing.ct is not None  # choose_pairing refuses a PET without CT
+    _check_complete(scan, pairing.pet)
+    _check_complete(scan, pairing.ct)
     pet_geometry = series_geometry(pairing.pet, allow_gaps=allow_gaps)
     ct_geometry = series_geometry(pairing.ct, allow_gaps=allow_gaps)
     pet_headers = pet_geometry.headers
@@ -333,6 +370,7 @@ def load_pet_suv(
         listing = "; ".join(s.label for s in candidates)
         raise StudyLoadError(f"{len(candidates)} PET series under {where}: {listing}; choose one by SeriesInstanceUID")
     series = candidates[0]
+    _check_complete(scan, series)
     geometry = series_geometry(series)
     suv = suv_bw_factors([h.dataset for h in geometry.headers], source=series.label)  # type: ignore[misc]
     check_cancel(cancel)
@@ -429,6 +467,8 @@ def info_report(
                         "rule": pair.rule,
                         "alternatives": list(pair.alternatives),
                         "warnings": list(pair.warnings),
+                        "preferred": pair.preferred,
+                        "not_preferred_because": pair.not_preferred_because,
                     }
                     for pair in study.pairs
                 ],
@@ -528,6 +568,8 @@ def format_info(report: Dict[str, Any]) -> str:
             )
             lines.append(f"  PET/CT pairing: {series_labels[pair['pet_series_uid']]} -> {ct}")
             lines.append(f"      rule: {pair['rule']}")
+            if pair["not_preferred_because"]:
+                lines.append(f"      not the study's first choice: {pair['not_preferred_because']}")
             lines.extend(f"      not chosen: {alternative}" for alternative in pair["alternatives"])
             lines.extend(f"      warning: {warning}" for warning in pair["warnings"])
     return "\n".join(lines) + "\n"

@@ -9,6 +9,7 @@ import datetime
 import json
 import shutil
 from pathlib import Path
+from typing import List
 
 import numpy as np
 import pydicom
@@ -16,7 +17,7 @@ import pytest
 import SimpleITK as sitk
 from conftest import LUNG_DX_CT_SERIES
 
-from PETCTLesionsLib.dicom_index import Cancelled
+from PETCTLesionsLib.dicom_index import Cancelled, read_slice_header
 from PETCTLesionsLib.dicom_series import MissingSlicesError
 from PETCTLesionsLib.dicom_writer import (
     PatientInfo,
@@ -282,3 +283,117 @@ def test_load_pet_suv_reads_one_pet_series_without_its_ct_and_refuses_a_folder_w
     assert pet.series.slice_sop_instance_uids == written.pet.sop_instance_uids
     with pytest.raises(StudyLoadError, match=r"no PET series under .*2\.000000-5mm-40805.*found: CT series 2"):
         load_pet_suv([LUNG_DX_CT])
+
+
+# --------------------------------------------------------------------------- what real exports hold
+
+
+def _copy_series(paths, folder: Path, tag: str, edit) -> List[Path]:
+    """The files again as another series (new UIDs), each header changed by ``edit(ds)``."""
+    folder.mkdir(parents=True)
+    series_uid = make_uid("copied series", tag)
+    copies = []
+    for number, path in enumerate(paths):
+        ds = pydicom.dcmread(path)
+        ds.SeriesInstanceUID = series_uid
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = make_uid("copied instance", tag, number)
+        edit(ds)
+        copies.append(folder / f"{number}.dcm")
+        ds.save_as(copies[-1], enforce_file_format=True)
+    return copies
+
+
+def _nac(ds) -> None:
+    ds.CorrectedImage = ["DECY", "RAN", "NORM"]  # no ATTN: the non-attenuation-corrected images
+    ds.SeriesNumber = 1  # before the AC series: file order and numbers must not decide
+    ds.SeriesDescription = "PET NAC"
+
+
+def test_the_attenuation_corrected_pet_is_chosen_over_nac_and_screenshots(tmp_path):
+    written = _write(tmp_path / "study")
+    _copy_series(written.pet.paths, tmp_path / "study" / "NAC", "nac", _nac)
+
+    def screenshot(ds) -> None:
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+        ds.SeriesNumber = 900
+
+    _copy_series(written.pet.paths[:1], tmp_path / "study" / "capture", "capture", screenshot)
+
+    loaded = load_study([tmp_path])
+
+    _assert_loaded(loaded, written)
+    assert loaded.pet_series.series_uid == written.pet.series_uid
+    assert any("3 PET series in the study" in w and "'PET NAC'" in w for w in loaded.warnings)
+    pairs = info_report([tmp_path])["studies"][0]["pet_ct_pairs"]
+    assert [(p["pet_series_uid"] == written.pet.series_uid, p["preferred"]) for p in pairs] == [
+        (True, True),
+        (False, False),
+        (False, False),
+    ]
+    assert "not attenuation-corrected" in pairs[1]["not_preferred_because"]
+    assert pairs[2]["ct_series_uid"] is None and "Secondary Capture" in pairs[2]["rule"]
+    # Asking for the NAC series by UID still loads it (with the SUV warning about ATTN).
+    nac_uid = make_uid("copied series", "nac")
+    nac = load_study([tmp_path], pet_series_uid=nac_uid)
+    assert nac.pet_series.series_uid == nac_uid and any("ATTN" in w for w in nac.warnings)
+
+
+def test_a_localizer_inside_the_ct_series_is_kept_out_of_the_volume(tmp_path):
+    written = _write(tmp_path)
+    scout = pydicom.dcmread(written.ct.paths[3])
+    scout.SOPInstanceUID = scout.file_meta.MediaStorageSOPInstanceUID = make_uid("scout")
+    scout.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    scout.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]  # coronal, as a topogram is
+    scout.Rows = 20
+    scout.PixelData = scout.PixelData[: 20 * scout.Columns * 2]
+    scout.save_as(tmp_path / "CT 2.5 mm" / "scout.dcm", enforce_file_format=True)
+
+    loaded = load_study([tmp_path])
+
+    _assert_loaded(loaded, written)
+    assert any(w.startswith(str(tmp_path / "CT 2.5 mm" / "scout.dcm")) and "LOCALIZER" in w for w in loaded.warnings)
+
+
+def test_a_file_cut_short_refuses_the_load_naming_it(tmp_path):
+    """An interrupted download: the last CT file is truncated. Its slice must not just vanish."""
+    written = _write(tmp_path)
+    last = written.ct.paths[-1]
+    last.write_bytes(last.read_bytes()[:-100])
+
+    with pytest.raises(StudyLoadError, match=rf"1 of its files could not be read.*{last}: the file is truncated"):
+        load_study([tmp_path])
+    ct_entry = info_report([tmp_path])["studies"][0]["series"][0]
+    assert ct_entry["modality"] == "CT" and "could not be read" in ct_entry["error"]
+
+
+def test_files_without_a_meta_group_load_like_part10_files(tmp_path):
+    """Old ACR-NEMA style exports: a bare implicit little-endian dataset, no preamble, no meta."""
+    written = _write(tmp_path / "part10")
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for path in written.ct.paths + written.pet.paths:
+        ds = pydicom.dcmread(path)
+        ds.file_meta, ds.preamble = pydicom.dataset.FileMetaDataset(), None
+        target = bare / f"{path.parent.name}-{path.name}"
+        ds.save_as(target, implicit_vr=True, little_endian=True, enforce_file_format=False)
+        assert target.read_bytes()[:2] == b"\x08\x00"  # the dataset's first element: no preamble, no meta
+    headers = [read_slice_header(p) for p in sorted(bare.iterdir())]
+    assert {h.part10 for h in headers} == {False} and {h.pixel_data_offset is not None for h in headers} == {True}
+
+    _assert_loaded(load_study([bare]), written)
+
+
+def test_predict_processes_each_study_once_with_its_attenuation_corrected_pet(tmp_path):
+    """A study with AC and NAC PET used to give two results under one case id (the second one
+    refused as 'already exists', or with --overwrite silently replacing the first)."""
+    from PETCTLesionsLib.predict import PredictionOptions, predict
+
+    written = _write(tmp_path / "study")
+    _copy_series(written.pet.paths, tmp_path / "study" / "NAC", "nac", _nac)
+
+    (result,) = predict([tmp_path / "study"], tmp_path / "out", PredictionOptions(device="cpu", pictures=False))
+
+    assert result.error is None and result.name.startswith("STU-0001_")
+    (skipped,) = [note for note in result.notes if note.startswith("not processed")]
+    assert skipped.startswith("not processed: PT series 1 'PET NAC'") and "not attenuation-corrected" in skipped
+    assert (tmp_path / "out" / result.name / "lesions.csv").is_file()

@@ -78,6 +78,9 @@ def _nodes_from_dicom_study(study: IndexedStudy, scan, report: ExportReport) -> 
         if pairing.ct is None:
             report.skipped.append(f"{pairing.pet.label}: {pairing.rule}")
             continue
+        if not pairing.preferred:  # one case per study: its case id names the study
+            report.skipped.append(f"{pairing.pet.label}: {pairing.not_preferred_because}")
+            continue
         try:
             loaded = load_study([], scan=scan, study_uid=study.study_uid, pet_series_uid=pairing.pet.series_uid)
         except ValueError as error:

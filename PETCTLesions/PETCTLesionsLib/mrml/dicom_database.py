@@ -57,19 +57,20 @@ def pet_ct_choices(paths: Sequence[Path], cancel: Optional[CancelCallback] = Non
     studies = describe_scan(scan_paths(paths, cancel=cancel))
     choices, problems = [], []
     for study in studies:
-        for pair in study.pairs:
+        for pair in study.pairs:  # the study's preferred PET first (e.g. attenuation-corrected before NAC)
             if pair.ct is None:
                 problems.append(f"{pair.pet.label}: {pair.rule}")
                 continue
             date = study.study_date or "no date"
+            label = f"{study.patient_id} {date}: {pair.pet.description or 'PET'} + {pair.ct.description or 'CT'}"
             choices.append(
                 PetCtChoice(
                     patient_id=study.patient_id,
                     study_uid=study.study_uid,
                     pet_series_uid=pair.pet.series_uid,
                     ct_series_uid=pair.ct.series_uid,
-                    label=f"{study.patient_id} {date}: {pair.pet.description or 'PET'} + {pair.ct.description or 'CT'}",
-                    rule=pair.rule,
+                    label=label if pair.preferred else f"{label} (not the study's first choice)",
+                    rule=pair.rule if pair.preferred else f"{pair.rule}; {pair.not_preferred_because}",
                 )
             )
     if not studies:
