@@ -197,10 +197,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     for path in (args.pred, args.ref):
         if not Path(path).exists():
             raise FileNotFoundError(f"{path}: no such file or folder")
-    result = evaluate_label_files(label_pairs(Path(args.pred), Path(args.ref)))
+    pairs = label_pairs(Path(args.pred), Path(args.ref), partial=args.partial)
+    result = evaluate_label_files(pairs.pairs)
     print(result.table())
+    for note in pairs.notes():
+        print(f"note: {note}")
     if args.json:
-        print(json.dumps(result.summary(), indent=2))
+        summary = dict(result.summary())
+        summary["references_not_evaluated"] = [str(path) for path in pairs.unpredicted]
+        summary["predictions_not_evaluated"] = [str(path) for path in pairs.unreferenced]
+        print(json.dumps(summary, indent=2))
     return 0
 
 
@@ -315,6 +321,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--pred", required=True, help="predicted label file or folder")
     ev.add_argument("--ref", required=True, help="reference label file or folder")
     ev.add_argument("--json", action="store_true", help="also print the pooled numbers as JSON")
+    ev.add_argument(
+        "--partial",
+        action="store_true",
+        help="evaluate only the reference cases that have a prediction and list the others (default: refuse "
+        "when a reference case has no prediction, as nnU-Net's evaluation without --chill)",
+    )
     ev.set_defaults(func=_cmd_evaluate)
 
     tr = commands.add_parser(

@@ -99,18 +99,83 @@ def axial_boxes(mask: np.ndarray) -> List[SliceBox]:
     return slice_boxes(lesion_map)
 
 
-def label_pairs(prediction: Path, reference: Path) -> List[Tuple[str, Path, Path]]:
-    """(name, predicted file, reference file) for two label files or two folders of ``<case>.nii.gz``."""
+LABEL_ENDING = ".nii.gz"
+_SHOWN_NAMES = 5  # file names listed in a message before "and N more"
+
+
+@dataclass
+class LabelPairs:
+    """What ``evaluate`` compares: (name, predicted file, reference file) pairs, and what it leaves out.
+
+    ``unpredicted``: reference files without a prediction of the same name (not evaluated; only
+    with ``partial``, else :func:`label_pairs` refuses). ``unreferenced``: prediction files
+    without a reference (never evaluated).
+    """
+
+    pairs: List[Tuple[str, Path, Path]]
+    unpredicted: List[Path] = field(default_factory=list)
+    unreferenced: List[Path] = field(default_factory=list)
+
+    def notes(self) -> List[str]:
+        """One line per kind of file left out, naming the files (the first few, then a count)."""
+        notes = []
+        if self.unpredicted:
+            notes.append(
+                f"{len(self.unpredicted)} reference case(s) NOT evaluated (no prediction): {_names(self.unpredicted)}"
+            )
+        if self.unreferenced:
+            notes.append(
+                f"{len(self.unreferenced)} prediction(s) NOT evaluated (no reference): {_names(self.unreferenced)}"
+            )
+        return notes
+
+
+def _names(paths: Sequence[Path]) -> str:
+    shown = ", ".join(str(path) for path in paths[:_SHOWN_NAMES])
+    return shown + (f" and {len(paths) - _SHOWN_NAMES} more" if len(paths) > _SHOWN_NAMES else "")
+
+
+def label_pairs(prediction: Path, reference: Path, partial: bool = False) -> LabelPairs:
+    """Pair two label files, or two folders of ``<case>.nii.gz`` by file name.
+
+    As nnU-Net's ``nnUNetv2_evaluate_folder`` (without ``--chill``), every reference file needs a
+    prediction of the same name: otherwise ValueError naming the missing prediction files (the
+    first few and their count), since a mean over fewer cases is not the result asked for. With
+    ``partial=True`` the cases present are paired and the others listed in
+    :attr:`LabelPairs.unpredicted`. Predictions without a reference are listed in
+    :attr:`LabelPairs.unreferenced` either way.
+    """
     prediction, reference = Path(prediction), Path(reference)
     if prediction.is_file() and reference.is_file():
-        return [(reference.name, prediction, reference)]
+        return LabelPairs([(reference.name, prediction, reference)])
     if not (prediction.is_dir() and reference.is_dir()):
         raise ValueError(f"--pred {prediction} and --ref {reference} must both be label files or both folders")
-    references = {p.name: p for p in sorted(reference.glob("*.nii.gz"))}
-    pairs = [(name, prediction / name, path) for name, path in references.items() if (prediction / name).is_file()]
+    references = _label_files(reference)
+    predictions = _label_files(prediction)
+    if not references:
+        raise ValueError(f"{reference}: no {LABEL_ENDING} label file to evaluate against")
+    unpredicted = [path for name, path in references.items() if name not in predictions]
+    unreferenced = [path for name, path in predictions.items() if name not in references]
+    if unpredicted and not partial:
+        missing = [prediction / path.name for path in unpredicted]
+        raise ValueError(
+            f"{prediction}: {len(missing)} of the {len(references)} reference case(s) in {reference} have no "
+            f"prediction: missing {_names(missing)}. Evaluate them all, or pass --partial to evaluate only the "
+            "cases present"
+        )
+    pairs = [(name, predictions[name], path) for name, path in references.items() if name in predictions]
     if not pairs:
         raise ValueError(f"no label file in {reference} has a prediction of the same name in {prediction}")
-    return pairs
+    return LabelPairs(pairs, unpredicted=unpredicted, unreferenced=unreferenced)
+
+
+def _label_files(folder: Path) -> Dict[str, Path]:
+    # Hidden files (".case.nii.gz": macOS resource forks, editors' leftovers) are not cases.
+    return {
+        p.name: p
+        for p in sorted(folder.iterdir())
+        if p.name.endswith(LABEL_ENDING) and not p.name.startswith(".") and p.is_file()
+    }
 
 
 def evaluate_label_files(pairs: Sequence[Tuple[str, Path, Path]]) -> Evaluation:

@@ -8,9 +8,9 @@ autoPET (``../shared/FORMATS.md`` section 2, as the official scripts compute the
   are available). With an empty reference, Dice and FNV are NaN and FPV still counts.
 Lesion detection, with the same components: a reference lesion is detected when a predicted
 voxel overlaps it; a predicted lesion that overlaps no reference voxel is a false positive.
-Box mAP@0.5: PASCAL VOC average precision (all-point interpolation) of per-slice boxes,
-a predicted box matching an unmatched reference box on the same slice with IoU >= 0.5,
-predictions taken in order of decreasing score.
+Box mAP@0.5: PASCAL VOC average precision of per-slice boxes (one CT slice is one VOC
+"image"), matched exactly as the VOC devkit's ``VOCevaldet.m`` does; see
+:func:`box_average_precision`.
 """
 
 from __future__ import annotations
@@ -148,29 +148,46 @@ def box_average_precision(
 ) -> float:
     """VOC AP of (image id, score, box) predictions against reference boxes per image id.
 
+    Matching is the PASCAL VOC devkit's (``VOCcode/VOCevaldet.m``): predictions are taken in
+    order of decreasing score (ties in input order, as MATLAB's stable sort); each one is
+    compared with ALL reference boxes of its image and takes the one of maximum IoU (the first
+    on ties). If that IoU reaches the threshold and that box is still unclaimed, the prediction
+    is a true positive and claims it; if the box was already claimed, the prediction is a false
+    positive (a duplicate), even when another reference box of the image would also overlap
+    enough. Below the threshold, or on an image without reference boxes, it is a false positive.
+    Here an image is one CT slice. There are no "difficult" boxes: every reference box counts.
+
+    Threshold: IoU >= ``iou_threshold``, as the MATLAB devkit (``ovmax>=VOCopts.minoverlap``);
+    the Python port used by py-faster-rcnn and detectron (``voc_eval.py``) tests ``ovmax >
+    ovthresh`` instead. The two differ only for an IoU of exactly 0.5. IoU uses inclusive pixel
+    boxes (``+ 1`` on widths), as both do.
+
+    Interpolation: all points, as the devkit since VOC2010 (``VOCap.m``): the area under the
+    precision envelope (precision made monotonically decreasing from the right), summed over
+    every change of recall; not the VOC2007 11-point average.
+
     NaN when there are no reference boxes at all.
     """
     total = sum(len(boxes) for boxes in references.values())
     if total == 0:
         return math.nan
-    used = {image: np.zeros(len(boxes), bool) for image, boxes in references.items()}
+    claimed = {image: np.zeros(len(boxes), bool) for image, boxes in references.items()}
     order = sorted(range(len(predictions)), key=lambda n: (-predictions[n][1], n))
     true_positive = np.zeros(len(order))
     for rank, n in enumerate(order):
         image, _, box = predictions[n]
         candidates = references.get(image, [])
         if not candidates:
-            continue
-        overlaps = np.array([box_iou(box, other) for other in candidates])
-        overlaps[used[image]] = -1.0
-        best = int(overlaps.argmax())
-        if overlaps[best] >= iou_threshold:
-            used[image][best] = True
+            continue  # false positive: nothing to find on this slice
+        overlaps = [box_iou(box, other) for other in candidates]
+        best = int(np.argmax(overlaps))  # among all reference boxes, claimed or not
+        if overlaps[best] >= iou_threshold and not claimed[image][best]:
+            claimed[image][best] = True
             true_positive[rank] = 1.0
     hits = np.cumsum(true_positive)
     recall = hits / total
     precision = hits / np.arange(1, len(order) + 1)
-    # All-point interpolation: precision envelope, summed over the recall steps.
+    # All-point interpolation (VOCap.m): precision envelope, summed over the recall steps.
     recall = np.concatenate([[0.0], recall, [1.0]])
     precision = np.concatenate([[0.0], precision, [0.0]])
     precision = np.maximum.accumulate(precision[::-1])[::-1]

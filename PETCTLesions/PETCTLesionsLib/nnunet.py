@@ -256,7 +256,7 @@ def read_case(dataset_dir: Path, case_id: str) -> NnUNetCase:
     if missing:
         raise NnUNetError(f"case {case_id!r}: missing {', '.join(missing)}")
     images = {channel: _read_image(path) for channel, path in paths.items()}
-    _check_same_grid(images, f"case {case_id!r}")
+    _check_same_grid(images, f"case {case_id!r}", paths)
     if "label" in images:
         _check_label_values(sitk.GetArrayViewFromImage(images["label"]), str(paths["label"]))
     return NnUNetCase(case_id=case_id, ct=images["ct"], pet=images["pet"], label=images.get("label"))
@@ -354,21 +354,29 @@ def _check_label_values(values: np.ndarray, what: str) -> None:
         raise NnUNetError(f"{what} has values other than 0 and 1: {shown}")
 
 
-def _check_same_grid(images: Dict[str, sitk.Image], what: str) -> None:
-    """Raise naming the image and the property (size, spacing, origin, direction) that differs from the CT."""
+def _check_same_grid(images: Dict[str, sitk.Image], what: str, paths: Optional[Dict[str, Path]] = None) -> None:
+    """Raise naming the image and the property (size, spacing, origin, direction) that differs from the CT.
+
+    With ``paths`` (images read from files) the message starts with the differing file and ends
+    with the CT file it was compared with.
+    """
     reference = images["ct"]
     for channel, image in images.items():
         if channel == "ct":
             continue
+        where = f"{paths[channel]}: " if paths else ""
+        against = f" ({paths['ct']})" if paths else ""
         if image.GetSize() != reference.GetSize():
-            raise NnUNetError(f"{what}: {channel} size {image.GetSize()} differs from CT size {reference.GetSize()}")
+            raise NnUNetError(
+                f"{where}{what}: {channel} size {image.GetSize()} differs from CT size {reference.GetSize()}{against}"
+            )
         for name in ("spacing", "origin", "direction"):
             mine = np.asarray(getattr(image, f"Get{name.capitalize()}")())
             theirs = np.asarray(getattr(reference, f"Get{name.capitalize()}")())
             if not np.allclose(mine, theirs, rtol=0.0, atol=GEOMETRY_TOLERANCE_MM):
                 raise NnUNetError(
-                    f"{what}: {channel} {name} {tuple(mine.round(6).tolist())} differs from CT {name} "
-                    f"{tuple(theirs.round(6).tolist())} (tolerance {GEOMETRY_TOLERANCE_MM} mm)"
+                    f"{where}{what}: {channel} {name} {tuple(mine.round(6).tolist())} differs from CT {name} "
+                    f"{tuple(theirs.round(6).tolist())}{against} (tolerance {GEOMETRY_TOLERANCE_MM} mm)"
                 )
 
 

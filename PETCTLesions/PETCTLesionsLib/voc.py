@@ -10,6 +10,12 @@ Box coordinate convention (PASCAL VOC devkit): pixel coordinates are 1-based and
 ``xmin = c0 + 1``, ``xmax = c1 + 1``, ``ymin = r0 + 1``, ``ymax = r1 + 1``; a valid box satisfies
 ``1 <= xmin <= xmax <= width`` and ``1 <= ymin <= ymax <= height``.
 
+``<size>`` only repeats the size of the CT slice, which the slice itself knows. A file without
+``<size>``, or with width or height 0 (LabelImg writes 0 when it could not read the image), is
+read with that dimension unknown (``None``), a note in :attr:`VocAnnotation.notes`, and all its
+boxes: they are checked against the real slice size where the slice is known (placing boxes on
+a CT volume), only for ``>= 1`` here.
+
 Reading accepts the quirks of the real files: ``<annotation verified="no">``, ``Unknow`` in
 ``folder``/``filename``/``path``, mixed text in ``<source>``, ``<Difficult>`` as well as
 ``<difficult>``, float coordinates such as ``278.0`` (rounded half up) and stray whitespace.
@@ -70,33 +76,47 @@ class VocBox:
         """Box covering 0-based inclusive columns c0..c1 and rows r0..r1."""
         return cls(name=name, xmin=int(c0) + 1, ymin=int(r0) + 1, xmax=int(c1) + 1, ymax=int(r1) + 1)
 
-    def problem(self, width: int, height: int, valid_classes: Optional[Sequence[str]] = VALID_CLASSES) -> Optional[str]:
-        """Why this box is unusable on a ``width`` x ``height`` slice, or None when it is fine."""
+    def problem(
+        self, width: Optional[int], height: Optional[int], valid_classes: Optional[Sequence[str]] = VALID_CLASSES
+    ) -> Optional[str]:
+        """Why this box is unusable on a ``width`` x ``height`` slice, or None when it is fine.
+
+        An unknown (None) width or height checks only the lower bound, 1, of that axis; the
+        caller checks the upper bound against the real slice when it knows it.
+        """
         if not self.name:
             return "has no class name"
         if valid_classes is not None and self.name not in valid_classes:
             return f"has unknown class {self.name!r} (expected one of {', '.join(valid_classes)})"
         if self.xmin > self.xmax or self.ymin > self.ymax:
             return f"is inverted (xmin {self.xmin}, xmax {self.xmax}, ymin {self.ymin}, ymax {self.ymax})"
-        if self.xmin < 1 or self.ymin < 1 or self.xmax > width or self.ymax > height:
+        too_wide = width is not None and self.xmax > width
+        too_high = height is not None and self.ymax > height
+        if self.xmin < 1 or self.ymin < 1 or too_wide or too_high:
+            w, h = ("?" if width is None else width), ("?" if height is None else height)
             return (
-                f"lies outside the {width}x{height} image (xmin {self.xmin}, ymin {self.ymin}, "
-                f"xmax {self.xmax}, ymax {self.ymax}; valid 1..{width} x 1..{height})"
+                f"lies outside the {w}x{h} image (xmin {self.xmin}, ymin {self.ymin}, "
+                f"xmax {self.xmax}, ymax {self.ymax}; valid 1..{w} x 1..{h})"
             )
         return None
 
 
 @dataclass
 class VocAnnotation:
-    """All boxes of one CT slice, identified by the slice's SOPInstanceUID."""
+    """All boxes of one CT slice, identified by the slice's SOPInstanceUID.
+
+    ``width``/``height`` are None when the file did not say (no ``<size>``, or 0); ``notes``
+    then says so. Writing needs them: take them from the CT slice.
+    """
 
     sop_instance_uid: str
-    width: int
-    height: int
+    width: Optional[int]
+    height: Optional[int]
     depth: int = 1
     boxes: List[VocBox] = field(default_factory=list)
     folder: str = ""
     source_path: Optional[Path] = None
+    notes: List[str] = field(default_factory=list)
 
 
 def is_dicom_uid(text: str) -> bool:
@@ -124,7 +144,9 @@ def read_voc_file(
     """Read one VOC XML file, keeping only its usable boxes.
 
     Returns the annotation and one message per skipped box. A file that cannot be read as a
-    whole (not XML, forbidden DOCTYPE, bad size, file name not a UID) raises :class:`VocError`.
+    whole (not XML, forbidden DOCTYPE, negative or non-numeric size, file name not a UID) raises
+    :class:`VocError`. A missing ``<size>``, or a width or height of 0, leaves that dimension
+    None with a note in ``annotation.notes``; the boxes are kept.
     """
     path = Path(path)
     uid = path.name[: -len(".xml")] if path.name.lower().endswith(".xml") else path.name
@@ -133,7 +155,7 @@ def read_voc_file(
     root = _parse_xml_safely(path)
     if root.tag != "annotation":
         raise VocError(f"{path}: root element is <{root.tag}>, expected <annotation>")
-    width, height, depth = _read_size(root, path)
+    width, height, depth, notes = _read_size(root, path)
     boxes: List[VocBox] = []
     problems: List[str] = []
     for index, element in enumerate(root.findall("object"), start=1):
@@ -155,6 +177,7 @@ def read_voc_file(
         boxes=boxes,
         folder=_child_text(root, "folder"),
         source_path=path,
+        notes=notes,
     )
     return annotation, problems
 
@@ -224,20 +247,30 @@ def _find_child(element: ET.Element, tag: str) -> Optional[ET.Element]:
     return next((child for child in element if isinstance(child.tag, str) and child.tag.lower() == wanted), None)
 
 
-def _read_size(root: ET.Element, path: Path) -> Tuple[int, int, int]:
+def _read_size(root: ET.Element, path: Path) -> Tuple[Optional[int], Optional[int], int, List[str]]:
+    """(width, height, depth, notes): width/height None when absent, empty or 0 (with a note)."""
     size = _find_child(root, "size")
     if size is None:
-        raise VocError(f"{path}: no <size> element")
+        return None, None, 1, [f"{path}: no <size>; image size taken from the CT slice, boxes kept"]
     try:
-        width = _parse_int(_child_text(size, "width"), "width")
-        height = _parse_int(_child_text(size, "height"), "height")
-        depth_text = _child_text(size, "depth")
-        depth = _parse_int(depth_text, "depth") if depth_text else 1
+        values = {}
+        for tag in ("width", "height", "depth"):
+            text = _child_text(size, tag)
+            values[tag] = _parse_int(text, tag) if text else 0
     except VocError as error:
         raise VocError(f"{path}: <size>: {error}") from None
-    if width < 1 or height < 1 or depth < 1:
-        raise VocError(f"{path}: <size> must be positive (width {width}, height {height}, depth {depth})")
-    return width, height, depth
+    negative = {tag: value for tag, value in values.items() if value < 0}
+    if negative:
+        shown = ", ".join(f"{tag} {value}" for tag, value in negative.items())
+        raise VocError(f"{path}: <size> must not be negative ({shown})")
+    unknown = [tag for tag in ("width", "height") if values[tag] == 0]
+    notes = []
+    if unknown:
+        said = " and ".join(unknown)
+        notes.append(f"{path}: <size> gives no {said} (missing or 0); image size taken from the CT slice, boxes kept")
+    width = values["width"] or None
+    height = values["height"] or None
+    return width, height, values["depth"] or 1, notes
 
 
 def _read_box(element: ET.Element) -> VocBox:
@@ -379,6 +412,12 @@ def _check_annotation(annotation: VocAnnotation) -> None:
     uid = annotation.sop_instance_uid
     if not is_dicom_uid(uid):
         raise VocError(f"SOPInstanceUID {uid!r} is not a DICOM UID (digits and dots, at most {MAX_UID_LENGTH})")
+    if annotation.width is None or annotation.height is None:
+        where = f" (read from {annotation.source_path})" if annotation.source_path else ""
+        raise VocError(
+            f"{uid}: image size unknown{where}; set width and height from the CT slice before writing "
+            "(<size> is required in a VOC file)"
+        )
     if annotation.width < 1 or annotation.height < 1 or annotation.depth < 1:
         size = f"{annotation.width}x{annotation.height}x{annotation.depth}"
         raise VocError(f"{uid}: image size must be positive ({size})")

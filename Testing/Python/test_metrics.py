@@ -129,3 +129,36 @@ def test_box_average_precision_follows_voc_all_point_interpolation():
     half = [("a", 0.9, (0, 0, 9, 9)), ("a", 0.8, (0, 0, 9, 9))]
     assert metrics.box_average_precision(half, references) == pytest.approx(0.5)
     assert math.isnan(metrics.box_average_precision(perfect, {}))
+
+
+def test_box_average_precision_matches_the_voc_devkit_on_a_duplicate_next_to_a_second_box():
+    # Two overlapping reference boxes on one slice (10x10 pixels each, inclusive ranges).
+    references = {"slice": [(0, 0, 9, 9), (2, 0, 11, 9)]}
+    predictions = [("slice", 0.9, (0, 0, 9, 9)), ("slice", 0.8, (0, 0, 10, 9))]
+    # Second prediction (11x10 = 110 px): against ref 0, intersection 10x10 = 100, union
+    # 110 + 100 - 100 = 110, IoU 10/11; against ref 1, intersection cols 2..10 = 9x10 = 90,
+    # union 110 + 100 - 90 = 120, IoU 0.75.
+    assert metrics.box_iou(predictions[1][2], references["slice"][0]) == pytest.approx(10 / 11)
+    assert metrics.box_iou(predictions[1][2], references["slice"][1]) == pytest.approx(0.75)
+    # Devkit: prediction 1 (0.9) takes ref 0 (IoU 1): TP. Prediction 2 (0.8): its best box of
+    # ALL references is ref 0 (10/11), already claimed: FP (a duplicate), although ref 1 would
+    # pass 0.5. tp = [1, 0], recall = [1/2, 1/2], precision = [1, 1/2]; envelope over recall
+    # 0 -> 1/2 is 1, nothing from 1/2 -> 1: AP = 1/2 * 1 = 0.5 (claiming ref 1 would give 1.0).
+    assert metrics.box_average_precision(predictions, references) == pytest.approx(0.5)
+    # Swapped scores: (0,0,10,9) first takes ref 0 (10/11); (0,0,9,9) then finds ref 0 (IoU 1)
+    # claimed: FP again, AP 0.5.
+    swapped = [("slice", 0.8, (0, 0, 9, 9)), ("slice", 0.9, (0, 0, 10, 9))]
+    assert metrics.box_average_precision(swapped, references) == pytest.approx(0.5)
+
+
+def test_box_average_precision_threshold_is_inclusive_and_interpolation_is_all_points():
+    references = {"a": [(0, 0, 9, 9)]}
+    # IoU exactly 0.5 (the MATLAB devkit's ovmax >= minoverlap) is a match.
+    assert metrics.box_average_precision([("a", 1.0, (0, 0, 9, 4))], references) == pytest.approx(1.0)
+    assert metrics.box_average_precision([("a", 1.0, (0, 0, 9, 3))], references) == 0.0  # IoU 0.4
+    # All points, not VOC2007's 11 points.
+    two = {"a": [(0, 0, 9, 9)], "b": [(20, 20, 29, 29)]}
+    ranked = [("a", 0.9, (0, 0, 9, 9)), ("c", 0.8, (0, 0, 9, 9)), ("c", 0.7, (0, 0, 9, 9))]
+    # tp = [1, 0, 0]: recall 1/2 at precision 1, never reaches 1. All points: 1/2 * 1 = 0.5;
+    # the 11-point average would be 6/11 (recall thresholds 0, 0.1, ..., 0.5 at precision 1).
+    assert metrics.box_average_precision(ranked, two) == pytest.approx(0.5)

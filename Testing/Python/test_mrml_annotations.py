@@ -134,6 +134,30 @@ def test_boxes_for_other_slices_other_sizes_or_off_the_image_are_skipped_and_rep
     assert "lies outside the 512x512 image" in result.skipped[2]
 
 
+def test_a_real_file_without_size_is_placed_against_the_real_slice(mrml_scene, tmp_path):
+    """<size> only repeats the slice's size: without it the boxes still land, checked on the CT."""
+    from PETCTLesionsLib.mrml.boxes import add_box_nodes
+
+    ct = _real_ct_node()
+    source = sorted(LUNG_DX_ANNOTATIONS.glob("*.xml"))[0]
+    sizeless = tmp_path / source.name
+    text = source.read_text()
+    sizeless.write_text(text[: text.index("<size>")] + text[text.index("</size>") + len("</size>") :])
+    (annotation,), problems = voc.read_voc_folder(tmp_path)
+    assert problems == [] and (annotation.width, annotation.height) == (None, None)
+    with_size, _ = voc.read_voc_file(source)
+
+    imported = add_box_nodes([annotation], ct)
+
+    assert imported.skipped == [] and len(imported.nodes) == 1
+    assert imported.notes == [f"{sizeless}: no <size>; image size taken from the CT slice, boxes kept"]
+    assert annotation.boxes == with_size.boxes
+    # The real slice still bounds the boxes.
+    annotation.boxes = [voc.VocBox("A", 500, 10, 520, 20)]
+    refused = add_box_nodes([annotation], ct)
+    assert refused.nodes == [] and "lies outside the 512x512 image" in refused.skipped[0]
+
+
 # ----------------------------------------------------------------------------------------- nnU-Net
 
 

@@ -256,6 +256,26 @@ def test_size_mismatch_and_label_mismatch_are_refused(tmp_path):
     assert not dataset.exists()
 
 
+def test_geometry_mismatch_on_reading_names_the_file_and_the_ct_file(tmp_path):
+    dataset = tmp_path / "Dataset901_autoPET"
+    paths = nnunet.write_case(dataset, _case(SPACED_ID))
+    _, _, label = _arrays(0)
+    sitk.WriteImage(_image(label, origin=(-200.5, 150.25, -997.0)), str(paths["label"]))  # moved 3 mm
+    with pytest.raises(NnUNetError) as raised:
+        nnunet.read_case(dataset, SPACED_ID)
+    assert str(raised.value) == (
+        f"{paths['label']}: case {SPACED_ID!r}: label origin (-200.5, 150.25, -997.0) differs from CT origin "
+        f"(-200.5, 150.25, -1000.0) ({paths['ct']}) (tolerance {nnunet.GEOMETRY_TOLERANCE_MM} mm)"
+    )
+    ct, pet, _ = _arrays(0)
+    sitk.WriteImage(_image(pet[:, :, :19]), str(paths["pet"]))
+    with pytest.raises(NnUNetError) as raised:
+        nnunet.read_case(dataset, SPACED_ID)
+    assert str(raised.value) == (
+        f"{paths['pet']}: case {SPACED_ID!r}: pet size (19, 16, 8) differs from CT size (20, 16, 8) ({paths['ct']})"
+    )
+
+
 def test_geometry_within_tolerance_is_accepted(tmp_path):
     dataset = tmp_path / "Dataset901_autoPET"
     nnunet.write_case(dataset, _case(PLAIN_ID, origin=(-200.5 + 5e-5, 150.25, -1000.0)))

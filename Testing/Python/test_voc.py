@@ -345,7 +345,7 @@ def test_folder_read_reports_every_bad_file_and_keeps_the_good_ones(tmp_path):
         "not a number": _write(folder, "1.2.3.9.xml", _voc_document(_object("A", "ten", 10, 20, 20))),
         "not a uid": _write(folder, "slice 12.xml", _voc_document(_object("A", 10, 10, 20, 20))),
         "path-like uid": _write(folder, "1.2..3.xml", _voc_document(_object("A", 10, 10, 20, 20))),
-        "no size": _write(folder, "1.2.3.10.xml", "<annotation><object/></annotation>"),
+        "no bndbox": _write(folder, "1.2.3.10.xml", "<annotation><object/></annotation>"),
         "wrong root": _write(folder, "1.2.3.11.xml", "<labels/>"),
     }
     mixed = _write(folder, "1.2.3.12.xml", _voc_document(_object("E", 10, 10, 20, 20) + _object("Q", 10, 10, 20, 20)))
@@ -369,7 +369,7 @@ def test_folder_read_reports_every_bad_file_and_keeps_the_good_ones(tmp_path):
         "not a number": "<xmin> is not a number: 'ten'",
         "not a uid": "file name is not <SOPInstanceUID>.xml",
         "path-like uid": "file name is not <SOPInstanceUID>.xml",
-        "no size": "no <size> element",
+        "no bndbox": "object 1: has no <bndbox>",
         "wrong root": "root element is <labels>, expected <annotation>",
     }
     for key, path in bad.items():
@@ -378,7 +378,7 @@ def test_folder_read_reports_every_bad_file_and_keeps_the_good_ones(tmp_path):
     assert f"{mixed}: object 2 (Q) has unknown class 'Q' (expected one of A, B, E, G); skipped" in problems
     # One message per bad file, plus a "no usable box left" for each file whose every box was bad,
     # plus the skipped box of the mixed file.
-    box_only_files = ["unknown class", "outside", "zero", "inverted", "no name", "not a number"]
+    box_only_files = ["unknown class", "outside", "zero", "inverted", "no name", "not a number", "no bndbox"]
     assert len(problems) == len(bad) + len(box_only_files) + 1
     for key in box_only_files:
         assert f"{bad[key]}: no usable box left; file skipped" in problems
@@ -387,3 +387,75 @@ def test_folder_read_reports_every_bad_file_and_keeps_the_good_ones(tmp_path):
 def test_folder_read_of_missing_folder_is_an_error(tmp_path):
     with pytest.raises(VocError, match="not a folder"):
         voc.read_voc_folder(tmp_path / "missing")
+
+
+# ----------------------------------------------------------------------------------------- unknown size
+
+
+def _real_without_size(tmp_path: Path, size_xml: str = "") -> Path:
+    """The first real A0001 file with its <size> element replaced by ``size_xml``."""
+    text = (REAL_ANNOTATIONS / f"{FIRST_UID}.xml").read_text(encoding="utf-8")
+    start, end = text.index("<size>"), text.index("</size>") + len("</size>")
+    assert "<width>512</width>" in text[start:end]
+    folder = tmp_path / "A0001"
+    folder.mkdir(exist_ok=True)
+    return _write(folder, f"{FIRST_UID}.xml", text[:start] + size_xml + text[end:])
+
+
+def test_real_file_without_size_keeps_its_boxes_and_notes_the_unknown_size(tmp_path):
+    path = _real_without_size(tmp_path)
+    assert "<size>" not in path.read_text(encoding="utf-8")
+    annotation, problems = voc.read_voc_file(path)
+    assert problems == []
+    assert (annotation.width, annotation.height, annotation.depth) == (None, None, 1)
+    assert annotation.notes == [f"{path}: no <size>; image size taken from the CT slice, boxes kept"]
+    original = voc.parse_voc_xml(REAL_ANNOTATIONS / f"{FIRST_UID}.xml")
+    assert annotation.boxes == original.boxes == [VocBox("A", 278, 308, 360, 394)]
+    # A folder read keeps the file (a note is not a problem).
+    annotations, folder_problems = voc.read_voc_folder(path.parent)
+    assert [a.sop_instance_uid for a in annotations] == [FIRST_UID] and folder_problems == []
+    assert annotations[0].boxes == original.boxes and annotations[0].notes == annotation.notes
+
+
+def test_size_zero_is_unknown_and_boxes_are_checked_only_where_the_size_is_known(tmp_path):
+    path = _real_without_size(tmp_path, "<size><width>0</width><height>0</height><depth>1</depth></size>")
+    annotation = voc.parse_voc_xml(path)
+    assert (annotation.width, annotation.height) == (None, None)
+    assert annotation.notes == [
+        f"{path}: <size> gives no width and height (missing or 0); image size taken from the CT slice, boxes kept"
+    ]
+    assert annotation.boxes == [VocBox("A", 278, 308, 360, 394)]
+    only_height = _real_without_size(tmp_path, "<size><width>512</width><height>0</height></size>")
+    annotation = voc.parse_voc_xml(only_height)
+    assert (annotation.width, annotation.height, annotation.depth) == (512, None, 1)
+    assert "gives no height (missing or 0)" in annotation.notes[0]
+    # Without a size only the lower bound can be checked; the upper one is the slice's business.
+    beyond = VocBox("A", 500, 10, 600, 20)
+    assert beyond.problem(None, None) is None
+    assert beyond.problem(512, 512) == (
+        "lies outside the 512x512 image (xmin 500, ymin 10, xmax 600, ymax 20; valid 1..512 x 1..512)"
+    )
+    assert VocBox("A", 0, 10, 5, 20).problem(None, None) == (
+        "lies outside the ?x? image (xmin 0, ymin 10, xmax 5, ymax 20; valid 1..? x 1..?)"
+    )
+    negative = _real_without_size(tmp_path, "<size><width>-512</width><height>512</height></size>")
+    with pytest.raises(VocError, match=r"<size> must not be negative \(width -512\)") as raised:
+        voc.parse_voc_xml(negative)
+    assert str(negative) in str(raised.value)
+
+
+def test_annotation_of_unknown_size_is_written_only_once_the_slice_size_is_set(tmp_path):
+    annotation = voc.parse_voc_xml(_real_without_size(tmp_path))
+    out_dir = tmp_path / "out"
+    with pytest.raises(VocError) as raised:
+        voc.write_voc_annotation(annotation, out_dir)
+    assert str(raised.value) == (
+        f"{FIRST_UID}: image size unknown (read from {annotation.source_path}); set width and height from the "
+        "CT slice before writing (<size> is required in a VOC file)"
+    )
+    assert not out_dir.exists()
+    annotation.width, annotation.height = 512, 512  # from the CT slice
+    written = voc.write_voc_annotation(annotation, out_dir)
+    reread = voc.parse_voc_xml(written)
+    assert (reread.width, reread.height, reread.depth, reread.notes) == (512, 512, 1, [])
+    assert reread.boxes == [VocBox("A", 278, 308, 360, 394)]

@@ -35,10 +35,11 @@ BOX_FILL_OPACITY = 0.1
 
 @dataclass
 class BoxImport:
-    """What a VOC import made: the ROI nodes, and one message per file or box skipped."""
+    """What a VOC import made: the ROI nodes, one message per file or box skipped, and notes."""
 
     nodes: List[slicer.vtkMRMLMarkupsROINode] = field(default_factory=list)
     skipped: List[str] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)  # e.g. a file without <size>, read anyway
 
 
 def _ct_slices(ct_node: slicer.vtkMRMLScalarVolumeNode) -> Tuple[Grid, List[str]]:
@@ -65,12 +66,14 @@ def add_box_nodes(annotations: Sequence[VocAnnotation], ct_node: slicer.vtkMRMLS
         if k is None:
             result.skipped.append(f"{where}: no slice of CT {ct_node.GetName()!r} has this SOPInstanceUID; skipped")
             continue
-        if (annotation.width, annotation.height) != (width, height):
+        # A size the file does not give (no <size>) is the slice's: only a stated one can disagree.
+        if (annotation.width or width, annotation.height or height) != (width, height):
             result.skipped.append(
                 f"{where}: drawn on a {annotation.width}x{annotation.height} image but the CT slice is "
                 f"{width}x{height}; skipped"
             )
             continue
+        result.notes.extend(annotation.notes)
         for index, box in enumerate(annotation.boxes, start=1):
             problem = box.problem(width, height)
             if problem:

@@ -127,6 +127,7 @@ def _import_annotations(nodes: StudyNodes, options: ConvertOptions, report: Expo
             report.skipped.extend(problems)
             imported = add_box_nodes(annotations, nodes.ct)
             report.skipped.extend(imported.skipped)
+            report.notes.extend(imported.notes)
             report.notes.append(f"{nodes.patient_id}: {len(imported.nodes)} VOC boxes imported from {folder}")
     if options.nnunet_dataset is not None and options.case_id is not None:
         if nodes.pet is None:
