@@ -4,11 +4,21 @@ Lung-PET-CT-Dx keeps one XML file per annotated CT slice in ``Annotation/<A0001>
 the file name minus ``.xml`` is the only link to the slice. Each ``<object>`` is one box whose
 ``<name>`` is the histology letter (``A``, ``B``, ``E`` or ``G``).
 
-Box coordinate convention (PASCAL VOC devkit): pixel coordinates are 1-based and inclusive.
-``x`` is the column and ``y`` the row of the slice (512x512 in Lung-PET-CT-Dx). A box covering the
-0-based columns ``c0..c1`` and rows ``r0..r1`` of the slice array (indexed ``[row, column]``) has
-``xmin = c0 + 1``, ``xmax = c1 + 1``, ``ymin = r0 + 1``, ``ymax = r1 + 1``; a valid box satisfies
-``1 <= xmin <= xmax <= width`` and ``1 <= ymin <= ymax <= height``.
+Box coordinate convention: LabelImg's, the tool the Lung-PET-CT-Dx boxes were drawn with. ``x``
+is the column and ``y`` the row of the slice (512x512 in Lung-PET-CT-Dx). LabelImg draws the
+image with pixel column ``c`` spanning ``[c, c + 1)`` and stores the box's edges truncated to
+integers (``libs/labelFile.py``, ``convertPoints2BndBox``), so a box covers the 0-based columns
+``xmin .. xmax - 1`` and rows ``ymin .. ymax - 1`` of the slice array (indexed ``[row, column]``),
+as ``array[ymin:ymax, xmin:xmax]`` does. Written boxes are what LabelImg saves for the same
+pixels, ``xmin = c0``, ``xmax = c1 + 1`` (and rows alike), so that the files open in LabelImg
+exactly where the pixels are; LabelImg also raises an ``xmin`` or ``ymin`` of 0 to 1, which
+would drop a box's first column at the image edge: it is not done here. A box
+with ``xmin == xmax`` (which LabelImg does not write) is read as the one column ``xmin``. A valid
+box satisfies ``0 <= xmin <= xmax <= width`` and ``0 <= ymin <= ymax <= height``.
+
+The PASCAL VOC devkit reads the same numbers as 1-based inclusive (columns ``xmin - 1 .. xmax -
+1``): one column further left and up than LabelImg shows. This module used that reading until
+2026-11-23; the difference is at most one pixel on each box's left and top edges.
 
 ``<size>`` only repeats the size of the CT slice, which the slice itself knows. A file without
 ``<size>``, or with width or height 0 (LabelImg writes 0 when it could not read the image), is
@@ -56,7 +66,7 @@ class VocError(ValueError):
 
 @dataclass
 class VocBox:
-    """One labelled box in VOC pixel coordinates (1-based, inclusive; x = column, y = row)."""
+    """One labelled box in LabelImg's pixel coordinates (edges; x = column, y = row; see the module)."""
 
     name: str
     xmin: int
@@ -69,19 +79,19 @@ class VocBox:
 
     def to_pixel_ranges(self) -> Tuple[int, int, int, int]:
         """0-based inclusive (c0, r0, c1, r1): the columns and rows of the slice array the box covers."""
-        return (self.xmin - 1, self.ymin - 1, self.xmax - 1, self.ymax - 1)
+        return (self.xmin, self.ymin, max(self.xmin, self.xmax - 1), max(self.ymin, self.ymax - 1))
 
     @classmethod
     def from_pixel_ranges(cls, name: str, c0: int, r0: int, c1: int, r1: int) -> VocBox:
-        """Box covering 0-based inclusive columns c0..c1 and rows r0..r1."""
-        return cls(name=name, xmin=int(c0) + 1, ymin=int(r0) + 1, xmax=int(c1) + 1, ymax=int(r1) + 1)
+        """Box covering 0-based inclusive columns c0..c1 and rows r0..r1, as LabelImg saves it."""
+        return cls(name=name, xmin=int(c0), ymin=int(r0), xmax=int(c1) + 1, ymax=int(r1) + 1)
 
     def problem(
         self, width: Optional[int], height: Optional[int], valid_classes: Optional[Sequence[str]] = VALID_CLASSES
     ) -> Optional[str]:
         """Why this box is unusable on a ``width`` x ``height`` slice, or None when it is fine.
 
-        An unknown (None) width or height checks only the lower bound, 1, of that axis; the
+        An unknown (None) width or height checks only the lower bound, 0, of that axis; the
         caller checks the upper bound against the real slice when it knows it.
         """
         if not self.name:
@@ -92,11 +102,11 @@ class VocBox:
             return f"is inverted (xmin {self.xmin}, xmax {self.xmax}, ymin {self.ymin}, ymax {self.ymax})"
         too_wide = width is not None and self.xmax > width
         too_high = height is not None and self.ymax > height
-        if self.xmin < 1 or self.ymin < 1 or too_wide or too_high:
+        if self.xmin < 0 or self.ymin < 0 or too_wide or too_high:
             w, h = ("?" if width is None else width), ("?" if height is None else height)
             return (
                 f"lies outside the {w}x{h} image (xmin {self.xmin}, ymin {self.ymin}, "
-                f"xmax {self.xmax}, ymax {self.ymax}; valid 1..{w} x 1..{h})"
+                f"xmax {self.xmax}, ymax {self.ymax}; valid 0..{w} x 0..{h})"
             )
         return None
 

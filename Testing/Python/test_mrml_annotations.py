@@ -73,7 +73,7 @@ def test_real_tcia_boxes_become_rois_on_their_slices_and_export_back_identically
         )
         centre_k = (ijk @ np.array([*node.GetCenter(), 1.0]))[2]
         assert centre_k == pytest.approx(k, abs=1e-6)
-        expected_size = [(box.xmax - box.xmin + 1) * spacing[0], (box.ymax - box.ymin + 1) * spacing[1], spacing[2]]
+        expected_size = [(box.xmax - box.xmin) * spacing[0], (box.ymax - box.ymin) * spacing[1], spacing[2]]  # edges
         np.testing.assert_allclose(node.GetSize(), expected_size, rtol=1e-9)
     # Grouped in the subject hierarchy: VOC boxes / Lesion n, beside the CT.
     hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(mrml_scene)

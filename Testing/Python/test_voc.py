@@ -222,12 +222,19 @@ def test_writer_into_read_only_folder_fails_clearly(tmp_path):
 
 
 def test_pixel_ranges_round_trip_and_convention():
+    """LabelImg's convention: edges, so array[ymin:ymax, xmin:xmax] are the pixels the box covers."""
     box = VocBox.from_pixel_ranges("E", 0, 5, 511, 9)
-    assert (box.xmin, box.ymin, box.xmax, box.ymax) == (1, 6, 512, 10)
+    assert (box.xmin, box.ymin, box.xmax, box.ymax) == (0, 5, 512, 10)
     assert box.to_pixel_ranges() == (0, 5, 511, 9)
     real = voc.parse_voc_xml(REAL_ANNOTATIONS / f"{FIRST_UID}.xml").boxes[0]
-    assert real.to_pixel_ranges() == (277, 307, 359, 393)
+    assert (real.xmin, real.ymin, real.xmax, real.ymax) == (278, 308, 360, 394)  # as in the file
+    assert real.to_pixel_ranges() == (278, 308, 359, 393)
+    covered = np.zeros((512, 512), bool)
+    covered[real.ymin : real.ymax, real.xmin : real.xmax] = True
+    assert voc.tight_box(covered, "A") == real
     assert VocBox.from_pixel_ranges("A", *real.to_pixel_ranges()) == real
+    # xmin == xmax (LabelImg never writes it) is read as that one column, not as nothing.
+    assert VocBox("A", 40, 7, 40, 9).to_pixel_ranges() == (40, 7, 40, 8)
 
 
 def test_tight_box_of_a_hand_made_mask():
@@ -236,12 +243,15 @@ def test_tight_box_of_a_hand_made_mask():
     mask[5, 7] = True
     mask[4, 4:6] = True
     box = voc.tight_box(mask, "G")
-    assert box == VocBox("G", xmin=4, ymin=3, xmax=8, ymax=6)
+    assert box == VocBox("G", xmin=3, ymin=2, xmax=8, ymax=6)
     assert box.to_pixel_ranges() == (3, 2, 7, 5)
     assert voc.tight_box(np.zeros((12, 10), dtype=bool), "G") is None
     single = np.zeros((12, 10), dtype=np.uint8)
     single[11, 9] = 1
-    assert voc.tight_box(single, "A") == VocBox("A", 10, 12, 10, 12)
+    assert voc.tight_box(single, "A") == VocBox("A", 9, 11, 10, 12)
+    corner = np.zeros((12, 10), dtype=np.uint8)
+    corner[0, 0] = 1  # at the image edge: xmin 0 (LabelImg would raise it to 1 and lose the pixel)
+    assert voc.tight_box(corner, "A") == VocBox("A", 0, 0, 1, 1)
 
 
 def test_patient_folder_and_histology():
@@ -339,7 +349,7 @@ def test_folder_read_reports_every_bad_file_and_keeps_the_good_ones(tmp_path):
         "external": _write(folder, "1.2.3.3.xml", EXTERNAL_ENTITY),
         "unknown class": _write(folder, "1.2.3.4.xml", _voc_document(_object("X", 10, 10, 20, 20))),
         "outside": _write(folder, "1.2.3.5.xml", _voc_document(_object("A", 500, 10, 513, 20))),
-        "zero": _write(folder, "1.2.3.6.xml", _voc_document(_object("A", 0, 10, 5, 20))),
+        "negative": _write(folder, "1.2.3.6.xml", _voc_document(_object("A", -1, 10, 5, 20))),
         "inverted": _write(folder, "1.2.3.7.xml", _voc_document(_object("B", 30, 10, 20, 20))),
         "no name": _write(folder, "1.2.3.8.xml", _voc_document(_object("", 10, 10, 20, 20))),
         "not a number": _write(folder, "1.2.3.9.xml", _voc_document(_object("A", "ten", 10, 20, 20))),
@@ -363,7 +373,7 @@ def test_folder_read_reports_every_bad_file_and_keeps_the_good_ones(tmp_path):
         "external": "DOCTYPE or ENTITY declaration",
         "unknown class": "object 1 (X) has unknown class 'X'",
         "outside": "object 1 (A) lies outside the 512x512 image",
-        "zero": "object 1 (A) lies outside the 512x512 image",
+        "negative": "object 1 (A) lies outside the 512x512 image",
         "inverted": "object 1 (B) is inverted",
         "no name": "object 1 (no name) has no class name",
         "not a number": "<xmin> is not a number: 'ten'",
@@ -378,7 +388,7 @@ def test_folder_read_reports_every_bad_file_and_keeps_the_good_ones(tmp_path):
     assert f"{mixed}: object 2 (Q) has unknown class 'Q' (expected one of A, B, E, G); skipped" in problems
     # One message per bad file, plus a "no usable box left" for each file whose every box was bad,
     # plus the skipped box of the mixed file.
-    box_only_files = ["unknown class", "outside", "zero", "inverted", "no name", "not a number", "no bndbox"]
+    box_only_files = ["unknown class", "outside", "negative", "inverted", "no name", "not a number", "no bndbox"]
     assert len(problems) == len(bad) + len(box_only_files) + 1
     for key in box_only_files:
         assert f"{bad[key]}: no usable box left; file skipped" in problems
@@ -433,10 +443,11 @@ def test_size_zero_is_unknown_and_boxes_are_checked_only_where_the_size_is_known
     beyond = VocBox("A", 500, 10, 600, 20)
     assert beyond.problem(None, None) is None
     assert beyond.problem(512, 512) == (
-        "lies outside the 512x512 image (xmin 500, ymin 10, xmax 600, ymax 20; valid 1..512 x 1..512)"
+        "lies outside the 512x512 image (xmin 500, ymin 10, xmax 600, ymax 20; valid 0..512 x 0..512)"
     )
-    assert VocBox("A", 0, 10, 5, 20).problem(None, None) == (
-        "lies outside the ?x? image (xmin 0, ymin 10, xmax 5, ymax 20; valid 1..? x 1..?)"
+    assert VocBox("A", 0, 10, 5, 20).problem(None, None) is None  # column 0 is on the image
+    assert VocBox("A", -1, 10, 5, 20).problem(None, None) == (
+        "lies outside the ?x? image (xmin -1, ymin 10, xmax 5, ymax 20; valid 0..? x 0..?)"
     )
     negative = _real_without_size(tmp_path, "<size><width>-512</width><height>512</height></size>")
     with pytest.raises(VocError, match=r"<size> must not be negative \(width -512\)") as raised:
