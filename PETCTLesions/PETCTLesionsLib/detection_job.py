@@ -4,10 +4,15 @@
     DetectionJob.start(ct, pet, grid, settings) --> JOB/inputs: ct_hu.npy, pet_suv.npy, job.json
     DetectionJob.poll() <-- progress lines ------- detect_lesions(...) reporting "fraction message"
     DetectionJob.poll() -> finished  <------------ JOB/lesion_map.npy, probability.npy, then result.json (atomic)
-    DetectionJob.cancel() --> terminate ----------> nothing half-made: no result, JOB removed
+    DetectionJob.cancel() --> JOB/cancel, JOB removed -> the worker exits within 0.2 s; nothing half-made
 
 A process (not a thread) because the model holds the interpreter for long stretches of
-preprocessing, and because stopping a process is a clean cancel whatever it is doing. Data
+preprocessing, and because stopping a process is a clean cancel whatever it is doing. The
+worker stops itself: inside Slicer it runs under the PythonSlicer launcher, which starts the
+real Python as its own child and does not pass signals on, so terminating the launcher would
+leave the model running. A watchdog thread in the worker ends it as soon as the caller asks
+(a ``cancel`` file) or the job folder is gone; the launcher is terminated only if it does not
+exit by itself. Data
 goes through uncompressed ``.npy`` files in a private temporary folder (fast, no pickling).
 Everything here is plain Python: Slicer's Widget polls :meth:`DetectionJob.poll` from a
 timer; tests and the command line can poll it in a loop.
@@ -23,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -36,6 +42,9 @@ from .measurements import LesionMeasurement
 
 PROGRESS_PREFIX = "PETCTLESIONS-PROGRESS"
 RESULT_FILE = "result.json"
+CANCEL_FILE = "cancel"  # written by the caller: the worker exits
+WATCHDOG_SECONDS = 0.2
+CANCEL_GRACE_SECONDS = 10.0  # how long cancel() waits for the worker to stop itself
 LESION_MAP_FILE = "lesion_map.npy"
 PROBABILITY_FILE = "probability.npy"  # float16: the caller traces lesions at CT resolution from it
 _LIBRARY_PARENT = Path(__file__).resolve().parents[1]  # the folder that holds PETCTLesionsLib/
@@ -110,6 +119,8 @@ class DetectionJob:
                 stdin=subprocess.DEVNULL,
                 text=True,
                 env=_worker_environment(environment),
+                # No console window flashing up on Windows (as slicer.util.launchConsoleProcess).
+                creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0),
             )
         except BaseException:
             shutil.rmtree(self.job_dir, ignore_errors=True)
@@ -159,12 +170,16 @@ class DetectionJob:
     def cancel(self) -> None:
         """Stop the worker and remove everything it wrote; a finished result is discarded too."""
         if self._process.poll() is None:
-            self._process.terminate()
             try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+                (self.job_dir / CANCEL_FILE).touch()  # the worker's watchdog ends it, launcher or not
+                self._process.wait(timeout=CANCEL_GRACE_SECONDS)
+            except (OSError, subprocess.TimeoutExpired):
+                self._process.terminate()
+                try:
+                    self._process.wait(timeout=CANCEL_GRACE_SECONDS)
+                except subprocess.TimeoutExpired:
+                    self._process.kill()
+                    self._process.wait()
         self._state = "cancelled"
         self.cleanup()
 
@@ -245,6 +260,7 @@ def run_job(job_dir: Path) -> None:
     from .detection import detect_lesions
     from .model.weights import load_model
 
+    _start_watchdog(job_dir)
     job = json.loads((job_dir / "job.json").read_text())
     settings = DetectionSettings(**job["settings"])
     pet_grid = _grid_from_json(job["pet_grid"])
@@ -276,6 +292,22 @@ def run_job(job_dir: Path) -> None:
     }
     atomic_write_text(job_dir / RESULT_FILE, json.dumps(result, indent=1))
     report_progress(1.0, f"{len(found.lesions)} lesions found on {found.device}")
+
+
+def _start_watchdog(job_dir: Path) -> None:
+    """End this process as soon as the caller cancels (``cancel`` file) or its job folder is gone.
+
+    ``os._exit`` because the main thread may be deep in torch: no exception would reach it in
+    time, and there is nothing to tidy (the caller removes the job folder).
+    """
+
+    def watch() -> None:
+        while True:
+            if (job_dir / CANCEL_FILE).exists() or not job_dir.is_dir():
+                os._exit(3)
+            time.sleep(WATCHDOG_SECONDS)
+
+    threading.Thread(target=watch, name="petctlesions-cancel-watchdog", daemon=True).start()
 
 
 def report_progress(fraction: float, message: str) -> None:

@@ -9,7 +9,10 @@ export, and re-import of the exported files compared with what the scene held.
 
 from __future__ import annotations
 
+import os
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -183,6 +186,47 @@ def test_a_cancelled_detection_leaves_nothing_behind(demo_case, tmp_path):
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(RuntimeError, match="did not finish"):
         job.result()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the stand-in launcher is a POSIX shell script")
+def test_cancel_stops_the_model_behind_a_launcher_that_passes_no_signals(demo_case, tmp_path):
+    """Inside Slicer the worker runs under PythonSlicer, a launcher that starts the real Python as
+    its child and does not forward signals: terminating it used to leave the model running."""
+    study, _ = demo_case
+    from PETCTLesionsLib.model.training_data import phantom_study_arrays
+
+    launcher, pid_file = tmp_path / "PythonSlicer", tmp_path / "worker.pid"
+    launcher.write_text(
+        "#!/bin/sh\n"
+        "trap '' TERM  # deaf to terminate(): only the worker's own watchdog can end the job\n"
+        '"$REAL_PYTHON" "$@" &\n'
+        'echo $! > "$PID_FILE"\n'
+        "wait $!\n"
+    )
+    launcher.chmod(0o755)
+    environment = {**os.environ, "REAL_PYTHON": sys.executable, "PID_FILE": str(pid_file)}
+    arrays = phantom_study_arrays(study)
+    work = tmp_path / "jobs"
+    work.mkdir()
+    job = DetectionJob(
+        arrays.ct_hu_on_pet,
+        arrays.pet_suv,
+        study.pet_grid,
+        DetectionSettings(device="cpu"),
+        python=str(launcher),
+        environment=environment,
+        work_root=work,
+    )
+    while job.poll().fraction == 0.0 and job.poll().state == "running":  # the worker is at work
+        time.sleep(0.05)
+    worker = int(pid_file.read_text())
+
+    job.cancel()
+
+    # The launcher ended because its child ended (exit code 3: the watchdog), not by SIGKILL.
+    assert job._process.returncode == 3
+    assert not Path(f"/proc/{worker}").exists() or "State:\tZ" in Path(f"/proc/{worker}/status").read_text()
+    assert list(work.iterdir()) == []
 
 
 def test_a_failing_detection_reports_the_workers_message(demo_case, tmp_path):

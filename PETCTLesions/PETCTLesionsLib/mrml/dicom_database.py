@@ -79,20 +79,32 @@ def pet_ct_choices(paths: Sequence[Path], cancel: Optional[CancelCallback] = Non
 
 
 def slicer_series_loader(series_uid: str, cancel: Optional[CancelCallback] = None) -> List[str]:
-    """Load one series with Slicer's scalar volume plugin (only inside the application)."""
+    """Load one series with Slicer's scalar volume plugin (only inside the application).
+
+    The three steps of ``DICOMUtils.loadSeriesByUID`` with the plugin named: that function only
+    takes ``enabledPluginClassNames`` from Slicer 5.8 on, and these steps are the same in 5.6.
+    """
     from DICOMLib import DICOMUtils  # the application's DICOM module; not in slicer-core
 
     def plugin_progress(_plugin: str, _percent: float) -> bool:
         return bool(cancel and cancel())  # True asks DICOMUtils to stop
 
+    files = list(slicer.dicomDatabase.filesForSeries(series_uid))
+    if not files:
+        raise StudyLoadError(f"series {series_uid} has no files in the DICOM database")
     messages: List[str] = []
-    node_ids = DICOMUtils.loadSeriesByUID(
-        [series_uid],
-        messages=messages,
-        progressCallback=plugin_progress,
-        enabledPluginClassNames=[SCALAR_VOLUME_PLUGIN],
+    loadables_by_plugin, _ = DICOMUtils.getLoadablesFromFileLists(
+        [files], [SCALAR_VOLUME_PLUGIN], messages=messages, progressCallback=plugin_progress
     )
     check_cancel(cancel)
+    DICOMUtils.selectHighestConfidenceLoadables(loadables_by_plugin)
+    node_ids = list(DICOMUtils.loadLoadables(loadables_by_plugin, messages=messages, progressCallback=plugin_progress))
+    if cancel is not None and cancel():  # cancelled while loading: leave no half-loaded series behind
+        for node_id in node_ids:
+            node = slicer.mrmlScene.GetNodeByID(node_id)
+            if node is not None:
+                slicer.mrmlScene.RemoveNode(node)
+        check_cancel(cancel)
     if not node_ids:
         detail = "; ".join(messages) or "the scalar volume plugin loaded nothing"
         raise StudyLoadError(f"series {series_uid} could not be loaded from the DICOM database: {detail}")
