@@ -191,6 +191,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import json
+    from dataclasses import asdict
 
     from .evaluation import evaluate_label_files, label_pairs
 
@@ -206,6 +207,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         summary = dict(result.summary())
         summary["references_not_evaluated"] = [str(path) for path in pairs.unpredicted]
         summary["predictions_not_evaluated"] = [str(path) for path in pairs.unreferenced]
+        summary["per_case"] = [{"name": name, **asdict(case)} for name, case in zip(result.names, result.cases)]
         print(json.dumps(summary, indent=2))
     return 0
 

@@ -66,16 +66,19 @@ class Evaluation:
         return pooled
 
     def table(self) -> str:
-        """A plain-text table, one row per study and the pooled summary."""
-        lines = [f"{'study':<40} {'Dice':>6} {'FPV mL':>8} {'FNV mL':>8} {'lesions':>8} {'found':>6} {'FP':>4}"]
+        """A plain-text table, one row per study and the pooled summary (names in full: autoPET's
+        FDG case ids are long, and their endings tell them apart)."""
+        mean_label = f"mean over {len(self.cases)} studies"
+        width = max([len("study"), len(mean_label)] + [len(name) for name in self.names])
+        lines = [f"{'study':<{width}} {'Dice':>6} {'FPV mL':>8} {'FNV mL':>8} {'lesions':>8} {'found':>6} {'FP':>4}"]
         for name, case in zip(self.names, self.cases):
             lines.append(
-                f"{name[:40]:<40} {_fmt(case.dice):>6} {_fmt(case.fpv_ml, 2):>8} {_fmt(case.fnv_ml, 2):>8} "
+                f"{name:<{width}} {_fmt(case.dice):>6} {_fmt(case.fpv_ml, 2):>8} {_fmt(case.fnv_ml, 2):>8} "
                 f"{case.reference_lesions:>8} {case.detected_lesions:>6} {case.false_positive_lesions:>4}"
             )
         pooled = self.summary()
         lines.append(
-            f"{'mean over ' + str(len(self.cases)) + ' studies':<40} {_fmt(pooled['dice']):>6} "
+            f"{mean_label:<{width}} {_fmt(pooled['dice']):>6} "
             f"{_fmt(pooled['fpv_ml'], 2):>8} {_fmt(pooled['fnv_ml'], 2):>8}"
         )
         lines.append(

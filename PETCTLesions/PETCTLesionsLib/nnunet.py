@@ -241,10 +241,12 @@ def _cores() -> int:
     return max(1, min(cores or 1, 16))
 
 
-def read_case(dataset_dir: Path, case_id: str) -> NnUNetCase:
+def read_case(dataset_dir: Path, case_id: str, images_only: bool = False) -> NnUNetCase:
     """Read a training case (or, when it has none, a test case from imagesTs with label None).
 
     Checks that the files exist, are 3D, share one grid and that label values are 0 or 1.
+    ``images_only`` reads CT and PET alone (label None), e.g. to predict on ``imagesTr`` of a
+    dataset whose labels are elsewhere or not there.
     """
     dataset_dir = Path(dataset_dir)
     paths = case_paths(dataset_dir, case_id)
@@ -252,6 +254,8 @@ def read_case(dataset_dir: Path, case_id: str) -> NnUNetCase:
         test_paths = case_paths(dataset_dir, case_id, test=True)
         if test_paths["ct"].exists():
             paths = test_paths
+    if images_only:
+        paths.pop("label", None)
     missing = [str(path) for path in paths.values() if not path.is_file()]
     if missing:
         raise NnUNetError(f"case {case_id!r}: missing {', '.join(missing)}")

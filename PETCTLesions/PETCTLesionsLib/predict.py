@@ -210,7 +210,7 @@ def _predict_dataset(dataset: Path, out_dir: Path, model, options, report, cance
         started = time.perf_counter()
         result = StudyPrediction(case_id)
         try:
-            case = nnunet.read_case(dataset, case_id)
+            case = nnunet.read_case(dataset, case_id, images_only=True)  # labels are not needed, maybe not there
             pet_grid = Grid.from_sitk(case.pet)
             result.detection = detect_lesions(
                 model,

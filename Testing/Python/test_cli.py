@@ -98,9 +98,13 @@ def test_evaluate_partial_evaluates_the_cases_present_and_names_the_others(tmp_p
     assert summary["fnv_ml"] == 0.0 and summary["fpv_ml"] == 0.0
     assert summary["references_not_evaluated"] == [str(ref / "c.nii.gz")]
     assert summary["predictions_not_evaluated"] == [str(pred / "x.nii.gz")]
+    assert [(case["name"], case["dice"]) for case in summary["per_case"]] == [
+        ("a.nii.gz", 1.0),
+        ("fdg_0a1b2c3d4e_06-20-2003  PET-CT.nii.gz", 2 / 3),
+    ]
     lines = table.splitlines()
-    assert [line.split()[0] for line in lines[1:3]] == ["a.nii.gz", "fdg_0a1b2c3d4e_06-20-2003"]
-    assert lines[1].split()[1] == "1.000" and lines[2].split()[2] == "0.667"  # the name has a space
+    assert lines[2].startswith("fdg_0a1b2c3d4e_06-20-2003  PET-CT.nii.gz ")  # in full, never cut
+    assert lines[1].split()[:2] == ["a.nii.gz", "1.000"] and lines[2].split()[2] == "0.667"
     assert "mean over 2 studies" in table
     assert f"note: 1 reference case(s) NOT evaluated (no prediction): {ref / 'c.nii.gz'}" in lines
     assert f"note: 1 prediction(s) NOT evaluated (no reference): {pred / 'x.nii.gz'}" in lines

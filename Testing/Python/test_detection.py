@@ -4,6 +4,7 @@ and the detections as Slicer nodes next to the user's own segments (real MRML, s
 from __future__ import annotations
 
 import csv
+import shutil
 
 import numpy as np
 import pytest
@@ -158,3 +159,7 @@ def test_predict_on_an_nnunet_dataset_then_evaluate_against_its_labels(tmp_path,
     label = next((dataset / "labelsTr").glob("*.nii.gz"))
     assert main(["evaluate", "--pred", str(label), "--ref", str(label), "--json"]) == 0
     assert '"dice": 1.0' in capsys.readouterr().out
+    # Predicting needs no labels: imagesTr without labelsTr (used to fail every case).
+    shutil.move(str(dataset / "labelsTr"), str(tmp_path / "labels elsewhere"))
+    assert main(["predict", str(dataset), "--out", str(tmp_path / "unlabelled"), "--device", "cpu"]) == 0
+    assert [p.name for p in (tmp_path / "unlabelled").glob("*.nii.gz")] == [label.name]

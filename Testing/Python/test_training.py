@@ -131,9 +131,11 @@ def test_training_reads_an_nnunet_dataset_and_its_splits(tmp_path, capsys):
     dataset = tmp_path / "data" / "nnUNet_raw" / DATASET_FOLDER
     cases = nnunet.list_cases(dataset)
     nnunet.write_splits(dataset, [{"train": [cases[0]], "val": [cases[1]]}])
-    assert main(["train", "--dataset", str(dataset), "--out", str(tmp_path / "run"), *TINY]) == 0
+    # A pool of 6 would hold 6 copies of the one training case (prepared 6 times): it holds 1.
+    assert main(["train", "--dataset", str(dataset), "--out", str(tmp_path / "run"), *TINY, "--pool-size", "6"]) == 0
     printed = capsys.readouterr().out
     assert "(1 training / 1 validation cases, splits_final.json fold 0)" in printed
+    assert [row["cases_prepared"] for row in _log_rows(tmp_path / "run")] == ["1"]
     assert weights.load_model(tmp_path / "run" / "model.json").manifest["training"]["data"].startswith(str(dataset))
 
 

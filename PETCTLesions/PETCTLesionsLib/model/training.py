@@ -131,11 +131,12 @@ def _sources(settings: TrainingSettings, rank: _Rank):
             ("synthetic", training_data.VALIDATION_SEED_BASE + n, "wholebody", size)
             for n in range(settings.validation_cases)
         ]
-        return specs, validation, f"generated whole-body (75%) and torso (25%) studies, {size} size"
+        return specs, validation, f"generated whole-body (75%) and torso (25%) studies, {size} size", None
     train_ids, val_ids, how = _split(settings)
     specs = training_data.nnunet_specs(settings.dataset, train_ids, rank.rank, settings.seed)
     validation = [("nnunet", str(settings.dataset), c) for c in val_ids[: settings.validation_cases]]
-    return specs, validation, f"{settings.dataset} ({len(train_ids)} training / {len(val_ids)} validation cases, {how})"
+    description = f"{settings.dataset} ({len(train_ids)} training / {len(val_ids)} validation cases, {how})"
+    return specs, validation, description, len(train_ids)
 
 
 # -------------------------------------------------------------------------------- the steps
@@ -193,29 +194,32 @@ def _learning_rate(settings: TrainingSettings, step: int, total: int, elapsed_s:
 
 def validate(network: LesionUNet, studies, threshold: float, device: torch.device) -> Dict[str, float]:
     """autoPET metrics of the network on whole validation studies (the users' inference path)."""
-    was_training = network.training
-    probabilities = _study_probabilities(network, studies, device)
-    network.train(was_training)
-    return _scores_at(studies, probabilities, threshold)
+    return metrics.summarise(_case_metrics_at(network, studies, (threshold,), device)[threshold])
 
 
-def _study_probabilities(network: LesionUNet, studies, device: torch.device) -> List[np.ndarray]:
+def _case_metrics_at(
+    network: LesionUNet, studies, thresholds: Sequence[float], device: torch.device
+) -> Dict[float, List[metrics.CaseMetrics]]:
+    """Each study's autoPET metrics at each threshold, from the whole-study probability.
+
+    One study at a time: a whole-body probability map is 200 MB at autoPET's 2 mm grid, and
+    only the counts are kept.
+    """
+    from ..detection import lesions_from_probability
     from .inference import predict_probability
 
-    return [
-        predict_probability(network, s.ct_hu_on_pet, s.pet_suv, s.spacing_xyz, str(device)).probability for s in studies
-    ]
-
-
-def _scores_at(studies, probabilities: Sequence[np.ndarray], threshold: float) -> Dict[str, float]:
-    """Pooled autoPET metrics of the lesions at ``threshold``, one probability map per study."""
-    from ..detection import lesions_from_probability
-
-    cases = []
-    for study, probability in zip(studies, probabilities):
-        lesion_map, _ = lesions_from_probability(probability, threshold, 0.0, study.voxel_ml)
-        cases.append(metrics.case_metrics(lesion_map > 0, study.label, study.voxel_ml))
-    return metrics.summarise(cases)
+    was_training = network.training
+    cases: Dict[float, List[metrics.CaseMetrics]] = {threshold: [] for threshold in thresholds}
+    for study in studies:
+        probability = predict_probability(
+            network, study.ct_hu_on_pet, study.pet_suv, study.spacing_xyz, str(device)
+        ).probability
+        for threshold in thresholds:
+            lesion_map, _ = lesions_from_probability(probability, threshold, 0.0, study.voxel_ml)
+            cases[threshold].append(metrics.case_metrics(lesion_map > 0, study.label, study.voxel_ml))
+        del probability
+    network.train(was_training)
+    return cases
 
 
 # ---------------------------------------------------------------------------- the training
@@ -260,8 +264,10 @@ def train(settings: TrainingSettings, log=print) -> Path:
             network, device_ids=[rank.device.index] if rank.device.type == "cuda" else None
         )
 
-    specs, validation_specs, data_description = _sources(settings, rank)
-    pool = training_data.CasePool(specs, settings.pool_size, settings.workers, seed=settings.seed * 31 + rank.rank)
+    specs, validation_specs, data_description, distinct_cases = _sources(settings, rank)
+    # A dataset smaller than the pool would fill it with copies: memory and preparation for nothing.
+    pool_size = settings.pool_size if distinct_cases is None else min(settings.pool_size, distinct_cases)
+    pool = training_data.CasePool(specs, pool_size, settings.workers, seed=settings.seed * 31 + rank.rank)
     studies = _validation_studies(validation_specs, settings.workers) if rank.main else []
     if rank.main:
         log(
@@ -273,7 +279,7 @@ def train(settings: TrainingSettings, log=print) -> Path:
     use_cuda = rank.device.type == "cuda"
     started = time.monotonic()
     try:
-        pool.refresh(minimum=min(settings.pool_size, max(4, settings.workers // 2)))
+        pool.refresh(minimum=min(pool_size, max(4, settings.workers // 2)))
         while state["epoch"] < settings.epochs:
             epoch_start = time.monotonic()
             _train_mode(model, settings.freeze_batchnorm)
@@ -407,11 +413,11 @@ THRESHOLD_CANDIDATES = (0.2, 0.3, 0.4, 0.5, 0.6)
 def choose_threshold(network: LesionUNet, studies, device: torch.device) -> Tuple[float, Dict[str, Dict]]:
     """The probability threshold with the best Dice + lesion sensitivity on the validation studies,
     among those with at most one false-positive lesion per study (0.5 when none qualifies)."""
-    probabilities = _study_probabilities(network, studies, device)
+    cases = _case_metrics_at(network, studies, THRESHOLD_CANDIDATES, device)
     scores: Dict[str, Dict] = {}
     best, best_value = 0.5, -math.inf
     for threshold in THRESHOLD_CANDIDATES:
-        summary = _scores_at(studies, probabilities, threshold)
+        summary = metrics.summarise(cases[threshold])
         scores[str(threshold)] = summary
         value = np.nan_to_num(summary["dice"]) + np.nan_to_num(summary["lesion_sensitivity"])
         if summary["false_positive_lesions_per_case"] <= 1.0 and value > best_value:
