@@ -37,7 +37,8 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 DEMO_SAMPLE_NAME = "PETCTLesionsDemo"
-TORCH_REQUIREMENT = ">=2.1"
+MIN_TORCH_VERSION = (2, 1)
+TORCH_REQUIREMENT = ">={}.{}".format(*MIN_TORCH_VERSION)
 
 #
 # PETCTLesions
@@ -136,6 +137,16 @@ class PETCTLesionsParameterNode:
     vocFolder: Path
     exportVoc: bool = True
     overwriteExports: bool = False
+
+
+def _torch_is_recent_enough() -> bool:
+    import torch
+
+    release = torch.__version__.split("+")[0].split(".")
+    try:
+        return (int(release[0]), int(release[1])) >= MIN_TORCH_VERSION
+    except (IndexError, ValueError):
+        return True  # a version this cannot read (a local build): let it try
 
 
 def _chosen(path: Optional[Path]) -> Optional[Path]:
@@ -321,7 +332,9 @@ class PETCTLesionsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         with slicer.util.tryWithErrorDisplay(_("Failed to start lesion detection."), waitCursor=True):
             if not self.logic.ensureTorch():
-                self.ui.detectStatusLabel.text = _("Lesion detection needs PyTorch, which was not installed.")
+                self.ui.detectStatusLabel.text = _(
+                    "Lesion detection needs PyTorch {requirement}, which was not installed."
+                ).format(requirement=TORCH_REQUIREMENT)
                 return
             self._detectionJob = self.logic.startDetection(self._parameterNode)
             self.ui.detectButton.text = _("Cancel")
@@ -633,7 +646,8 @@ class PETCTLesionsLogic(ScriptedLoadableModuleLogic):
                     "restart Slicer, and try again."
                 )
             ) from error
-        if PyTorchUtils.PyTorchUtilsLogic.torchInstalled():
+        # torchInstalled() only tries the import: an older torch left by another extension passes it.
+        if PyTorchUtils.PyTorchUtilsLogic.torchInstalled() and _torch_is_recent_enough():
             return True
         torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
             askConfirmation=True, torchVersionRequirement=TORCH_REQUIREMENT

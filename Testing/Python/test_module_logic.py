@@ -188,7 +188,14 @@ def test_detection_needs_pytorch_from_the_pytorch_extension(slicer_module, monke
 
     monkeypatch.setitem(sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=_PyTorchUtilsLogic))
     assert logic.ensureTorch() is False
-    assert offered == [(True, slicer_module.TORCH_REQUIREMENT)]  # asked, through the extension (never pip)
+    assert offered == [(True, ">=2.1")]  # asked, through the extension (never pip)
+
+    # An older torch (left by another extension) passes torchInstalled() but is offered an upgrade.
+    monkeypatch.setattr(_PyTorchUtilsLogic, "torchInstalled", staticmethod(lambda: True))
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(__version__="1.13.1+cu117"))
+    assert logic.ensureTorch() is False and offered[-1] == (True, ">=2.1") and len(offered) == 2
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(__version__="2.13.0+cpu"))
+    assert logic.ensureTorch() is True and len(offered) == 2
 
 
 def test_detection_refuses_a_study_without_both_volumes(slicer_module, mrml_scene):
