@@ -312,6 +312,36 @@ def test_convert_batch_over_patients_writes_voc_and_nnunet_and_says_when_boxes_a
     assert filled.sum() > truth.sum() and filled[truth > 0].mean() > 0.75
 
 
+def test_convert_finds_the_annotated_ct_when_the_pet_is_paired_with_another(synthetic_lung_study, tmp_path, capsys):
+    """A study with two CT series (say a diagnostic and a low-dose one): the boxes are on the one
+    the PET is not paired with. They used to be skipped, every one of them."""
+    import pydicom
+
+    root, case = synthetic_lung_study
+    dicom = tmp_path / "dicom"
+    shutil.copytree(root / "Lung-PET-CT-Dx", dicom)
+    annotated = sorted({path.parent for path in dicom.rglob("*.dcm") if pydicom.dcmread(path).Modality == "CT"})
+    (ct_folder,) = annotated
+    copy = ct_folder.parent / "0.000000-low dose copy"
+    copy.mkdir()
+    series_uid = pydicom.uid.generate_uid()
+    for path in sorted(ct_folder.glob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        ds.SeriesInstanceUID, ds.SeriesNumber = series_uid, 0  # first by the pairing rule's last key
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+        ds.save_as(copy / path.name, enforce_file_format=True)
+    annotation_root = case.voc_files[0].parent.parent
+
+    rc = main(["convert", "--dicom", str(dicom), "--voc", str(annotation_root), "--out", str(tmp_path / "out")])
+
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "is not the CT paired with the PET; loaded on its own for its VOC boxes" in printed
+    assert "no slice of" not in printed
+    folder = voc.patient_folder_name(case.patient_id)
+    assert _boxes_by_file(tmp_path / "out" / "Annotation" / folder) == _boxes_by_file(case.voc_files[0].parent)
+
+
 # ----------------------------------------------------------------------------------------- bad input
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 from .. import nnunet, voc
 from ..dicom_index import IndexedStudy, scan_paths
@@ -20,7 +20,7 @@ from .boxes import add_box_nodes
 from .export import ExportReport, StudyNodes, export_nnunet, export_voc
 from .headless import ensure_scene, in_slicer_application, reset_scene
 from .segmentations import segmentation_from_mask
-from .study_nodes import add_series_volume, add_study_nodes, mark_as_suv_bw
+from .study_nodes import add_series_volume, add_study_nodes, mark_as_suv_bw, slice_sop_instance_uids
 from .volumes import grid_from_volume_node, volume_node_from_image
 
 NNUNET_DATASET_NAME = "Dataset901_PETCTLesionsConverted"
@@ -54,11 +54,13 @@ def convert(dicom_paths: Sequence[Path], out_dir: Path, options: ConvertOptions)
     report.skipped.extend(f"{problem.path}: {problem.message}" for problem in scan.problems)
     if not scan.studies:
         raise ValueError(f"no DICOM image series under {', '.join(str(p) for p in dicom_paths)}")
+    voc_files = _PatientAnnotations(options.voc_dir, report)
     for study in scan.studies:
-        for nodes in _nodes_from_dicom_study(study, scan, report):
-            _import_annotations(nodes, options, report)
+        for nodes in _nodes_from_dicom_study(study, scan, report, voc_files.uids(study.patient_id)):
+            _import_annotations(nodes, options, report, voc_files)
             _export(nodes, out_dir, options, report)
         _remove_study_nodes()  # batch over many patients: memory stays that of one study
+    voc_files.report_unplaced()
     return report
 
 
@@ -70,10 +72,18 @@ def _remove_study_nodes() -> None:
 # ----------------------------------------------------------------------------------------- loading
 
 
-def _nodes_from_dicom_study(study: IndexedStudy, scan, report: ExportReport) -> List[StudyNodes]:
-    """The study as nodes: each PET with its CT, or (no PET) each CT alone for its VOC boxes."""
+def _nodes_from_dicom_study(
+    study: IndexedStudy, scan, report: ExportReport, annotated_uids: Set[str] = frozenset()
+) -> List[StudyNodes]:
+    """The study as nodes: its PET with its CT, or (no PET) each CT alone for its VOC boxes.
+
+    A CT series that holds annotated slices (``annotated_uids``) but is not the one paired with
+    the PET (a study with a diagnostic and a low-dose CT, say) is loaded alone as well, so that
+    its boxes are not lost.
+    """
     pairings = [p for p in scan.pairings if p.study_uid == study.study_uid]
     result = []
+    loaded_cts: Set[str] = set()
     for pairing in pairings:
         if pairing.ct is None:
             report.skipped.append(f"{pairing.pet.label}: {pairing.rule}")
@@ -90,17 +100,33 @@ def _nodes_from_dicom_study(study: IndexedStudy, scan, report: ExportReport) -> 
         ct, pet = add_study_nodes(loaded)
         case_id = nnunet.case_id_for_study(study.patient_id, study.study_uid, study.study_date)
         result.append(StudyNodes(study.patient_id, case_id, ct, pet))
-    if not pairings:
-        for series in (s for s in study.series if s.modality == "CT"):
-            try:
-                image, info = load_series_image(series)
-            except ValueError as error:
-                report.skipped.append(str(error))
-                continue
-            ct = add_series_volume(image, info, study.patient_id, study.study_uid, f"{study.patient_id} CT")
-            case_id = nnunet.case_id_for_study(study.patient_id, study.study_uid, study.study_date)
-            result.append(StudyNodes(study.patient_id, case_id, ct, None))
+        loaded_cts.add(loaded.ct_series.series_uid)
+    for series in study.series_of("CT"):
+        if series.series_uid in loaded_cts:
+            continue
+        annotated = sum(header.sop_instance_uid in annotated_uids for header in series.headers)
+        if pairings and not annotated:
+            continue  # a CT beside the PET's own, without annotations: nothing to convert
+        if pairings:
+            report.notes.append(
+                f"{series.label}: holds {annotated} annotated slice(s) but is not the CT paired with the PET; "
+                "loaded on its own for its VOC boxes"
+            )
+        nodes = _ct_only_nodes(study, series, report)
+        if nodes is not None:
+            result.append(nodes)
     return result
+
+
+def _ct_only_nodes(study: IndexedStudy, series, report: ExportReport) -> Optional[StudyNodes]:
+    try:
+        image, info = load_series_image(series)
+    except ValueError as error:
+        report.skipped.append(str(error))
+        return None
+    ct = add_series_volume(image, info, study.patient_id, study.study_uid, f"{study.patient_id} CT")
+    case_id = nnunet.case_id_for_study(study.patient_id, study.study_uid, study.study_date)
+    return StudyNodes(study.patient_id, case_id, ct, None)
 
 
 def _nodes_from_nnunet_case(options: ConvertOptions, report: ExportReport) -> StudyNodes:
@@ -117,18 +143,66 @@ def _nodes_from_nnunet_case(options: ConvertOptions, report: ExportReport) -> St
     return nodes
 
 
-def _import_annotations(nodes: StudyNodes, options: ConvertOptions, report: ExportReport) -> None:
-    if options.voc_dir is not None:
-        folder = _patient_annotation_folder(Path(options.voc_dir), nodes.patient_id)
+class _PatientAnnotations:
+    """Each patient's VOC files, read once, and which of them found their CT slice.
+
+    A patient's files are spread over the CT series of several studies (each file names its
+    slice by SOPInstanceUID): each CT gets the files of its own slices, and the files that no
+    CT under --dicom holds are reported once, at the end.
+    """
+
+    def __init__(self, voc_dir: Optional[Path], report: ExportReport) -> None:
+        self.voc_dir = None if voc_dir is None else Path(voc_dir)
+        self.report = report
+        self._by_patient: Dict[str, Tuple[Optional[Path], List[voc.VocAnnotation]]] = {}
+        self._placed: Set[Tuple[str, str]] = set()
+
+    def of(self, patient_id: str) -> Tuple[Optional[Path], List[voc.VocAnnotation]]:
+        if self.voc_dir is None:
+            return None, []
+        if patient_id not in self._by_patient:
+            folder = _patient_annotation_folder(self.voc_dir, patient_id)
+            found: List[voc.VocAnnotation] = []
+            if folder is None:
+                self.report.skipped.append(f"{self.voc_dir}: no annotation folder for {patient_id}")
+            else:
+                found, problems = voc.read_voc_folder(folder)
+                self.report.skipped.extend(problems)
+            self._by_patient[patient_id] = (folder, found)
+        return self._by_patient[patient_id]
+
+    def uids(self, patient_id: str) -> Set[str]:
+        return {annotation.sop_instance_uid for annotation in self.of(patient_id)[1]}
+
+    def place_on(self, nodes: StudyNodes) -> None:
+        folder, found = self.of(nodes.patient_id)
         if folder is None:
-            report.skipped.append(f"{options.voc_dir}: no annotation folder for {nodes.patient_id}")
-        else:
-            annotations, problems = voc.read_voc_folder(folder)
-            report.skipped.extend(problems)
-            imported = add_box_nodes(annotations, nodes.ct)
-            report.skipped.extend(imported.skipped)
-            report.notes.extend(imported.notes)
-            report.notes.append(f"{nodes.patient_id}: {len(imported.nodes)} VOC boxes imported from {folder}")
+            return
+        slices = set(slice_sop_instance_uids(nodes.ct))
+        mine = [annotation for annotation in found if annotation.sop_instance_uid in slices]
+        if not mine:
+            return  # none of this patient's files is for this CT (another study's, say)
+        imported = add_box_nodes(mine, nodes.ct)
+        self.report.skipped.extend(imported.skipped)
+        self.report.notes.extend(imported.notes)
+        self.report.notes.append(
+            f"{nodes.patient_id}: {len(imported.nodes)} VOC boxes imported from {folder} onto {nodes.ct.GetName()}"
+        )
+        self._placed.update((nodes.patient_id, annotation.sop_instance_uid) for annotation in mine)
+
+    def report_unplaced(self) -> None:
+        for patient_id, (_, found) in self._by_patient.items():
+            self.report.skipped.extend(
+                f"{annotation.source_path}: no slice of any CT series under --dicom has this SOPInstanceUID; skipped"
+                for annotation in found
+                if (patient_id, annotation.sop_instance_uid) not in self._placed
+            )
+
+
+def _import_annotations(
+    nodes: StudyNodes, options: ConvertOptions, report: ExportReport, voc_files: _PatientAnnotations
+) -> None:
+    voc_files.place_on(nodes)
     if options.nnunet_dataset is not None and options.case_id is not None:
         if nodes.pet is None:
             report.skipped.append(f"{nodes.patient_id}: no PET, so no PET grid for nnU-Net case {options.case_id!r}")
