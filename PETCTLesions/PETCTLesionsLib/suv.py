@@ -538,7 +538,12 @@ def _slice_injection(
                 f"{_tag_name('RadiopharmaceuticalStartTime')} and {_tag_name('RadiopharmaceuticalStartDateTime')} "
                 "are missing; the injection time is needed for decay correction"
             )
-        return _injection_on_reference_day(info, time_of_day, reference, half_life_s, warnings)
+        try:
+            return _injection_on_reference_day(info, time_of_day, reference, half_life_s, warnings)
+        except _UnknowableDay as reason:
+            raise info.fail(str(reason)) from None
+        except _ImplausibleTimeOfDay as reason:
+            raise info.fail(f"{reason}; the injection time is wrong") from None
 
     injection = _parse_or_fail(info, "RadiopharmaceuticalStartDateTime", parse_dicom_datetime, start_datetime)
     if not dicom_datetime_has_time(start_datetime):
@@ -571,10 +576,10 @@ def _slice_injection(
     fallback_time = time_of_day if time_of_day is not None else injection.time()
     try:
         fallback = _injection_on_reference_day(info, fallback_time, reference, half_life_s, [])
-    except SUVError as error:
+    except _ImplausibleTimeOfDay as reason:
         raise info.fail(
             f"{problem}, and the time of day {fallback_time} does not fit the reference day either "
-            f"({str(error).split(': ', 1)[-1]}); the injection time is wrong"
+            f"({reason}); the injection time is wrong"
         ) from None
     warnings.append(
         f"{info.label}: {problem}, so its date cannot be right; the injection was taken at its time of day "
@@ -583,12 +588,23 @@ def _slice_injection(
     return fallback
 
 
+class _ImplausibleTimeOfDay(Exception):  # noqa: N818 - a reason, worded by the caller
+    """Why a time of day gives no plausible injection (the callers word the error around it)."""
+
+
+class _UnknowableDay(_ImplausibleTimeOfDay):
+    """The time may be right, but with a long half-life no time of day can place the day."""
+
+
 def _injection_on_reference_day(
     info: _Slice, time_of_day: datetime.time, reference: datetime.datetime, half_life_s: float, warnings: List[str]
 ) -> datetime.datetime:
-    """The injection at ``time_of_day`` on the reference's day, or the day before (see the constants)."""
+    """The injection at ``time_of_day`` on the reference's day, or the day before (see the constants).
+
+    Raises :class:`_ImplausibleTimeOfDay` with the reason when neither fits.
+    """
     if half_life_s > MAX_HALF_LIFE_FOR_TIME_OF_DAY.total_seconds():
-        raise info.fail(
+        raise _UnknowableDay(
             f"the radionuclide's half-life is {_hours(half_life_s)} and only a time of day ({time_of_day}) gives "
             f"the injection: with a half-life over {_hours(MAX_HALF_LIFE_FOR_TIME_OF_DAY.total_seconds())} "
             f"scans are days after the injection, so {_tag_name('RadiopharmaceuticalStartDateTime')} with its "
@@ -599,18 +615,18 @@ def _injection_on_reference_day(
     if same_day <= reference:
         uptake_s = (reference - same_day).total_seconds()
         if uptake_s > longest.total_seconds():
-            raise info.fail(
+            raise _ImplausibleTimeOfDay(
                 f"{_tag_name('RadiopharmaceuticalStartTime')} {time_of_day} is {_hours(uptake_s)} "
                 f"before the decay reference {reference}, more than the longest plausible uptake "
-                f"({_hours(longest.total_seconds())}); the injection time is wrong"
+                f"({_hours(longest.total_seconds())})"
             )
         return same_day
     day_before = same_day - datetime.timedelta(days=1)
     if reference - day_before > longest:
-        raise info.fail(
+        raise _ImplausibleTimeOfDay(
             f"{_tag_name('RadiopharmaceuticalStartTime')} {time_of_day} is after the decay reference {reference} "
             "on the same day, and taking it on the day before would mean an uptake of more than "
-            f"{_hours(longest.total_seconds())}; the injection time is wrong"
+            f"{_hours(longest.total_seconds())}"
         )
     warnings.append(
         f"{info.label}: {_tag_name('RadiopharmaceuticalStartTime')} {time_of_day} is later in the day than the "
