@@ -650,24 +650,22 @@ def read_slice_header(path: PathLike, text_cache: Optional[Dict[Tuple[int, bytes
             uids = (str(ds.get(keyword, "")).strip() for keyword in ("SeriesInstanceUID", "SOPInstanceUID"))
             raise DicomReadError(str(error), *uids) from None
     try:
-        header = _header_from_dataset(
-            ds, path, transfer_syntax, offset, length, {} if text_cache is None else text_cache
+        return _header_from_dataset(
+            raw_header, path, is_part10, offset, length, {} if text_cache is None else text_cache
         )
     except (ValueError, TypeError, OverflowError) as error:
         raise DicomReadError(f"{path}: {error}") from None
-    header.part10 = is_part10
-    header.sop_class_uid = sop_class or header.sop_class_uid
-    return header
 
 
 def _header_from_dataset(
-    ds: Dataset,
+    raw_header: _RawHeader,
     path: Path,
-    transfer_syntax: str,
+    part10: bool,
     offset: Optional[int],
     length: int,
     text_cache: Dict[Tuple[int, bytes], str],
 ) -> SliceHeader:
+    ds = raw_header.dataset
     values = _HeaderValues(ds, text_cache)
     required = {}
     for keyword in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
@@ -707,11 +705,12 @@ def _header_from_dataset(
         # Absent rescale attributes mean identity (stored value = output value), as every reader takes it.
         rescale_slope=1.0 if slope is None else slope,
         rescale_intercept=0.0 if intercept is None else intercept,
-        transfer_syntax=transfer_syntax,
+        transfer_syntax=raw_header.transfer_syntax,
         pixel_data_offset=offset,
         pixel_data_length=length if offset is not None else None,
         dataset=ds if modality == "PT" else None,
-        sop_class_uid=values.ascii("SOPClassUID"),
+        part10=part10,
+        sop_class_uid=raw_header.sop_class or values.ascii("SOPClassUID"),
         image_type=_upper_values(values.ascii("ImageType")),
         corrected_image=_upper_values(values.ascii("CorrectedImage")),
     )
