@@ -73,6 +73,7 @@ PET_PREFERENCE = (
 )
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 SECONDARY_CAPTURE_SOP_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.7"  # and its multi-frame kinds .7.1-.7.4
+SEGMENTATION_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 # ImageType values (third and later) of images that are not slices of a volume.
 PROJECTION_IMAGE_TYPES = frozenset(("LOCALIZER", "MIP", "PROJECTION IMAGE"))
 HEADER_CHUNK_BYTES = 64 * 1024
@@ -221,6 +222,9 @@ class IndexedSeries:
     def volume_problem(self) -> Optional[str]:
         """Why the series is not a volume of slices (a screenshot, colour, projections), or None."""
         first = self.first
+        if first.sop_class_uid == SEGMENTATION_SOP_CLASS or self.modality == "SEG":
+            # Bit-packed frames of segments, not slices of an image: Slicer's QuantitativeReporting reads them.
+            return "a DICOM Segmentation (SEG) object, not an image volume; Slicer loads it with QuantitativeReporting"
         if first.sop_class_uid.startswith(SECONDARY_CAPTURE_SOP_CLASS_PREFIX):
             return "Secondary Capture images (screenshots), not a volume"
         if first.samples_per_pixel != 1:

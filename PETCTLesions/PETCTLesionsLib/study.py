@@ -85,8 +85,8 @@ class SeriesInfo:
     @classmethod
     def from_series(cls, series: IndexedSeries, geometry: Optional[SeriesGeometry] = None) -> SeriesInfo:
         """Describe ``series``; the geometry is worked out from the headers unless given."""
-        error = None
-        if geometry is None:
+        error = series.volume_problem()
+        if geometry is None and error is None:
             try:
                 geometry = series_geometry(series)
             except MissingSlicesError as missing:
