@@ -167,6 +167,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         min_volume_ml=args.min_volume,
         pictures=not args.no_pictures,
         overwrite=args.overwrite,
+        pet_series_uids=tuple(args.pet_series),
     )
     results = predict([Path(p) for p in args.paths], Path(args.out), options, progress=_print_progress)
     failed = 0
@@ -310,6 +311,14 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--min-volume", type=float, default=0.0, help="drop lesions smaller than this many mL")
     pr.add_argument("--no-pictures", action="store_true", help="skip the PNG pictures")
     pr.add_argument("--overwrite", action="store_true", help="replace files from an earlier run")
+    pr.add_argument(
+        "--pet-series",
+        action="append",
+        default=[],
+        metavar="UID",
+        help="process this PET series (SeriesInstanceUID, as `info` lists them) instead of its study's preferred "
+        "one, e.g. the non-attenuation-corrected images; repeat for series of other studies",
+    )
     pr.set_defaults(func=_cmd_predict)
 
     ev = commands.add_parser(

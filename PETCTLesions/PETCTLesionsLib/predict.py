@@ -23,7 +23,7 @@ import io
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -35,6 +35,9 @@ from .geometry import Grid
 from .lesions import SliceBox, voc_annotations_from_boxes
 from .measurements import LesionMeasurement
 from .resampling import resample_ct_to_pet
+
+if TYPE_CHECKING:
+    from .study import DicomStudy, PetCtPair
 
 PREDICTED_DATASET = "Dataset902_PETCTLesionsPredicted"
 PICTURE_LESIONS = 3
@@ -62,6 +65,8 @@ class PredictionOptions:
     min_volume_ml: float = 0.0
     pictures: bool = True
     overwrite: bool = False
+    # PET series (SeriesInstanceUID) to process instead of their study's preferred one, e.g. its NAC images
+    pet_series_uids: Tuple[str, ...] = ()
 
 
 @dataclass
@@ -118,12 +123,7 @@ def _predict_dicom(paths, out_dir: Path, model, options, report, cancel) -> List
     from .study import describe_scan, load_study
 
     scan = scan_paths(paths, cancel=cancel)
-    # One result per study (its case id names the study): the study's preferred PET, e.g. the
-    # attenuation-corrected one and not the NAC images beside it; the others are named in notes.
-    studies = describe_scan(scan)
-    pairs = [(study, pair) for study in studies for pair in study.pairs if pair.ct is not None and pair.preferred]
-    if not pairs:
-        raise ValueError(f"{', '.join(str(p) for p in paths)}: no PET series with a CT of the same study found")
+    pairs = chosen_pairs(describe_scan(scan), options.pet_series_uids, paths)
     results = []
     for index, (study, pair) in enumerate(pairs):
         name = f"{study.patient_id} / PET series {pair.pet.series_number} ({pair.pet.description})"
@@ -131,9 +131,7 @@ def _predict_dicom(paths, out_dir: Path, model, options, report, cancel) -> List
         started = time.perf_counter()
         result = StudyPrediction(name)
         result.notes.extend(
-            f"not processed: {other.pet.label}: {other.not_preferred_because or other.rule}"
-            for other in study.pairs
-            if other is not pair
+            f"not processed: {other.pet.label}: {_why_not_chosen(other)}" for other in study.pairs if other is not pair
         )
         try:
             loaded = load_study(paths, study.study_uid, pair.pet.series_uid, scan=scan, cancel=cancel)
@@ -147,6 +145,46 @@ def _predict_dicom(paths, out_dir: Path, model, options, report, cancel) -> List
         results.append(result)
     report(1.0, f"{len(results)} stud{'y' if len(results) == 1 else 'ies'} done")
     return results
+
+
+def chosen_pairs(
+    studies: Sequence[DicomStudy], pet_series_uids: Sequence[str], paths: Sequence[Path]
+) -> List[Tuple[DicomStudy, PetCtPair]]:
+    """The PET/CT pair to process in each study: the named PET series, else the preferred one.
+
+    One per study because the case id names the study: the attenuation-corrected PET and not
+    the NAC images beside it, unless ``pet_series_uids`` names another series of that study.
+    The pairs not chosen are named in each result's notes.
+    """
+    where = ", ".join(str(p) for p in paths)
+    named = set(pet_series_uids)
+    known = {pair.pet.series_uid for study in studies for pair in study.pairs}
+    unknown = [uid for uid in dict.fromkeys(pet_series_uids) if uid not in known]
+    if unknown:
+        found = "; ".join(f"{pair.pet.label} {pair.pet.series_uid}" for study in studies for pair in study.pairs)
+        raise ValueError(f"{where}: no PET series {', '.join(unknown)}; PET series found: {found or 'none'}")
+    chosen = []
+    for study in studies:
+        asked = [pair for pair in study.pairs if pair.pet.series_uid in named]
+        if len(asked) > 1:
+            raise ValueError(
+                f"PET series {', '.join(pair.pet.series_uid for pair in asked)} are of one study (patient "
+                f"{study.patient_id}), whose results share one case id: process them one at a time, "
+                "each with its own --out"
+            )
+        if asked:
+            chosen.append((study, asked[0]))  # without a CT, the load says why
+        else:
+            chosen.extend((study, pair) for pair in study.pairs if pair.ct is not None and pair.preferred)
+    if not chosen:
+        raise ValueError(f"{where}: no PET series with a CT of the same study found")
+    return chosen
+
+
+def _why_not_chosen(pair: PetCtPair) -> str:
+    if pair.preferred:
+        return "the study's preferred PET; another series was asked for (--pet-series)"
+    return pair.not_preferred_because or pair.rule
 
 
 def _predict_loaded(loaded, study_date: str, out_dir: Path, model, options, cancel, notes: List[str]):

@@ -338,6 +338,29 @@ def test_the_attenuation_corrected_pet_is_chosen_over_nac_and_screenshots(tmp_pa
     assert nac.pet_series.series_uid == nac_uid and any("ATTN" in w for w in nac.warnings)
 
 
+def test_a_dicom_seg_in_the_study_is_named_as_such_and_does_not_disturb_the_load(tmp_path):
+    written = _write(tmp_path)
+    seg = pydicom.dcmread(written.ct.paths[0])  # a real header to start from, then a SEG's attributes
+    seg.SOPClassUID = seg.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.66.4"
+    seg.SOPInstanceUID = seg.file_meta.MediaStorageSOPInstanceUID = make_uid("seg instance")
+    seg.SeriesInstanceUID = make_uid("seg series")
+    seg.Modality, seg.SeriesNumber, seg.SeriesDescription = "SEG", 300, "lesions"
+    seg.NumberOfFrames, seg.BitsAllocated, seg.BitsStored, seg.HighBit = 3, 1, 1, 0
+    for keyword in ("RescaleSlope", "RescaleIntercept"):
+        delattr(seg, keyword)
+    seg.PixelData = np.packbits(np.ones(3 * seg.Rows * seg.Columns, np.uint8), bitorder="little").tobytes()
+    (tmp_path / "SEG").mkdir()
+    seg.save_as(tmp_path / "SEG" / "seg.dcm", enforce_file_format=True)
+
+    _assert_loaded(load_study([tmp_path]), written)
+    report = info_report([tmp_path])
+    (entry,) = [series for series in report["studies"][0]["series"] if series["modality"] == "SEG"]
+    assert entry["error"] == (
+        "a DICOM Segmentation (SEG) object, not an image volume; Slicer loads it with QuantitativeReporting"
+    )
+    assert "multi-frame" not in format_info(report)
+
+
 def test_a_localizer_inside_the_ct_series_is_kept_out_of_the_volume(tmp_path):
     written = _write(tmp_path)
     scout = pydicom.dcmread(written.ct.paths[3])
@@ -397,3 +420,40 @@ def test_predict_processes_each_study_once_with_its_attenuation_corrected_pet(tm
     (skipped,) = [note for note in result.notes if note.startswith("not processed")]
     assert skipped.startswith("not processed: PT series 1 'PET NAC'") and "not attenuation-corrected" in skipped
     assert (tmp_path / "out" / result.name / "lesions.csv").is_file()
+
+
+def test_predict_pet_series_processes_the_named_pet_instead_of_the_preferred_one(tmp_path, capsys):
+    from PETCTLesionsLib.cli import main
+    from PETCTLesionsLib.dicom_writer import format_ds
+    from PETCTLesionsLib.predict import PredictionOptions, predict
+
+    def half_as_bright_nac(ds) -> None:  # so that the output shows which series was processed
+        _nac(ds)
+        ds.RescaleSlope = format_ds(float(ds.RescaleSlope) / 2)
+
+    written = _write(tmp_path / "study")
+    _copy_series(written.pet.paths, tmp_path / "study" / "NAC", "nac", half_as_bright_nac)
+    nac_uid = make_uid("copied series", "nac")
+
+    arguments = ["predict", str(tmp_path / "study"), "--out", str(tmp_path / "out"), "--device", "cpu"]
+    assert main(arguments + ["--no-pictures", "--pet-series", nac_uid]) == 0
+    assert "NOT processed" not in capsys.readouterr().out
+    (pet_file,) = (tmp_path / "out" / "nnUNet_raw").glob("*/imagesTr/STU-0001_*_0001.nii.gz")
+    suv = sitk.GetArrayFromImage(sitk.ReadImage(str(pet_file)))
+    np.testing.assert_allclose(suv, written.suv / 2, rtol=1e-5)
+
+    options = PredictionOptions(device="cpu", pictures=False, pet_series_uids=(nac_uid,))
+    (result,) = predict([tmp_path / "study"], tmp_path / "again", options)
+    assert result.error is None
+    (skipped,) = [note for note in result.notes if note.startswith("not processed")]
+    assert skipped == (
+        "not processed: PT series 3 'PET WB AC': the study's preferred PET; another series was asked for (--pet-series)"
+    )
+
+    with pytest.raises(
+        ValueError, match=r"no PET series 1\.2\.3; PET series found: PT series 3 'PET WB AC' .*PT series 1 'PET NAC'"
+    ):
+        predict([tmp_path / "study"], tmp_path / "x", PredictionOptions(device="cpu", pet_series_uids=("1.2.3",)))
+    both = (nac_uid, written.pet.series_uid)
+    with pytest.raises(ValueError, match=r"are of one study \(patient STU-0001\).*one at a time"):
+        predict([tmp_path / "study"], tmp_path / "x", PredictionOptions(device="cpu", pet_series_uids=both))
