@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import LUNG_DX_ANNOTATIONS, LUNG_DX_CT_SERIES, LUNG_DX_ROOT
+from conftest import LUNG_DX_ANNOTATIONS, LUNG_DX_CT_SERIES, LUNG_DX_ROOT, copy_series
 
 from PETCTLesionsLib import nnunet, voc
 from PETCTLesionsLib.cli import main
@@ -322,14 +322,13 @@ def test_convert_finds_the_annotated_ct_when_the_pet_is_paired_with_another(synt
     shutil.copytree(root / "Lung-PET-CT-Dx", dicom)
     annotated = sorted({path.parent for path in dicom.rglob("*.dcm") if pydicom.dcmread(path).Modality == "CT"})
     (ct_folder,) = annotated
-    copy = ct_folder.parent / "0.000000-low dose copy"
-    copy.mkdir()
-    series_uid = pydicom.uid.generate_uid()
-    for path in sorted(ct_folder.glob("*.dcm")):
-        ds = pydicom.dcmread(path)
-        ds.SeriesInstanceUID, ds.SeriesNumber = series_uid, 0  # first by the pairing rule's last key
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
-        ds.save_as(copy / path.name, enforce_file_format=True)
+
+    def numbered_first(ds) -> None:  # series number 0: first by the pairing rule's last key
+        ds.SeriesNumber = 0
+
+    copy_series(
+        sorted(ct_folder.glob("*.dcm")), ct_folder.parent / "0.000000-low dose copy", "low dose", numbered_first
+    )
     annotation_root = case.voc_files[0].parent.parent
 
     rc = main(["convert", "--dicom", str(dicom), "--voc", str(annotation_root), "--out", str(tmp_path / "out")])

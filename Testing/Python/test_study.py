@@ -9,13 +9,12 @@ import datetime
 import json
 import shutil
 from pathlib import Path
-from typing import List
 
 import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from conftest import LUNG_DX_CT_SERIES
+from conftest import LUNG_DX_CT_SERIES, copy_series
 
 from PETCTLesionsLib.dicom_index import Cancelled, read_slice_header
 from PETCTLesionsLib.dicom_series import MissingSlicesError
@@ -288,21 +287,6 @@ def test_load_pet_suv_reads_one_pet_series_without_its_ct_and_refuses_a_folder_w
 # --------------------------------------------------------------------------- what real exports hold
 
 
-def _copy_series(paths, folder: Path, tag: str, edit) -> List[Path]:
-    """The files again as another series (new UIDs), each header changed by ``edit(ds)``."""
-    folder.mkdir(parents=True)
-    series_uid = make_uid("copied series", tag)
-    copies = []
-    for number, path in enumerate(paths):
-        ds = pydicom.dcmread(path)
-        ds.SeriesInstanceUID = series_uid
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = make_uid("copied instance", tag, number)
-        edit(ds)
-        copies.append(folder / f"{number}.dcm")
-        ds.save_as(copies[-1], enforce_file_format=True)
-    return copies
-
-
 def _nac(ds) -> None:
     ds.CorrectedImage = ["DECY", "RAN", "NORM"]  # no ATTN: the non-attenuation-corrected images
     ds.SeriesNumber = 1  # before the AC series: file order and numbers must not decide
@@ -311,13 +295,13 @@ def _nac(ds) -> None:
 
 def test_the_attenuation_corrected_pet_is_chosen_over_nac_and_screenshots(tmp_path):
     written = _write(tmp_path / "study")
-    _copy_series(written.pet.paths, tmp_path / "study" / "NAC", "nac", _nac)
+    copy_series(written.pet.paths, tmp_path / "study" / "NAC", "nac", _nac)
 
     def screenshot(ds) -> None:
         ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
         ds.SeriesNumber = 900
 
-    _copy_series(written.pet.paths[:1], tmp_path / "study" / "capture", "capture", screenshot)
+    copy_series(written.pet.paths[:1], tmp_path / "study" / "capture", "capture", screenshot)
 
     loaded = load_study([tmp_path])
 
@@ -412,7 +396,7 @@ def test_predict_processes_each_study_once_with_its_attenuation_corrected_pet(tm
     from PETCTLesionsLib.predict import PredictionOptions, predict
 
     written = _write(tmp_path / "study")
-    _copy_series(written.pet.paths, tmp_path / "study" / "NAC", "nac", _nac)
+    copy_series(written.pet.paths, tmp_path / "study" / "NAC", "nac", _nac)
 
     (result,) = predict([tmp_path / "study"], tmp_path / "out", PredictionOptions(device="cpu", pictures=False))
 
@@ -432,7 +416,7 @@ def test_predict_pet_series_processes_the_named_pet_instead_of_the_preferred_one
         ds.RescaleSlope = format_ds(float(ds.RescaleSlope) / 2)
 
     written = _write(tmp_path / "study")
-    _copy_series(written.pet.paths, tmp_path / "study" / "NAC", "nac", half_as_bright_nac)
+    copy_series(written.pet.paths, tmp_path / "study" / "NAC", "nac", half_as_bright_nac)
     nac_uid = make_uid("copied series", "nac")
 
     arguments = ["predict", str(tmp_path / "study"), "--out", str(tmp_path / "out"), "--device", "cpu"]
