@@ -172,11 +172,9 @@ def chosen_pairs(
                 f"{study.patient_id}), whose results share one case id: process them one at a time, "
                 "each with its own --out"
             )
-        if asked:
-            chosen.append((study, asked[0]))  # without a CT, the load says why
-        else:
-            chosen.extend((study, pair) for pair in study.pairs if pair.ct is not None and pair.preferred)
-    if not chosen:
+        # A study whose PET has no CT stays in the list (its first-ranked PET): its result says why.
+        chosen.extend((study, pair) for pair in (asked or [p for p in study.pairs if p.preferred] or study.pairs[:1]))
+    if not any(pair.ct is not None for _, pair in chosen):
         raise ValueError(f"{where}: no PET series with a CT of the same study found")
     return chosen
 

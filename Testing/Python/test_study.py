@@ -406,6 +406,25 @@ def test_predict_processes_each_study_once_with_its_attenuation_corrected_pet(tm
     assert (tmp_path / "out" / result.name / "lesions.csv").is_file()
 
 
+def test_predict_reports_a_study_whose_pet_has_no_ct_and_processes_the_others(tmp_path):
+    """Such a study used to be left out without a word."""
+    from PETCTLesionsLib.predict import PredictionOptions, predict
+
+    _write(tmp_path / "a", number=1)
+    pet_only = _write(tmp_path / "b", number=2)
+    shutil.rmtree(tmp_path / "b" / "CT 2.5 mm")
+
+    results = predict([tmp_path], tmp_path / "out", PredictionOptions(device="cpu", pictures=False))
+
+    by_patient = {result.name.split("_")[0].split(" ")[0]: result for result in results}
+    assert sorted(by_patient) == ["STU-0001", "STU-0002"]
+    assert by_patient["STU-0001"].error is None
+    assert by_patient["STU-0002"].error == (
+        f"PT series 3 'PET WB AC' ({pet_only.pet.series_uid}): no CT series in the study (nor one sharing the "
+        "PET's FrameOfReferenceUID)"
+    )
+
+
 def test_predict_pet_series_processes_the_named_pet_instead_of_the_preferred_one(tmp_path, capsys):
     from PETCTLesionsLib.cli import main
     from PETCTLesionsLib.dicom_writer import format_ds
