@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from . import __version__
+from .hugepages import restart_with_huge_pages
 
 
 def _print_progress(fraction: float, message: str) -> None:
@@ -385,9 +386,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+MODEL_COMMANDS = ("demo", "predict", "train")  # the commands that run the network
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if argv is None and args.command in MODEL_COMMANDS:
+        # Started from a shell: start again once with huge pages for the network's memory (see hugepages).
+        restart_with_huge_pages([sys.executable, "-m", "PETCTLesionsLib.cli", *sys.argv[1:]])
     try:
         return int(args.func(args))
     except (OSError, ValueError) as error:

@@ -38,6 +38,7 @@ import numpy as np
 from .detection import Detection
 from .fileio import atomic_output, atomic_write_text
 from .geometry import Grid
+from .hugepages import environment_with_huge_pages
 from .measurements import LesionMeasurement
 
 PROGRESS_PREFIX = "PETCTLESIONS-PROGRESS"
@@ -200,7 +201,7 @@ class DetectionJob:
 
 
 def _worker_environment(environment: Optional[Dict[str, str]]) -> Dict[str, str]:
-    env = dict(os.environ if environment is None else environment)
+    env = environment_with_huge_pages(os.environ if environment is None else environment)
     # The worker imports this library from where it is installed (an extension's module folder
     # is on Slicer's sys.path but not on PythonSlicer's).
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_LIBRARY_PARENT), env.get("PYTHONPATH", "")) if p)

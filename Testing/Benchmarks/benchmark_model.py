@@ -21,6 +21,10 @@ boxes drawn from PET voxels instead (no model): the box mAP a perfect PET-grid m
 without tracing at CT resolution.
 
     python Testing/Benchmarks/benchmark_model.py [--device cpu|cuda] [--held-out 20] [--no-speed] [--box-ceiling]
+
+On Linux it starts again with ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``, as the command line's
+model commands and the Slicer worker do (see PETCTLesionsLib/hugepages.py); run it with
+``GLIBC_TUNABLES=glibc.malloc.hugetlb=0`` to time without huge pages.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import argparse
 import concurrent.futures
 import json
 import multiprocessing
+import os
 import resource
 import sys
 import time
@@ -42,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "PETCTLesions"))
 
 from PETCTLesionsLib import detection, evaluation  # noqa: E402
 from PETCTLesionsLib.geometry import Grid  # noqa: E402
+from PETCTLesionsLib.hugepages import restart_with_huge_pages  # noqa: E402
 from PETCTLesionsLib.lesions import slice_boxes  # noqa: E402
 from PETCTLesionsLib.model import weights  # noqa: E402
 from PETCTLesionsLib.model.training_data import phantom_study_arrays  # noqa: E402
@@ -239,8 +245,10 @@ def main() -> int:
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers to this JSON file")
     args = parser.parse_args()
+    # Measure what users get: the command line and the Slicer worker run the model with huge pages.
+    restart_with_huge_pages([sys.executable, __file__, *sys.argv[1:]])
     model = weights.load_model(args.model)
-    numbers = {"model": model.name}
+    numbers = {"model": model.name, "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES", "")}
     if not args.no_speed:
         numbers["speed"] = speed(model, args.device)
         print(json.dumps(numbers["speed"], indent=2))

@@ -229,6 +229,30 @@ def test_cancel_stops_the_model_behind_a_launcher_that_passes_no_signals(demo_ca
     assert list(work.iterdir()) == []
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a glibc (Linux) setting")
+def test_the_worker_runs_the_model_with_huge_pages(demo_case, tmp_path):
+    """glibc.malloc.hugetlb=1 (PETCTLesionsLib/hugepages.py): about 30% less CPU time on page faults."""
+    study, _ = demo_case
+    from PETCTLesionsLib.model.training_data import phantom_study_arrays
+
+    launcher, seen = tmp_path / "PythonSlicer", tmp_path / "tunables.txt"
+    launcher.write_text('#!/bin/sh\necho "$GLIBC_TUNABLES" > "$SEEN"\nexec "$REAL_PYTHON" "$@"\n')
+    launcher.chmod(0o755)
+    environment = {key: value for key, value in os.environ.items() if key != "GLIBC_TUNABLES"}
+    environment.update(REAL_PYTHON=sys.executable, SEEN=str(seen))
+    arrays = phantom_study_arrays(study)
+    job = DetectionJob(
+        arrays.ct_hu_on_pet,
+        arrays.pet_suv,
+        study.pet_grid,
+        DetectionSettings(device="cpu"),
+        python=str(launcher),
+        environment=environment,
+    )
+    assert job.wait(timeout=300).state == "finished", job.log
+    assert seen.read_text() == "glibc.malloc.hugetlb=1\n"
+
+
 def test_a_failing_detection_reports_the_workers_message(demo_case, tmp_path):
     study, _ = demo_case
     from PETCTLesionsLib.model.training_data import phantom_study_arrays
