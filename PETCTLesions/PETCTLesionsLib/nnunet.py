@@ -43,7 +43,11 @@ LABELS: Dict[str, int] = {"background": 0, "tumor": 1}
 FILE_ENDING = ".nii.gz"
 DATASET_JSON = "dataset.json"
 SPLITS_JSON = "splits_final.json"
+# Channels and label must share one grid: 1e-4 mm plus 1e-6 of the value. NIfTI stores positions
+# as float32, whose step is already 1.2e-4 mm at a whole-body z of 1000-2000 mm, so files that
+# different tools wrote from one grid may differ by a few steps; 1e-6 allows about ten.
 GEOMETRY_TOLERANCE_MM = 1e-4
+GEOMETRY_RELATIVE_TOLERANCE = 1e-6
 _CHANNEL_SUFFIX = {"ct": "_0000", "pet": "_0001"}
 _UNSAFE_ID_CHARS = re.compile(r'[\\/:*?"<>|\x00-\x1f\x7f]')
 _INT16_RANGE = (-32768, 32767)
@@ -377,10 +381,11 @@ def _check_same_grid(images: Dict[str, sitk.Image], what: str, paths: Optional[D
         for name in ("spacing", "origin", "direction"):
             mine = np.asarray(getattr(image, f"Get{name.capitalize()}")())
             theirs = np.asarray(getattr(reference, f"Get{name.capitalize()}")())
-            if not np.allclose(mine, theirs, rtol=0.0, atol=GEOMETRY_TOLERANCE_MM):
+            if not np.allclose(mine, theirs, rtol=GEOMETRY_RELATIVE_TOLERANCE, atol=GEOMETRY_TOLERANCE_MM):
                 raise NnUNetError(
                     f"{where}{what}: {channel} {name} {tuple(mine.round(6).tolist())} differs from CT {name} "
-                    f"{tuple(theirs.round(6).tolist())}{against} (tolerance {GEOMETRY_TOLERANCE_MM} mm)"
+                    f"{tuple(theirs.round(6).tolist())}{against} (tolerance {GEOMETRY_TOLERANCE_MM} mm + "
+                    f"{GEOMETRY_RELATIVE_TOLERANCE:g} of the value)"
                 )
 
 

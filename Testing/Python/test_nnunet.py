@@ -265,7 +265,7 @@ def test_geometry_mismatch_on_reading_names_the_file_and_the_ct_file(tmp_path):
         nnunet.read_case(dataset, SPACED_ID)
     assert str(raised.value) == (
         f"{paths['label']}: case {SPACED_ID!r}: label origin (-200.5, 150.25, -997.0) differs from CT origin "
-        f"(-200.5, 150.25, -1000.0) ({paths['ct']}) (tolerance {nnunet.GEOMETRY_TOLERANCE_MM} mm)"
+        f"(-200.5, 150.25, -1000.0) ({paths['ct']}) (tolerance 0.0001 mm + 1e-06 of the value)"
     )
     ct, pet, _ = _arrays(0)
     sitk.WriteImage(_image(pet[:, :, :19]), str(paths["pet"]))
@@ -280,6 +280,25 @@ def test_geometry_within_tolerance_is_accepted(tmp_path):
     dataset = tmp_path / "Dataset901_autoPET"
     nnunet.write_case(dataset, _case(PLAIN_ID, origin=(-200.5 + 5e-5, 150.25, -1000.0)))
     assert nnunet.list_cases(dataset) == [PLAIN_ID]
+
+
+def test_a_label_one_float32_step_off_at_a_whole_body_z_is_read(tmp_path):
+    """NIfTI keeps positions as float32: at z = -1500 mm one step is 1.2e-4 mm, over an absolute 1e-4 mm."""
+    dataset = tmp_path / "Dataset901_autoPET"
+    ct, pet, label = _arrays(0)
+    origin = (-200.5, 150.25, -1500.0)
+    case = NnUNetCase(SPACED_ID, _image(ct, origin=origin), _image(pet, origin=origin), _image(label, origin=origin))
+    paths = nnunet.write_case(dataset, case)
+    one_step = float(np.spacing(np.float32(1500.0)))
+    assert one_step > nnunet.GEOMETRY_TOLERANCE_MM
+    sitk.WriteImage(_image(label, origin=(-200.5, 150.25, -1500.0 - one_step)), str(paths["label"]))
+
+    case = nnunet.read_case(dataset, SPACED_ID)
+
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(case.label), label)
+    sitk.WriteImage(_image(label, origin=(-200.5, 150.25, -1500.05)), str(paths["label"]))  # 0.05 mm: another grid
+    with pytest.raises(NnUNetError, match="label origin"):
+        nnunet.read_case(dataset, SPACED_ID)
 
 
 def test_non_finite_pet_and_out_of_range_ct_are_refused(tmp_path):
