@@ -189,34 +189,41 @@ def test_a_cancelled_detection_leaves_nothing_behind(demo_case, tmp_path):
 
 
 @pytest.mark.skipif(os.name != "posix", reason="the stand-in launcher is a POSIX shell script")
+def _job_behind_launcher(study, launcher: Path, script: str, environment: dict, **options) -> DetectionJob:
+    """A CPU detection job started through ``launcher``, a shell script standing in for PythonSlicer."""
+    from PETCTLesionsLib.model.training_data import phantom_study_arrays
+
+    launcher.write_text(script)
+    launcher.chmod(0o755)
+    arrays = phantom_study_arrays(study)
+    settings = DetectionSettings(device="cpu")
+    environment = {**environment, "REAL_PYTHON": sys.executable}
+    return DetectionJob(
+        arrays.ct_hu_on_pet,
+        arrays.pet_suv,
+        study.pet_grid,
+        settings,
+        python=str(launcher),
+        environment=environment,
+        **options,
+    )
+
+
 def test_cancel_stops_the_model_behind_a_launcher_that_passes_no_signals(demo_case, tmp_path):
     """Inside Slicer the worker runs under PythonSlicer, a launcher that starts the real Python as
     its child and does not forward signals: terminating it used to leave the model running."""
     study, _ = demo_case
-    from PETCTLesionsLib.model.training_data import phantom_study_arrays
-
-    launcher, pid_file = tmp_path / "PythonSlicer", tmp_path / "worker.pid"
-    launcher.write_text(
+    pid_file, work = tmp_path / "worker.pid", tmp_path / "jobs"
+    work.mkdir()
+    script = (
         "#!/bin/sh\n"
         "trap '' TERM  # deaf to terminate(): only the worker's own watchdog can end the job\n"
         '"$REAL_PYTHON" "$@" &\n'
         'echo $! > "$PID_FILE"\n'
         "wait $!\n"
     )
-    launcher.chmod(0o755)
-    environment = {**os.environ, "REAL_PYTHON": sys.executable, "PID_FILE": str(pid_file)}
-    arrays = phantom_study_arrays(study)
-    work = tmp_path / "jobs"
-    work.mkdir()
-    job = DetectionJob(
-        arrays.ct_hu_on_pet,
-        arrays.pet_suv,
-        study.pet_grid,
-        DetectionSettings(device="cpu"),
-        python=str(launcher),
-        environment=environment,
-        work_root=work,
-    )
+    environment = {**os.environ, "PID_FILE": str(pid_file)}
+    job = _job_behind_launcher(study, tmp_path / "PythonSlicer", script, environment, work_root=work)
     while job.poll().fraction == 0.0 and job.poll().state == "running":  # the worker is at work
         time.sleep(0.05)
     worker = int(pid_file.read_text())
@@ -233,22 +240,11 @@ def test_cancel_stops_the_model_behind_a_launcher_that_passes_no_signals(demo_ca
 def test_the_worker_runs_the_model_with_huge_pages(demo_case, tmp_path):
     """glibc.malloc.hugetlb=1 (PETCTLesionsLib/hugepages.py): about 30% less CPU time on page faults."""
     study, _ = demo_case
-    from PETCTLesionsLib.model.training_data import phantom_study_arrays
-
-    launcher, seen = tmp_path / "PythonSlicer", tmp_path / "tunables.txt"
-    launcher.write_text('#!/bin/sh\necho "$GLIBC_TUNABLES" > "$SEEN"\nexec "$REAL_PYTHON" "$@"\n')
-    launcher.chmod(0o755)
+    seen = tmp_path / "tunables.txt"
+    script = '#!/bin/sh\necho "$GLIBC_TUNABLES" > "$SEEN"\nexec "$REAL_PYTHON" "$@"\n'
     environment = {key: value for key, value in os.environ.items() if key != "GLIBC_TUNABLES"}
-    environment.update(REAL_PYTHON=sys.executable, SEEN=str(seen))
-    arrays = phantom_study_arrays(study)
-    job = DetectionJob(
-        arrays.ct_hu_on_pet,
-        arrays.pet_suv,
-        study.pet_grid,
-        DetectionSettings(device="cpu"),
-        python=str(launcher),
-        environment=environment,
-    )
+    environment["SEEN"] = str(seen)
+    job = _job_behind_launcher(study, tmp_path / "PythonSlicer", script, environment)
     assert job.wait(timeout=300).state == "finished", job.log
     assert seen.read_text() == "glibc.malloc.hugetlb=1\n"
 
