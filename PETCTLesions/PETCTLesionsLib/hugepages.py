@@ -4,8 +4,8 @@ Why: on the CPU each of the network's activations is hundreds of MB. glibc serve
 with a fresh memory mapping, and the kernel then fills it in 4 kB pages, one page fault at a
 time: 8.8 million faults and about 40% of a whole-body prediction spent in the kernel. glibc's
 tunable ``glibc.malloc.hugetlb=1`` asks for transparent huge pages for those mappings (the
-kernel's usual ``madvise`` mode honours it). Same output, measured on a 400 x 400 x 326 study
-on two cores: 32-38 s -> 25-26 s (``Testing/Benchmarks/benchmark_model.py``).
+kernel's usual ``madvise`` mode honours it). Same output; on a 400 x 400 x 326 study on two
+cores the model took 43 s without and 28 s with it (``Testing/Benchmarks/benchmark_model.py``).
 
 Tunables are read only when a process starts, so the setting goes into the environment of the
 processes that run the model: the Slicer module's detection worker, and the command line's
