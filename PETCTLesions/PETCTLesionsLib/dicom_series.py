@@ -31,10 +31,13 @@ Pixels (:func:`read_series_image`):
   fit (CT in HU); otherwise float32. When an int16 candidate turns out not to fit, the
   image is converted to float32 and loading goes on.
 - Uncompressed transfer syntaxes are read with one seek and one read per file at the offset
-  the header scan recorded (np.frombuffer; no pydicom pixel handling); others are decoded
-  by pydicom with whatever handler is installed. A transfer syntax that no installed
-  handler decodes is refused before anything is read, naming the file, the syntax and the
-  packages that would decode it.
+  the header scan recorded (np.frombuffer; no pydicom pixel handling). JPEG (lossless and
+  lossy), JPEG-LS, JPEG 2000 and RLE are decoded by the GDCM inside SimpleITK, as Slicer's
+  own DICOM reader does: pydicom decodes JPEG Lossless, the commonest compression of CT,
+  only with pylibjpeg or the gdcm package, which neither Slicer nor this module installs.
+  Any other transfer syntax is decoded by pydicom with whatever handler is installed; one
+  that nothing installed decodes is refused before anything is read, naming the file, the
+  syntax and the packages that would decode it.
 - Slices are decoded by a thread pool (file reads and numpy release the GIL) into slabs of
   a few slices (8 MiB) that are pasted into the preallocated SimpleITK image while the next
   slab is being decoded, so the peak memory is the final image plus two slabs. Progress and
@@ -52,7 +55,18 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import pydicom
 import SimpleITK as sitk
-from pydicom.uid import UID
+from pydicom.uid import (
+    JPEG2000,
+    UID,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
 
 from .dicom_index import (
     CancelCallback,
@@ -75,6 +89,22 @@ SHEAR_RELATIVE_TOLERANCE = 0.01
 INTERPOLATION_SNAP = 1e-6  # weights closer than this to 0 or 1 take the slice itself
 SLAB_BYTES = 8 * 1024 * 1024
 INT16_RANGE = (-32768, 32767)
+# The transfer syntaxes GDCM's codecs (in every SimpleITK build, and in Slicer) decode.
+SIMPLEITK_DECODED_TRANSFER_SYNTAXES = frozenset(
+    str(uid)
+    for uid in (
+        JPEGBaseline8Bit,
+        JPEGExtended12Bit,
+        JPEGLossless,
+        JPEGLosslessSV1,
+        JPEGLSLossless,
+        JPEGLSNearLossless,
+        JPEG2000Lossless,
+        JPEG2000,
+        RLELossless,
+    )
+)
+STORED_VALUE_TOLERANCE = 1e-3  # how far GDCM's value, rescaled back, may lie from a whole stored value
 
 
 class DicomSeriesError(ValueError):
@@ -328,8 +358,12 @@ def _transfer_syntax_name(uid: str) -> str:
 
 
 def check_decodable(header: SliceHeader) -> None:
-    """Raise :class:`UnsupportedPixelDataError` when no installed handler decodes this file's pixel data."""
-    if header.pixel_data_offset is not None or not header.transfer_syntax:
+    """Raise :class:`UnsupportedPixelDataError` when nothing installed decodes this file's pixel data."""
+    if (
+        header.pixel_data_offset is not None
+        or not header.transfer_syntax
+        or header.transfer_syntax in SIMPLEITK_DECODED_TRANSFER_SYNTAXES
+    ):
         return
     try:
         from pydicom.pixels import get_decoder
@@ -400,11 +434,37 @@ def _read_native(header: SliceHeader, into: Optional[np.ndarray] = None) -> np.n
 
 
 def _read_with_pydicom(header: SliceHeader) -> np.ndarray:
+    dataset = pydicom.dcmread(header.path, force=not header.transfer_syntax)
+    return dataset.pixel_array
+
+
+def _read_with_simpleitk(header: SliceHeader) -> np.ndarray:
+    """Stored values decoded by GDCM, which hands them over rescaled: the rescale is undone here."""
+    reader = sitk.ImageFileReader()
+    reader.SetImageIO("GDCMImageIO")
+    reader.SetFileName(str(header.path))
+    values = sitk.GetArrayFromImage(reader.Execute())
+    if values.ndim == 3 and values.shape[0] == 1:
+        values = values[0]
+    if header.rescale_slope == 1.0 and float(header.rescale_intercept).is_integer():
+        return values.astype(np.int64) - int(header.rescale_intercept)
+    stored = (values.astype(np.float64) - header.rescale_intercept) / header.rescale_slope
+    whole = np.round(stored)
+    if stored.size and float(np.max(np.abs(stored - whole))) > STORED_VALUE_TOLERANCE:
+        raise ValueError(
+            f"GDCM's values are not whole stored values times RescaleSlope {header.rescale_slope} plus "
+            f"RescaleIntercept {header.rescale_intercept}"
+        )
+    return whole.astype(np.int64)
+
+
+def _read_compressed(header: SliceHeader) -> np.ndarray:
     check_decodable(header)
+    by_gdcm = header.transfer_syntax in SIMPLEITK_DECODED_TRANSFER_SYNTAXES
+    decode = _read_with_simpleitk if by_gdcm else _read_with_pydicom
     try:
-        dataset = pydicom.dcmread(header.path, force=not header.transfer_syntax)
-        stored = dataset.pixel_array
-    except Exception as error:  # handlers raise many types on corrupt data
+        stored = decode(header)
+    except Exception as error:  # decoders raise many types on corrupt data
         raise DicomSeriesError(
             f"{header.path}: cannot decode the pixel data ({_transfer_syntax_name(header.transfer_syntax)}): {error}"
         ) from None
@@ -419,7 +479,7 @@ def decode_stored_slice(header: SliceHeader) -> np.ndarray:
     """Stored pixel values of one slice (Rows x Columns), before rescaling."""
     if header.pixel_data_offset is not None:
         return _read_native(header)
-    return _read_with_pydicom(header)
+    return _read_compressed(header)
 
 
 def _fits_int16(stored: np.ndarray, intercept: int) -> bool:

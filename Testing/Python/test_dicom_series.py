@@ -14,8 +14,8 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from conftest import LUNG_DX_CT_SERIES
-from pydicom.uid import JPEGBaseline8Bit, JPEGLSLossless, RLELossless
+from conftest import LUNG_DX_CT_SERIES, LUNG_DX_ROOT
+from pydicom.uid import HTJ2KLossless, JPEG2000Lossless, JPEGLosslessSV1, JPEGLSLossless, RLELossless
 
 from PETCTLesionsLib.dicom_index import read_slice_header, scan_paths
 from PETCTLesionsLib.dicom_series import (
@@ -271,13 +271,87 @@ def test_values_beyond_int16_turn_the_image_to_float32(tmp_path):
     np.testing.assert_array_equal(sitk.GetArrayFromImage(image), hu.astype(np.float32))
 
 
-def test_rle_lossless_is_decoded_by_pydicom(tmp_path):
+def test_rle_lossless_is_decoded(tmp_path):
     hu, written = _write_ct(tmp_path / "ct")
     for path in written.paths[::2]:
         _rewrite(path, lambda ds: ds.compress(RLELossless))
     assert read_slice_header(written.paths[0]).pixel_data_offset is None  # not the native fast path
 
     np.testing.assert_array_equal(sitk.GetArrayFromImage(_read([tmp_path / "ct"])), hu)
+
+
+def _compress_with_gdcm(path: Path, compressor: str) -> None:
+    """Encode the slice's stored values with GDCM's own encoder (SimpleITK) and put that frame,
+    with the pixel description GDCM wrote for it, into the file; everything else (rescale,
+    geometry, SUV attributes) stays as it was."""
+    ds = pydicom.dcmread(path)
+    encoded_path = path.with_name(path.name + ".gdcm.dcm")
+    writer = sitk.ImageFileWriter()
+    writer.SetImageIO("GDCMImageIO")
+    writer.SetFileName(str(encoded_path))
+    writer.UseCompressionOn()
+    writer.SetCompressor(compressor)
+    writer.Execute(sitk.GetImageFromArray(ds.pixel_array[np.newaxis]))
+    encoded = pydicom.dcmread(encoded_path)
+    encoded_path.unlink()
+    ds.file_meta.TransferSyntaxUID = encoded.file_meta.TransferSyntaxUID
+    for keyword in ("BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation"):
+        setattr(ds, keyword, getattr(encoded, keyword))
+    ds.PixelData = encoded.PixelData
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    ds.save_as(path, enforce_file_format=True)
+
+
+@pytest.mark.parametrize(
+    "compressor, transfer_syntax", [("JPEG", JPEGLosslessSV1), ("JPEG2000", JPEG2000Lossless)], ids=["jpeg", "j2k"]
+)
+def test_real_ct_compressed_reads_as_the_uncompressed_series(tmp_path, compressor, transfer_syntax):
+    """JPEG Lossless is what PACS exports of CT usually are; pydicom alone has no decoder for it."""
+    copied = tmp_path / "ct"
+    shutil.copytree(LUNG_DX_CT, copied)
+    compressed = sorted(copied.glob("*.dcm"))[::2]
+    for path in compressed:
+        _compress_with_gdcm(path, compressor)
+    assert all(pydicom.dcmread(path).file_meta.TransferSyntaxUID == transfer_syntax for path in compressed)
+    assert read_slice_header(compressed[0]).pixel_data_offset is None  # not the native fast path
+
+    image = _read([copied])
+    expected = load_series([LUNG_DX_CT])
+
+    assert image.GetPixelID() == expected.GetPixelID() == sitk.sitkInt16
+    assert (image.GetOrigin(), image.GetSpacing()) == (expected.GetOrigin(), expected.GetSpacing())
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(expected))
+
+
+def test_real_ct_slice_in_jpeg_ls_reads_as_the_uncompressed_slice():
+    """Lung_Dx-A0001 1-18.dcm, JPEG-LS encoded by pydicom with pyjpegls (SimpleITK has no JPEG-LS
+    encoder) and kept in Testing/Data; no JPEG-LS decoder is installed for pydicom here."""
+    path = LUNG_DX_ROOT / "JPEG-LS" / "1-18.dcm"
+    assert pydicom.dcmread(path).file_meta.TransferSyntaxUID == JPEGLSLossless
+
+    image = load_series([path])
+    original = load_series([LUNG_DX_CT / "1-18.dcm"])
+
+    assert image.GetPixelID() == sitk.sitkInt16 and image.GetOrigin() == original.GetOrigin()
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(original))
+    assert int(sitk.GetArrayFromImage(image).max()) > 1000  # a real slice (bone), not an empty one
+
+
+def test_jpeg_lossless_pet_gives_the_written_suv_with_its_per_slice_slopes(tmp_path):
+    suv = np.random.default_rng(6).gamma(2.0, 1.0, size=PET_GRID.shape)
+    suv *= np.linspace(0.5, 6.0, PET_GRID.size[2])[:, None, None]
+    written = write_pet_series(suv, PET_GRID, STUDY, ACQUISITION, tmp_path / "pt")
+    for path in written.paths:
+        _compress_with_gdcm(path, "JPEG")
+    geometry = series_geometry(_series([tmp_path / "pt"]))
+    assert len({h.rescale_slope for h in geometry.headers}) == PET_GRID.size[2]
+    factors = suv_bw_factors([h.dataset for h in geometry.headers]).factors
+
+    values = sitk.GetArrayFromImage(read_series_image(geometry, slice_scale=factors, integer_output=False))
+
+    relative = np.abs(values - written.stored_values) / np.abs(written.stored_values).max(axis=(1, 2))[:, None, None]
+    assert relative.max() < 1e-6
 
 
 def _declare_compressed(path: Path, transfer_syntax) -> None:
@@ -292,24 +366,34 @@ def _declare_compressed(path: Path, transfer_syntax) -> None:
     _rewrite(path, change)
 
 
-@pytest.mark.parametrize("transfer_syntax", [JPEGBaseline8Bit, JPEGLSLossless], ids=["jpeg-baseline", "jpeg-ls"])
-def test_compressed_data_without_a_usable_decoder_give_a_clear_message(tmp_path, transfer_syntax):
+def test_corrupt_compressed_frame_names_the_file_and_the_transfer_syntax(tmp_path):
     _, written = _write_ct(tmp_path / "ct")
-    _declare_compressed(written.paths[6], transfer_syntax)
+    _declare_compressed(written.paths[6], JPEGLSLossless)
+
+    with pytest.raises(DicomSeriesError, match="cannot decode the pixel data") as refused:
+        _read([tmp_path / "ct"])
+
+    assert str(written.paths[6]) in str(refused.value) and JPEGLSLossless.name in str(refused.value)
+
+
+def test_compressed_data_without_a_usable_decoder_give_a_clear_message(tmp_path):
+    """High-Throughput JPEG 2000: GDCM has no codec for it, pydicom only with pylibjpeg-openjpeg."""
+    _, written = _write_ct(tmp_path / "ct")
+    _declare_compressed(written.paths[6], HTJ2KLossless)
     geometry = series_geometry(_series([tmp_path / "ct"]))
-    decoder = pydicom.pixels.get_decoder(transfer_syntax)
+    decoder = pydicom.pixels.get_decoder(HTJ2KLossless)
 
     with pytest.raises(DicomSeriesError) as refused:
         read_series_image(geometry)
 
     message = str(refused.value)
-    assert str(written.paths[6]) in message and transfer_syntax.name in message
-    if decoder.is_available:  # e.g. Pillow decodes JPEG Baseline: the junk frame itself fails
+    assert str(written.paths[6]) in message and HTJ2KLossless.name in message
+    if decoder.is_available:  # pylibjpeg-openjpeg installed: the junk frame itself fails
         assert "cannot decode the pixel data" in message
     else:
         assert isinstance(refused.value, UnsupportedPixelDataError)
         assert "no installed package decodes them; install one of:" in message
-        assert "pylibjpeg" in message or "gdcm" in message
+        assert "pylibjpeg" in message
 
 
 def test_multi_frame_is_refused_as_not_supported_yet(tmp_path):
