@@ -479,7 +479,8 @@ def info_report(
         "paths": [str(p) for p in paths],
         "files": {
             "found": scan.files_found,
-            "dicom_images": sum(len(s.headers) + len(s.duplicates) for s in scan.series),
+            # Every file with pixel data: slices, copies, and localizers set aside from their series.
+            "dicom_images": sum(len(s.headers) + len(s.duplicates) + len(s.set_aside) for s in scan.series),
             "skipped": len(scan.skipped),
             "unreadable": len(scan.problems),
         },

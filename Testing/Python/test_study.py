@@ -359,6 +359,9 @@ def test_a_localizer_inside_the_ct_series_is_kept_out_of_the_volume(tmp_path):
 
     _assert_loaded(loaded, written)
     assert any(w.startswith(str(tmp_path / "CT 2.5 mm" / "scout.dcm")) and "LOCALIZER" in w for w in loaded.warnings)
+    files = info_report([tmp_path])["files"]
+    written_files = len(written.ct.paths) + len(written.pet.paths) + 1
+    assert files == {"found": written_files, "dicom_images": written_files, "skipped": 0, "unreadable": 0}
 
 
 def test_a_file_cut_short_refuses_the_load_naming_it(tmp_path):
