@@ -55,18 +55,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import pydicom
 import SimpleITK as sitk
-from pydicom.uid import (
-    JPEG2000,
-    UID,
-    JPEG2000Lossless,
-    JPEGBaseline8Bit,
-    JPEGExtended12Bit,
-    JPEGLossless,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    JPEGLSNearLossless,
-    RLELossless,
-)
+from pydicom import uid as uids
+from pydicom.uid import UID
 
 from .dicom_index import (
     CancelCallback,
@@ -93,15 +83,15 @@ INT16_RANGE = (-32768, 32767)
 SIMPLEITK_DECODED_TRANSFER_SYNTAXES = frozenset(
     str(uid)
     for uid in (
-        JPEGBaseline8Bit,
-        JPEGExtended12Bit,
-        JPEGLossless,
-        JPEGLosslessSV1,
-        JPEGLSLossless,
-        JPEGLSNearLossless,
-        JPEG2000Lossless,
-        JPEG2000,
-        RLELossless,
+        uids.JPEGBaseline8Bit,
+        uids.JPEGExtended12Bit,
+        uids.JPEGLossless,
+        uids.JPEGLosslessSV1,
+        uids.JPEGLSLossless,
+        uids.JPEGLSNearLossless,
+        uids.JPEG2000Lossless,
+        uids.JPEG2000,
+        uids.RLELossless,
     )
 )
 STORED_VALUE_TOLERANCE = 1e-3  # how far GDCM's value, rescaled back, may lie from a whole stored value
