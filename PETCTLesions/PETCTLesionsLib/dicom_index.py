@@ -6,6 +6,8 @@ the image files by StudyInstanceUID, SeriesInstanceUID and Modality; folder and 
 never used. Files that are not DICOM, and DICOM files without an image (DICOMDIR, SR,
 RTSTRUCT...), are skipped and counted; DICOM files that cannot be read (truncated, corrupt)
 are reported by name. Identical copies of one instance (same SOPInstanceUID) are kept once.
+An Enhanced (or Legacy Converted Enhanced) CT holds the whole series in one multi-frame file:
+each frame becomes a slice header of its own, placed and rescaled by its functional groups.
 
 For uncompressed (native) transfer syntaxes the header scan also records where the pixel data
 start in the file, so that :mod:`dicom_series` can read them with one seek and one read. Such
@@ -34,6 +36,7 @@ localizer (scout) stored inside an axial series is set aside from it, with a not
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import struct
@@ -74,6 +77,8 @@ PET_PREFERENCE = (
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 SECONDARY_CAPTURE_SOP_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.7"  # and its multi-frame kinds .7.1-.7.4
 SEGMENTATION_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+# Multi-frame CT whose frames are the slices of one volume: Enhanced CT, Legacy Converted Enhanced CT.
+ENHANCED_CT_SOP_CLASSES = frozenset(("1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2"))
 # ImageType values (third and later) of images that are not slices of a volume.
 PROJECTION_IMAGE_TYPES = frozenset(("LOCALIZER", "MIP", "PROJECTION IMAGE"))
 HEADER_CHUNK_BYTES = 64 * 1024
@@ -157,6 +162,12 @@ class SliceHeader:
     sop_class_uid: str = ""
     image_type: Tuple[str, ...] = ()  # ImageType values, upper case
     corrected_image: Tuple[str, ...] = ()  # CorrectedImage values (PET), upper case
+    frame: Optional[int] = None  # the frame (from 0) of a multi-frame file that this slice is; None: single-frame
+
+    @property
+    def instance_key(self) -> Tuple[str, int]:
+        """What identifies the slice: its SOPInstanceUID, and its frame in a multi-frame file."""
+        return self.sop_instance_uid, -1 if self.frame is None else self.frame
 
     @property
     def is_projection(self) -> bool:
@@ -203,7 +214,7 @@ class IndexedSeries:
 
     @property
     def files(self) -> List[Path]:
-        return [header.path for header in self.headers]
+        return list(dict.fromkeys(header.path for header in self.headers))  # the frames of a file share it
 
     @property
     def label(self) -> str:
@@ -712,7 +723,7 @@ def _header_from_dataset(
         transfer_syntax=raw_header.transfer_syntax,
         pixel_data_offset=offset,
         pixel_data_length=length if offset is not None else None,
-        dataset=ds if modality == "PT" else None,
+        dataset=ds if modality == "PT" or (values.integer("NumberOfFrames") or 1) > 1 else None,
         part10=part10,
         sop_class_uid=raw_header.sop_class or values.ascii("SOPClassUID"),
         image_type=_upper_values(values.ascii("ImageType")),
@@ -722,6 +733,97 @@ def _header_from_dataset(
 
 def _upper_values(text: str) -> Tuple[str, ...]:
     return tuple(part.strip().upper() for part in text.split("\\")) if text else ()
+
+
+def read_image_headers(path: PathLike, text_cache: Optional[Dict[Tuple[int, bytes], str]] = None) -> List[SliceHeader]:
+    """The slices one DICOM image file holds: itself, or each frame of an Enhanced CT.
+
+    Raises what :func:`read_slice_header` raises; a frame without its position, orientation or
+    pixel spacing is a :class:`DicomReadError` naming the file and the frame.
+    """
+    header = read_slice_header(path, text_cache)
+    if header.number_of_frames <= 1 or header.sop_class_uid not in ENHANCED_CT_SOP_CLASSES:
+        return [header]  # a single slice, or a multi-frame kind the series reader refuses by name
+    try:
+        return frame_headers(header)
+    except ValueError as error:
+        raise DicomReadError(f"{header.path}: {error}", header.series_uid, header.sop_instance_uid) from None
+
+
+def _first_item(dataset: Optional[Dataset], keyword: str) -> Optional[Dataset]:
+    sequence = None if dataset is None else dataset.get(keyword)
+    return sequence[0] if sequence else None
+
+
+def _item_numbers(item: Optional[Dataset], keyword: str, count: int) -> Optional[Tuple[float, ...]]:
+    value = None if item is None else item.get(keyword)
+    if value is None or value == "":
+        return None
+    values = tuple(float(v) for v in (value if isinstance(value, (list, tuple, MultiValue)) else [value]))
+    if len(values) != count:
+        raise ValueError(f"{keyword} ({_tag_text(keyword)}) has {len(values)} values, {count} expected")
+    return values
+
+
+def frame_headers(header: SliceHeader) -> List[SliceHeader]:
+    """One slice header per frame of a multi-frame file (``header.dataset`` holds its functional groups).
+
+    Each attribute comes from the frame's PerFrameFunctionalGroupsSequence item, else from the
+    SharedFunctionalGroupsSequence, else from the top level: ImagePositionPatient (Plane Position),
+    ImageOrientationPatient (Plane Orientation), PixelSpacing, SliceThickness and
+    SpacingBetweenSlices (Pixel Measures), RescaleSlope/Intercept (Pixel Value Transformation).
+    Native pixel data are located frame by frame (frames are stored one after the other).
+    """
+    ds = header.dataset
+    if ds is None:
+        raise ValueError("the header of the multi-frame file was not kept")
+    shared = _first_item(ds, "SharedFunctionalGroupsSequence")
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+    if len(per_frame) != header.number_of_frames:
+        raise ValueError(
+            f"NumberOfFrames is {header.number_of_frames} but the PerFrameFunctionalGroupsSequence (5200,9230) "
+            f"has {len(per_frame)} items"
+        )
+    frame_bytes = header.rows * header.columns * header.samples_per_pixel * header.bits_allocated // 8
+    frames = []
+    for number, item in enumerate(per_frame):
+
+        def group(keyword: str, item: Dataset = item) -> Optional[Dataset]:
+            return _first_item(item, keyword) or _first_item(shared, keyword)
+
+        position = _item_numbers(group("PlanePositionSequence"), "ImagePositionPatient", 3) or header.position
+        orientation = (
+            _item_numbers(group("PlaneOrientationSequence"), "ImageOrientationPatient", 6) or header.orientation
+        )
+        if position is None or orientation is None:
+            missing = "ImagePositionPatient (Plane Position)" if position is None else "ImageOrientationPatient"
+            raise ValueError(f"frame {number + 1} has no {missing} in its functional groups")
+        measures = group("PixelMeasuresSequence")
+        transform = group("PixelValueTransformationSequence")
+        slope = _item_numbers(transform, "RescaleSlope", 1)
+        intercept = _item_numbers(transform, "RescaleIntercept", 1)
+        thickness = _item_numbers(measures, "SliceThickness", 1)
+        between = _item_numbers(measures, "SpacingBetweenSlices", 1)
+        frames.append(
+            dataclasses.replace(
+                header,
+                frame=number,
+                number_of_frames=1,
+                position=position,  # type: ignore[arg-type]
+                orientation=orientation,
+                pixel_spacing=_item_numbers(measures, "PixelSpacing", 2) or header.pixel_spacing,  # type: ignore[arg-type]
+                slice_thickness=thickness[0] if thickness else header.slice_thickness,
+                spacing_between_slices=between[0] if between else header.spacing_between_slices,
+                rescale_slope=slope[0] if slope else header.rescale_slope,
+                rescale_intercept=intercept[0] if intercept else header.rescale_intercept,
+                pixel_data_offset=None
+                if header.pixel_data_offset is None
+                else header.pixel_data_offset + number * frame_bytes,
+                pixel_data_length=None if header.pixel_data_offset is None else frame_bytes,
+                dataset=None,
+            )
+        )
+    return frames
 
 
 # --------------------------------------------------------------------------- scanning
@@ -756,7 +858,7 @@ def scan_paths(
         if progress is not None and number % 25 == 0:
             progress(number / max(1, len(files)), f"reading DICOM headers ({number}/{len(files)})")
         try:
-            headers.append(read_slice_header(path, text_cache))
+            headers.extend(read_image_headers(path, text_cache))
         except (NotDicomError, NoImageError) as error:
             skipped.append(FileProblem(path, str(error)))
         except DicomReadError as error:
@@ -783,18 +885,18 @@ def _series_sort_key(series: IndexedSeries) -> Tuple[Any, ...]:
 def group_headers(headers: Iterable[SliceHeader]) -> List[IndexedStudy]:
     """Studies (by StudyInstanceUID) of series (by SeriesInstanceUID and Modality), copies of an instance kept once."""
     by_series: Dict[Tuple[str, str, str], IndexedSeries] = {}
-    seen: Dict[Tuple[str, str, str], Dict[str, Path]] = {}
+    seen: Dict[Tuple[str, str, str], Dict[Tuple[str, int], Path]] = {}
     for header in sorted(headers, key=lambda h: str(h.path)):
         key = (header.study_uid, header.series_uid, header.modality)
         series = by_series.get(key)
         if series is None:
             series = by_series[key] = IndexedSeries(header.study_uid, header.series_uid, header.modality, [])
             seen[key] = {}
-        kept = seen[key].get(header.sop_instance_uid)
+        kept = seen[key].get(header.instance_key)
         if kept is not None:
             series.duplicates.append((header.path, kept))
             continue
-        seen[key][header.sop_instance_uid] = header.path
+        seen[key][header.instance_key] = header.path
         series.headers.append(header)
 
     for series in by_series.values():

@@ -21,7 +21,9 @@ Geometry (:func:`series_geometry`):
   between its two neighbouring slices along the normal.
 - A single slice takes its spacing along the normal from SpacingBetweenSlices, else
   SliceThickness (else 1 mm, with a warning: one slice has no extent to get wrong).
-- Multi-frame (enhanced) images are not supported yet and are refused with that message.
+- Enhanced CT frames arrive as slice headers of their own (:func:`dicom_index.read_image_headers`)
+  and are sorted and checked like files. Other multi-frame images (Enhanced PET, whose SUV
+  needs per-frame timing, and the like) are refused as not supported yet.
 
 Pixels (:func:`read_series_image`):
 
@@ -47,6 +49,7 @@ Pixels (:func:`read_series_image`):
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -424,18 +427,54 @@ def _read_native(header: SliceHeader, into: Optional[np.ndarray] = None) -> np.n
 
 
 def _read_with_pydicom(header: SliceHeader) -> np.ndarray:
+    if header.frame is not None:
+        try:
+            from pydicom.pixels import pixel_array  # pydicom 3: decodes only the frame asked for
+        except ImportError:  # pragma: no cover - pydicom 2.x (Slicer 5.6-5.10 bundle 2.4): every frame
+            return pydicom.dcmread(header.path).pixel_array[header.frame]
+        return pixel_array(str(header.path), index=header.frame)
     dataset = pydicom.dcmread(header.path, force=not header.transfer_syntax)
     return dataset.pixel_array
 
 
-def _read_with_simpleitk(header: SliceHeader) -> np.ndarray:
-    """Stored values decoded by GDCM, which hands them over rescaled: the rescale is undone here."""
+class _DecodedFile:
+    """GDCM decodes a multi-frame file whole: the last one is kept for its next frames."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.path: Optional[Path] = None
+        self.values: Optional[np.ndarray] = None
+
+    def frames(self, path: Path) -> np.ndarray:
+        with self.lock:
+            if self.path != path:
+                self.values, self.path = None, None  # free the previous file first
+                self.values, self.path = _decode_with_gdcm(path), path
+            return self.values  # type: ignore[return-value]
+
+    def forget(self) -> None:
+        with self.lock:
+            self.values, self.path = None, None
+
+
+_LAST_MULTI_FRAME_FILE = _DecodedFile()
+
+
+def _decode_with_gdcm(path: Path) -> np.ndarray:
+    """Every frame of a file, as GDCM hands them over (rescaled), frames x rows x columns."""
     reader = sitk.ImageFileReader()
     reader.SetImageIO("GDCMImageIO")
-    reader.SetFileName(str(header.path))
+    reader.SetFileName(str(path))
     values = sitk.GetArrayFromImage(reader.Execute())
-    if values.ndim == 3 and values.shape[0] == 1:
-        values = values[0]
+    return values if values.ndim == 3 else values[np.newaxis]
+
+
+def _read_with_simpleitk(header: SliceHeader) -> np.ndarray:
+    """Stored values decoded by GDCM, which hands them over rescaled: the rescale is undone here."""
+    if header.frame is None:
+        values = _decode_with_gdcm(header.path)[0]
+    else:
+        values = _LAST_MULTI_FRAME_FILE.frames(header.path)[header.frame]
     if header.rescale_slope == 1.0 and float(header.rescale_intercept).is_integer():
         return values.astype(np.int64) - int(header.rescale_intercept)
     stored = (values.astype(np.float64) - header.rescale_intercept) / header.rescale_slope
@@ -633,6 +672,7 @@ def read_series_image(
     finally:
         # On an error or a cancel, queued slices are dropped and running ones finish before returning.
         pool.shutdown(wait=True, cancel_futures=True)
+        _LAST_MULTI_FRAME_FILE.forget()
     return image
 
 

@@ -221,7 +221,13 @@ def _write_voc(
     loaded, ct_grid: Grid, boxes: Sequence[SliceBox], out_dir: Path, overwrite: bool, notes: List[str]
 ) -> List[Path]:
     uids = loaded.ct_series.slice_sop_instance_uids
-    if not boxes or len(uids) != ct_grid.size[2]:
+    if not boxes:
+        return []
+    if len(uids) != ct_grid.size[2]:
+        notes.append(
+            "no VOC XML: a VOC file is named after its CT slice's SOPInstanceUID, and this CT's slices "
+            "have none of their own (a multi-frame CT, or slices resampled onto an even spacing)"
+        )
         return []
     class_name = voc.histology_class(loaded.patient_id)
     if class_name is None:  # VOC classes are histology letters, which the model cannot know

@@ -118,8 +118,8 @@ class SeriesInfo:
             error=error,
             slice_sop_instance_uids=(
                 [header.sop_instance_uid for header in geometry.headers]
-                if geometry is not None and not geometry.resampled
-                else []
+                if geometry is not None and not geometry.resampled and all(h.frame is None for h in geometry.headers)
+                else []  # VOC files are named after their slice's instance: a resampled or multi-frame CT has none
             ),
         )
 

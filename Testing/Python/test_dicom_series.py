@@ -327,7 +327,7 @@ def test_real_ct_compressed_reads_as_the_uncompressed_series(tmp_path, compresso
 def test_real_ct_slice_in_jpeg_ls_reads_as_the_uncompressed_slice():
     """Lung_Dx-A0001 1-18.dcm, JPEG-LS encoded by pydicom with pyjpegls (SimpleITK has no JPEG-LS
     encoder) and kept in Testing/Data; no JPEG-LS decoder is installed for pydicom here."""
-    path = LUNG_DX_ROOT / "JPEG-LS" / "1-18.dcm"
+    path = LUNG_DX_ROOT.parent / "Compressed" / "Lung_Dx-A0001 1-18 JPEG-LS.dcm"
     assert pydicom.dcmread(path).file_meta.TransferSyntaxUID == JPEGLSLossless
 
     image = load_series([path])
@@ -508,3 +508,80 @@ def test_a_series_value_differing_on_one_slice_is_refused_naming_that_file(tmp_p
     with pytest.raises(SUVError, match="one series must have one value") as error:
         suv_bw_factors([h.dataset for h in headers])
     assert str(odd) in str(error.value) and what in str(error.value)
+
+
+def _enhanced_ct_from(slice_paths, path: Path, frame_order) -> None:
+    """One Enhanced CT file holding the given classic CT slices as frames, in ``frame_order``:
+    geometry and rescale in the functional groups (shared: orientation, spacing, rescale;
+    per frame: position), as scanners write them."""
+    slices = [pydicom.dcmread(p) for p in slice_paths]
+    first = slices[0]
+    ds = pydicom.Dataset()
+    for keyword in (
+        "PatientID", "PatientName", "StudyInstanceUID", "SeriesInstanceUID", "StudyDate", "Modality",
+        "FrameOfReferenceUID", "SeriesNumber", "Rows", "Columns", "SamplesPerPixel", "PhotometricInterpretation",
+        "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation",
+    ):  # fmt: skip
+        setattr(ds, keyword, getattr(first, keyword))
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2.1"  # Enhanced CT Image Storage
+    ds.SOPInstanceUID = make_uid("enhanced ct")
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL", "NONE"]
+    ds.NumberOfFrames = len(frame_order)
+    shared = pydicom.Dataset()
+    measures, orientation, transform = pydicom.Dataset(), pydicom.Dataset(), pydicom.Dataset()
+    measures.PixelSpacing, measures.SliceThickness = first.PixelSpacing, first.SliceThickness
+    orientation.ImageOrientationPatient = first.ImageOrientationPatient
+    transform.RescaleSlope, transform.RescaleIntercept, transform.RescaleType = 1, first.RescaleIntercept, "HU"
+    shared.PixelMeasuresSequence = [measures]
+    shared.PlaneOrientationSequence = [orientation]
+    shared.PixelValueTransformationSequence = [transform]
+    ds.SharedFunctionalGroupsSequence = [shared]
+    frames = []
+    for index in frame_order:
+        position, item = pydicom.Dataset(), pydicom.Dataset()
+        position.ImagePositionPatient = slices[index].ImagePositionPatient
+        item.PlanePositionSequence = [position]
+        frames.append(item)
+    ds.PerFrameFunctionalGroupsSequence = frames
+    ds.PixelData = b"".join(slices[index].pixel_array.astype("<u2").tobytes() for index in frame_order)
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    ds.save_as(path, enforce_file_format=True)
+
+
+@pytest.mark.parametrize("transfer_syntax", [None, RLELossless], ids=["native", "rle"])
+def test_enhanced_ct_reads_as_the_classic_series_it_was_made_from(tmp_path, transfer_syntax):
+    """Each frame is a slice placed by its functional groups, whatever the frame order."""
+    slice_paths = sorted(LUNG_DX_CT.glob("*.dcm"))
+    path = tmp_path / "enhanced.dcm"
+    order = [3, 0, 10, 7, 1, 9, 2, 8, 5, 4, 6]
+    _enhanced_ct_from(slice_paths, path, order)
+    if transfer_syntax is not None:
+        _rewrite(path, lambda ds: ds.compress(transfer_syntax))
+
+    series = _series([path])
+    image = read_series_image(series_geometry(series))
+    expected = load_series([LUNG_DX_CT])
+
+    assert len(series.headers) == 11 and series.files == [path]
+    assert sorted(h.frame for h in series.headers) == list(range(11))
+    assert image.GetPixelID() == sitk.sitkInt16
+    assert (image.GetOrigin(), image.GetDirection()) == (expected.GetOrigin(), expected.GetDirection())
+    assert image.GetSpacing() == pytest.approx(expected.GetSpacing(), abs=1e-9)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(expected))
+
+
+def test_enhanced_ct_frame_without_a_position_is_named(tmp_path):
+    path = tmp_path / "enhanced.dcm"
+    _enhanced_ct_from(sorted(LUNG_DX_CT.glob("*.dcm"))[:3], path, [0, 1, 2])
+    _rewrite(path, lambda ds: delattr(ds.PerFrameFunctionalGroupsSequence[1], "PlanePositionSequence"))
+
+    scan = scan_paths([path])
+
+    assert scan.series == [] and len(scan.problems) == 1
+    assert (
+        scan.problems[0].message
+        == f"{path}: frame 2 has no ImagePositionPatient (Plane Position) in its functional groups"
+    )
