@@ -6,6 +6,7 @@ binds the .ui to the parameter node and calls the Logic, and every Logic method 
 into the library (Testing/Python/test_module_workflow.py runs the same calls on real MRML).
 """
 
+import importlib.metadata
 import importlib.util
 import logging
 import os
@@ -139,10 +140,20 @@ class PETCTLesionsParameterNode:
     overwriteExports: bool = False
 
 
-def _torch_is_recent_enough() -> bool:
-    import torch
+def _installed_torch_version() -> Optional[str]:
+    """The installed torch's version from its package metadata, without importing it.
 
-    release = torch.__version__.split("+")[0].split(".")
+    Detection imports torch in its worker process; importing it into Slicer's own process too
+    would hold its files open, and an upgrade could then not replace them (Windows).
+    """
+    try:
+        return importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _is_recent_enough(torch_version: str) -> bool:
+    release = torch_version.split("+")[0].split(".")
     try:
         return (int(release[0]), int(release[1])) >= MIN_TORCH_VERSION
     except (IndexError, ValueError):
@@ -203,6 +214,7 @@ class PETCTLesionsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.useModelThresholdCheckBox.connect(
             "toggled(bool)", lambda useModel: self.ui.thresholdSliderWidget.setEnabled(not useModel)
         )
+        self.ui.bundledModelButton.connect("clicked(bool)", self.onBundledModelButton)
         self.ui.undoDetectionButton.connect("clicked(bool)", self.onUndoDetectionButton)
         self.ui.detectProgressBar.setVisible(False)
         self._detectionTimer = qt.QTimer()
@@ -364,7 +376,7 @@ class PETCTLesionsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.detectStatusLabel.text = _("{count} lesions added to '{name}'.").format(
                 count=len(nodes.segment_ids), name=nodes.segmentation.GetName()
             ) + (f" {notes}" if notes else "")
-            self.updateLesionTable()
+        self.updateLesionTable()  # outside: tryWithErrorDisplay re-raises, so nested ones show two dialogs
 
     def _endDetection(self) -> None:
         self._detectionTimer.stop()
@@ -377,6 +389,13 @@ class PETCTLesionsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._detectionJob.cancel()
             self._endDetection()
 
+    def onBundledModelButton(self) -> None:
+        # Clearing the path field cannot do this: ctkPathLineEdit only reports acceptable input
+        # (an existing .json), so an empty field never reaches the parameter node.
+        if self._parameterNode is not None:
+            self._parameterNode.modelPath = Path()  # what _chosen() reads as "the bundled model"
+        self.ui.modelPathLineEdit.currentPath = ""
+
     def onUndoDetectionButton(self) -> None:
         if self._lastDetection is None:
             return
@@ -384,7 +403,7 @@ class PETCTLesionsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.undoDetection(self._lastDetection, self._parameterNode)
             self._lastDetection = None
             self.ui.undoDetectionButton.enabled = False
-            self.updateLesionTable()
+        self.updateLesionTable()
 
     # ------------------------------------------------------------------------------- 4. Review
 
@@ -449,7 +468,7 @@ class PETCTLesionsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if row is not None:
             with slicer.util.tryWithErrorDisplay(_("Failed to record the review decision.")):
                 self.logic.setReviewStatus(self._parameterNode, row.segment_id, status)
-                self.updateLesionTable()
+            self.updateLesionTable()
 
     def onDeleteLesionButton(self) -> None:
         row = self._selectedRow()
@@ -461,14 +480,14 @@ class PETCTLesionsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         with slicer.util.tryWithErrorDisplay(_("Failed to delete the lesion.")):
             self.logic.deleteLesion(self._parameterNode, row.segment_id)
-            self.updateLesionTable()
+        self.updateLesionTable()
 
     def onSetClassButton(self) -> None:
         row = self._selectedRow()
         if row is not None:
             with slicer.util.tryWithErrorDisplay(_("Failed to set the lesion class.")):
                 self.logic.setLesionClass(self._parameterNode, row.segment_id, self.ui.lesionClassComboBox.currentText)
-                self.updateLesionTable()
+            self.updateLesionTable()
 
     def onSegmentEditorButton(self) -> None:
         node = self._parameterNode
@@ -487,7 +506,8 @@ class PETCTLesionsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onAddBoxButton(self) -> None:
         row = self._selectedRow()
         with slicer.util.tryWithErrorDisplay(_("Failed to add the box.")):
-            sliceNode = slicer.app.layoutManager().sliceWidget("Red").mrmlSliceNode()
+            # The node, not the view: it exists in every layout, also those that show no Red view.
+            sliceNode = slicer.mrmlScene.GetNodeByID("vtkMRMLSliceNodeRed")
             className = self.ui.lesionClassComboBox.currentText
             self.logic.addBoxOnSlice(self._parameterNode, sliceNode, className, row.segment_id if row else None)
 
@@ -511,7 +531,10 @@ class _ProgressDialog:
         self._dialog = None
 
     def __enter__(self):
-        self._dialog = slicer.util.createProgressDialog(windowTitle=self._title, labelText=self._title, maximum=100)
+        # QProgressDialog is not modal by itself: without this, Load or Close Scene could be pressed mid-load.
+        self._dialog = slicer.util.createProgressDialog(
+            windowTitle=self._title, labelText=self._title, maximum=100, windowModality=qt.Qt.ApplicationModal
+        )
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -646,9 +669,18 @@ class PETCTLesionsLogic(ScriptedLoadableModuleLogic):
                     "restart Slicer, and try again."
                 )
             ) from error
-        # torchInstalled() only tries the import: an older torch left by another extension passes it.
-        if PyTorchUtils.PyTorchUtilsLogic.torchInstalled() and _torch_is_recent_enough():
+        # Not PyTorchUtils' torchInstalled(): it imports torch, and an older torch left by another
+        # extension passes it.
+        version = _installed_torch_version()
+        if version is not None and _is_recent_enough(version):
             return True
+        if version is not None and "torch" in sys.modules:
+            raise RuntimeError(
+                _(
+                    "PyTorch {version} is already loaded in Slicer, and lesion detection needs {requirement}. "
+                    "Restart Slicer, update PyTorch in the PyTorch module, and try again."
+                ).format(version=version, requirement=TORCH_REQUIREMENT)
+            )
         torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
             askConfirmation=True, torchVersionRequirement=TORCH_REQUIREMENT
         )

@@ -10,6 +10,7 @@ detection worker process on the CPU.
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import sys
 import time
@@ -177,24 +178,27 @@ def test_detection_needs_pytorch_from_the_pytorch_extension(slicer_module, monke
         logic.ensureTorch()
     offered = []
 
-    class _PyTorchUtilsLogic:  # the extension's logic: torch missing, the user declines the install
-        @staticmethod
-        def torchInstalled() -> bool:
-            return False
-
+    class _PyTorchUtilsLogic:  # the extension's logic: the user declines the install
         def installTorch(self, askConfirmation=False, forceComputationBackend=None, torchVersionRequirement=None):
             offered.append((askConfirmation, torchVersionRequirement))
             return None
 
     monkeypatch.setitem(sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=_PyTorchUtilsLogic))
+    # The real check reads the installed package's metadata (the torch of these tests).
+    assert slicer_module._installed_torch_version() == importlib.metadata.version("torch")
+    monkeypatch.delitem(sys.modules, "torch", raising=False)  # Slicer's process has not loaded torch
+    installed = {"version": None}  # what the package metadata say is installed
+    monkeypatch.setattr(slicer_module, "_installed_torch_version", lambda: installed["version"])
     assert logic.ensureTorch() is False
     assert offered == [(True, ">=2.1")]  # asked, through the extension (never pip)
 
-    # An older torch (left by another extension) passes torchInstalled() but is offered an upgrade.
-    monkeypatch.setattr(_PyTorchUtilsLogic, "torchInstalled", staticmethod(lambda: True))
-    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(__version__="1.13.1+cu117"))
+    # An older torch (left by another extension) is offered the upgrade, unless Slicer has loaded it.
+    installed["version"] = "1.13.1+cu117"
     assert logic.ensureTorch() is False and offered[-1] == (True, ">=2.1") and len(offered) == 2
-    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(__version__="2.13.0+cpu"))
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(__version__="1.13.1+cu117"))
+    with pytest.raises(RuntimeError, match=r"PyTorch 1.13.1\+cu117 is already loaded in Slicer.*needs >=2.1"):
+        logic.ensureTorch()
+    installed["version"] = "2.13.0+cpu"
     assert logic.ensureTorch() is True and len(offered) == 2
 
 

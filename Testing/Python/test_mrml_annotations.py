@@ -182,7 +182,12 @@ def _write_autopet_case(dataset: Path, case_id: str, label: np.ndarray, grid: Gr
 
 
 def test_label_to_segments_to_label_is_voxel_identical_with_130_lesions_and_a_double_space_id(mrml_scene, tmp_path):
-    from PETCTLesionsLib.mrml.segmentations import LESION_TERMINOLOGY, mask_on, segmentation_from_mask
+    from PETCTLesionsLib.mrml.segmentations import (
+        LESION_TERMINOLOGY,
+        mask_on,
+        segment_terminology,
+        segmentation_from_mask,
+    )
     from PETCTLesionsLib.mrml.volumes import volume_node_from_image
 
     grid = Grid(size=(64, 60, 40), spacing=(2.036, 2.036, 3.0), origin=(-65.0, -61.0, -300.0))
@@ -197,7 +202,7 @@ def test_label_to_segments_to_label_is_voxel_identical_with_130_lesions_and_a_do
     assert sorted(names) == sorted(f"Lesion {n}" for n in range(1, 131))
     colours = {tuple(round(c, 3) for c in content.GetNthSegment(n).GetColor()) for n in range(130)}
     assert len(colours) > 100  # distinct colours
-    assert content.GetNthSegment(0).GetTerminology() == LESION_TERMINOLOGY
+    assert segment_terminology(content.GetNthSegment(0)) == LESION_TERMINOLOGY
     back = sitk.GetArrayFromImage(mask_on(segmentation, pet))
     assert back.dtype == np.uint8
     np.testing.assert_array_equal(back, label)

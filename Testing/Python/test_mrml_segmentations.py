@@ -61,7 +61,12 @@ def _add_painted_segment(segmentation, reference, voxels: np.ndarray, name: str)
 def test_import_puts_each_lesion_in_one_shared_layer_with_the_right_voxels(mrml_scene, count):
     import slicer
 
-    from PETCTLesionsLib.mrml.segmentations import LESION_TERMINOLOGY, lesion_colour, segmentation_from_mask
+    from PETCTLesionsLib.mrml.segmentations import (
+        LESION_TERMINOLOGY,
+        lesion_colour,
+        segment_terminology,
+        segmentation_from_mask,
+    )
 
     lesion_map = _lesion_lattice(GRID, count)
     reference = _reference(GRID)
@@ -77,7 +82,7 @@ def test_import_puts_each_lesion_in_one_shared_layer_with_the_right_voxels(mrml_
         number = position + 1
         assert segment.GetName() == f"Lesion {number}"
         assert segment.GetColor() == pytest.approx(lesion_colour(number))
-        assert segment.GetTerminology() == LESION_TERMINOLOGY
+        assert segment_terminology(segment) == LESION_TERMINOLOGY
         voxels = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segment_id, reference)
         np.testing.assert_array_equal(voxels > 0, lesion_map == number)
 

@@ -37,6 +37,18 @@ _LABEL_SCALAR_TYPES = (
 )
 
 
+def segment_terminology(segment: slicer.vtkSegment) -> str:
+    """The segment's terminology entry ("" when it has none)."""
+    value = vtk.reference("")
+    segment.GetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), value)
+    return str(value)
+
+
+def set_segment_terminology(segment: slicer.vtkSegment, entry: str) -> None:
+    # Through the tag, as Slicer 5.6 and 5.8 have it: vtkSegment.SetTerminology() came in 5.10.
+    segment.SetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), entry)
+
+
 def lesion_colour(number: int) -> Tuple[float, float, float]:
     """A colour per lesion number: hues a golden angle apart, so neighbours in the list differ."""
     hue = (0.07 + 0.381966 * (number - 1)) % 1.0
@@ -129,7 +141,7 @@ def _add_lesion_segments(
             segment = slicer.vtkSegment()
             segment.SetName(SEGMENT_NAME.format(number))
             segment.SetColor(*lesion_colour(number))
-            segment.SetTerminology(LESION_TERMINOLOGY)
+            set_segment_terminology(segment, LESION_TERMINOLOGY)
             segment.SetLabelValue(number)  # its voxels in the shared labelmap
             segment.AddRepresentation(labelmap_name, shared)
             if not content.AddSegment(segment):
