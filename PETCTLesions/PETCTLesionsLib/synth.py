@@ -95,7 +95,10 @@ def _identity(flavour: str, seed: int, index: int) -> _Identity:
         description = "PET-CT Ganzkoerper  primaer mit KM"  # autoPET descriptions carry double spaces
     study_uid = make_uid("study", flavour, seed, index)
     study_folder = f"{study_date:%m-%d-%Y}-NA-{description}-{study_uid[-5:]}"
-    case_id = f"{patient_id}_{study_date:%m-%d-%Y}" if flavour == "lung" else f"fdg_{patient_id[6:]}_{study_folder}"
+    if flavour == "lung":  # the id predict and convert give the study from its DICOM: evaluate pairs them by it
+        case_id = nnunet.case_id_for_study(patient_id, study_uid, f"{study_date:%Y%m%d}")
+    else:  # autoPET's own naming, spaces included, as the real download has it
+        case_id = f"fdg_{patient_id[6:]}_{study_folder}"
     patient = PatientInfo(patient_id=patient_id, patient_name=patient_id, sex=sex, age_years=age, weight_kg=weight_kg)
     study = StudyInfo(
         patient=patient,

@@ -4,6 +4,7 @@ and the detections as Slicer nodes next to the user's own segments (real MRML, s
 from __future__ import annotations
 
 import csv
+import re
 import shutil
 
 import numpy as np
@@ -132,6 +133,12 @@ def test_demo_detects_the_lesions_and_writes_table_pictures_nnunet_and_voc(tmp_p
     label = next((tmp_path / "predicted" / "nnUNet_raw").glob("*/labelsTr/*.nii.gz"))
     assert sitk.GetArrayFromImage(sitk.ReadImage(str(label))).sum() == sum(int(r["voxels"]) for r in rows)
     assert list((tmp_path / "predicted" / "Annotation").glob("*/*.xml"))
+    # The prediction is named as the ground truth case, so evaluate pairs the two.
+    truth_labels = next((tmp_path / "nnUNet_raw").glob("*/labelsTr"))
+    assert [p.name for p in truth_labels.iterdir()] == [label.name] == [f"{case_dir.name}.nii.gz"]
+    assert main(["evaluate", "--pred", str(label.parent), "--ref", str(truth_labels)]) == 0
+    dice = re.search(r"Against the ground truth: Dice (\d\.\d{3})", printed).group(1)
+    assert re.search(rf"^{re.escape(label.name)} +{dice} ", capsys.readouterr().out, flags=re.MULTILINE)
     # The same detections as Slicer's own axial and coronal views draw them (slicer-core, offscreen).
     from PETCTLesionsLib.mrml.segmentations import lesion_colour
 
