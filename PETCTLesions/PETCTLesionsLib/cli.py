@@ -399,7 +399,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         return int(args.func(args))
     except (OSError, ValueError) as error:
         # Errors from readers and writers name the file and the problem; show them without a traceback.
-        print(f"petct-lesions {args.command}: error: {error}", file=sys.stderr)
+        message = str(error)
+        if "refusing to overwrite" in message and "--overwrite" not in message and hasattr(args, "overwrite"):
+            message += " (--overwrite replaces it)"
+        print(f"petct-lesions {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -30,7 +30,7 @@ import SimpleITK as sitk
 
 from . import nnunet, preview, voc
 from .detection import Detection, detect_lesions, lesions_on_ct
-from .fileio import atomic_output, atomic_write_text
+from .fileio import OutputExistsError, atomic_output, atomic_write_text
 from .geometry import Grid
 from .lesions import SliceBox, voc_annotations_from_boxes
 from .measurements import LesionMeasurement
@@ -134,10 +134,12 @@ def _predict_dicom(paths, out_dir: Path, model, options, report, cancel) -> List
             f"not processed: {other.pet.label}: {_why_not_chosen(other)}" for other in study.pairs if other is not pair
         )
         try:
+            case_id = nnunet.case_id_for_study(study.patient_id, study.study_uid, study.study_date)
+            _refuse_earlier_results(_dicom_outputs(out_dir, case_id), options.overwrite)
             loaded = load_study(paths, study.study_uid, pair.pet.series_uid, scan=scan, cancel=cancel)
-            result.name = nnunet.case_id_for_study(loaded.patient_id, loaded.study_uid, study.study_date)
+            result.name = case_id
             result.detection, result.written = _predict_loaded(
-                loaded, study.study_date, out_dir, model, options, cancel, result.notes
+                loaded, case_id, out_dir, model, options, cancel, result.notes
             )
         except (OSError, ValueError) as error:  # reader errors name the file and the problem
             result.error = str(error)
@@ -185,7 +187,23 @@ def _why_not_chosen(pair: PetCtPair) -> str:
     return pair.not_preferred_because or pair.rule
 
 
-def _predict_loaded(loaded, study_date: str, out_dir: Path, model, options, cancel, notes: List[str]):
+def _refuse_earlier_results(paths: Sequence[Path], overwrite: bool) -> None:
+    """Refuse before the model runs, not after, when a result of an earlier run is in the way."""
+    existing = [path for path in paths if path.exists()]
+    if existing and not overwrite:
+        raise OutputExistsError(
+            f"{existing[0]}: already exists (an earlier run's result); refusing to overwrite it "
+            "(--overwrite replaces it, or choose another --out)"
+        )
+
+
+def _dicom_outputs(out_dir: Path, case_id: str) -> List[Path]:
+    """The files of a study's result whose names do not depend on what the model finds."""
+    dataset = out_dir / "nnUNet_raw" / PREDICTED_DATASET
+    return [out_dir / case_id / "lesions.csv", *nnunet.case_paths(dataset, case_id).values()]
+
+
+def _predict_loaded(loaded, case_id: str, out_dir: Path, model, options, cancel, notes: List[str]):
     pet_grid = Grid.from_sitk(loaded.pet_suv)
     ct_grid = Grid.from_sitk(loaded.ct)
     ct_on_pet = resample_ct_to_pet(loaded.ct, pet_grid)
@@ -200,7 +218,6 @@ def _predict_loaded(loaded, study_date: str, out_dir: Path, model, options, canc
         device=options.device,
         cancel=cancel,
     )
-    case_id = nnunet.case_id_for_study(loaded.patient_id, loaded.study_uid, study_date)
     folder = out_dir / case_id
     written = [atomic_write_text(folder / "lesions.csv", lesion_table_csv(found.lesions), options.overwrite)]
     label = pet_grid.to_sitk(found.mask)
@@ -252,6 +269,8 @@ def _predict_dataset(dataset: Path, out_dir: Path, model, options, report, cance
         started = time.perf_counter()
         result = StudyPrediction(case_id)
         try:
+            label_path = out_dir / f"{case_id}{nnunet.FILE_ENDING}"
+            _refuse_earlier_results([label_path, out_dir / f"{case_id}_lesions.csv"], options.overwrite)
             case = nnunet.read_case(dataset, case_id, images_only=True)  # labels are not needed, maybe not there
             pet_grid = Grid.from_sitk(case.pet)
             result.detection = detect_lesions(
@@ -264,7 +283,6 @@ def _predict_dataset(dataset: Path, out_dir: Path, model, options, report, cance
                 device=options.device,
                 cancel=cancel,
             )
-            label_path = out_dir / f"{case_id}{nnunet.FILE_ENDING}"
             with atomic_output(label_path, overwrite=options.overwrite) as temporary:
                 nnunet.write_nifti_gz(pet_grid.to_sitk(result.detection.mask), temporary)
             result.written = [

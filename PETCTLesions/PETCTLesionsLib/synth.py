@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
@@ -35,7 +36,7 @@ from .dicom_writer import (
     write_ct_series,
     write_pet_series,
 )
-from .fileio import atomic_write_text
+from .fileio import OutputExistsError, atomic_write_text
 from .lesions import slice_boxes
 from .phantom import PhantomConfig, PhantomStudy, make_phantom
 from .resampling import resample_ct_to_pet
@@ -129,23 +130,26 @@ def write_synthetic_case(
     identity = _identity(flavour, seed, index)
     study_dir = out_dir / COLLECTION_FOLDERS[flavour] / identity.patient.patient_id / identity.study_folder
 
+    dataset_dir = out_dir / "nnUNet_raw" / DATASET_FOLDER
+    truth_path = out_dir / "truth" / f"{identity.case_id}.json"
+    if not overwrite:  # refuse before writing anything: a refused run leaves the folder as it was
+        earlier = (study_dir, truth_path, *nnunet.case_paths(dataset_dir, identity.case_id).values())
+        existing = [p for p in earlier if p.exists()]
+        if existing:
+            raise OutputExistsError(f"{existing[0]}: already exists; refusing to overwrite it")
+
     # Series folders are named after their UIDs, which the writer derives; write into a
-    # staging name first, then rename to the NBIA-style name.
+    # staging folder first (removed if anything fails), then rename to the NBIA-style name.
     ct_description, pet_description = "CT 3mm", "PET WB AC"
-    ct_tmp, pet_tmp = study_dir / ".ct-staging", study_dir / ".pet-staging"
-    ct = write_ct_series(study.ct_hu, study.ct_grid, identity.study, ct_tmp, 2, ct_description, overwrite=overwrite)
-    pet = write_pet_series(
-        study.pet_suv,
-        study.pet_grid,
-        identity.study,
-        identity.acquisition,
-        pet_tmp,
-        3,
-        pet_description,
-        overwrite=overwrite,
-    )
-    ct = _move_series(ct, ct_tmp, study_dir / _series_folder(ct, 2, ct_description), overwrite)
-    pet = _move_series(pet, pet_tmp, study_dir / _series_folder(pet, 3, pet_description), overwrite)
+    study_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".staging-", dir=study_dir) as staging:
+        ct_tmp, pet_tmp = Path(staging) / "ct", Path(staging) / "pet"
+        ct = write_ct_series(study.ct_hu, study.ct_grid, identity.study, ct_tmp, 2, ct_description)
+        pet = write_pet_series(
+            study.pet_suv, study.pet_grid, identity.study, identity.acquisition, pet_tmp, 3, pet_description
+        )
+        ct = _move_series(ct, ct_tmp, study_dir / _series_folder(ct, 2, ct_description), overwrite)
+        pet = _move_series(pet, pet_tmp, study_dir / _series_folder(pet, 3, pet_description), overwrite)
 
     # The SUV a correct reader decodes from the DICOM (quantised) is the ground truth downstream.
     pet_suv_stored = pet.stored_values.astype(np.float32)
@@ -156,7 +160,6 @@ def write_synthetic_case(
         pet=study.pet_grid.to_sitk(pet_suv_stored),
         label=study.pet_grid.to_sitk((study.pet_lesion_labels > 0).astype(np.uint8)),
     )
-    dataset_dir = out_dir / "nnUNet_raw" / DATASET_FOLDER
     nnunet_files = nnunet.write_case(dataset_dir, nnunet_case, overwrite=overwrite)
 
     voc_files: List[Path] = []
@@ -164,7 +167,7 @@ def write_synthetic_case(
         voc_files = _write_voc(study, ct, identity.patient.patient_id, out_dir / "Annotation", overwrite)
 
     truth_file = atomic_write_text(
-        out_dir / "truth" / f"{identity.case_id}.json",
+        truth_path,
         json.dumps(_truth_table(study, identity, pet_suv_stored), indent=2),
         overwrite=overwrite,
     )
@@ -183,7 +186,7 @@ def write_synthetic_case(
 def _move_series(result: SeriesWriteResult, staging: Path, final: Path, overwrite: bool) -> SeriesWriteResult:
     if final.exists():
         if not overwrite:
-            raise FileExistsError(f"{final}: already exists; refusing to overwrite it")
+            raise OutputExistsError(f"{final}: already exists; refusing to overwrite it")
         for old in final.glob("*.dcm"):
             old.unlink()
         final.rmdir()

@@ -115,7 +115,7 @@ def test_detections_get_voc_boxes_on_the_ct_slices_of_a_lung_dx_patient(mrml_sce
     assert ct.GetScene() is mrml_scene and pet.GetScene() is mrml_scene
 
 
-def test_demo_detects_the_lesions_and_writes_table_pictures_nnunet_and_voc(tmp_path, capsys):
+def test_demo_detects_the_lesions_and_writes_table_pictures_nnunet_and_voc(tmp_path, capsys, monkeypatch):
     assert main(["demo", "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert "true lesion(s)" in printed and "Against the ground truth: Dice" in printed
@@ -139,6 +139,12 @@ def test_demo_detects_the_lesions_and_writes_table_pictures_nnunet_and_voc(tmp_p
     assert main(["evaluate", "--pred", str(label.parent), "--ref", str(truth_labels)]) == 0
     dice = re.search(r"Against the ground truth: Dice (\d\.\d{3})", printed).group(1)
     assert re.search(rf"^{re.escape(label.name)} +{dice} ", capsys.readouterr().out, flags=re.MULTILINE)
+    # Predicting the same study into the same folder again is refused before the model runs.
+    from PETCTLesionsLib import predict as predict_module
+
+    monkeypatch.setattr(predict_module, "detect_lesions", lambda *a, **k: pytest.fail("the model ran"))
+    assert main(["predict", str(tmp_path / "Lung-PET-CT-Dx"), "--out", str(tmp_path / "predicted")]) == 1
+    assert f"{case_dir / 'lesions.csv'}: already exists (an earlier run's result)" in capsys.readouterr().out
     # The same detections as Slicer's own axial and coronal views draw them (slicer-core, offscreen).
     from PETCTLesionsLib.mrml.segmentations import lesion_colour
 
@@ -150,15 +156,26 @@ def test_demo_detects_the_lesions_and_writes_table_pictures_nnunet_and_voc(tmp_p
         assert np.all(np.abs(view - segment_colour) <= 3, axis=-1).sum() > 20  # lesion 1's outline
 
 
-def test_predict_on_an_nnunet_dataset_then_evaluate_against_its_labels(tmp_path, capsys):
+def test_predict_on_an_nnunet_dataset_then_evaluate_against_its_labels(tmp_path, capsys, monkeypatch):
     from PETCTLesionsLib.synth import DATASET_FOLDER, generate_dataset
 
     generate_dataset(tmp_path / "data", cases=1, seed=12, size="small", flavour="autopet")
     dataset = tmp_path / "data" / "nnUNet_raw" / DATASET_FOLDER
     assert main(["predict", str(dataset), "--out", str(tmp_path / "pred"), "--device", "cpu", "--no-pictures"]) == 0
     assert "lesion(s) on cpu" in capsys.readouterr().out
-    assert main(["predict", str(dataset), "--out", str(tmp_path / "pred")]) == 1  # never overwrites silently
-    assert "already exists" in capsys.readouterr().out
+    # Never overwrites silently, and says so before the model runs, not after.
+    from PETCTLesionsLib import predict as predict_module
+
+    with monkeypatch.context() as patched:
+        patched.setattr(predict_module, "detect_lesions", lambda *a, **k: pytest.fail("the model ran"))
+        assert main(["predict", str(dataset), "--out", str(tmp_path / "pred")]) == 1
+    printed = capsys.readouterr().out
+    assert "already exists (an earlier run's result); refusing to overwrite it (--overwrite replaces it" in printed
+    # A model file that is not there: one line naming it, no traceback.
+    missing = tmp_path / "no such model.json"
+    assert main(["predict", str(dataset), "--model", str(missing), "--out", str(tmp_path / "other")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"petct-lesions predict: error: {missing}") and "Traceback" not in error
     assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(dataset / "labelsTr"), "--json"]) == 0
     printed = capsys.readouterr().out
     assert "mean over 1 studies" in printed and '"box_map50"' in printed

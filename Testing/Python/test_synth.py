@@ -174,6 +174,9 @@ def test_synth_command_writes_all_three_formats(tmp_path, capsys):
     assert len(list((tmp_path / "Lung-PET-CT-Dx").glob("*/*/*/*.dcm"))) > 100
     assert list((tmp_path / "Annotation").glob("*/*.xml"))
     assert len(list((tmp_path / "nnUNet_raw" / DATASET_FOLDER / "labelsTr").glob("*.nii.gz"))) == 2
-    # A second run into the same folder must not overwrite the user's files silently.
+    # A second run into the same folder must not overwrite the user's files silently, and leaves
+    # the folder exactly as it was (no staging copy of the study beside the first one).
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     assert cli_main(["synth", "--out", str(tmp_path), "--cases", "1", "--seed", "1", "--size", "small"]) == 2
-    assert "refusing to overwrite" in capsys.readouterr().err
+    assert "refusing to overwrite it (--overwrite replaces it)" in capsys.readouterr().err
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before

@@ -31,7 +31,7 @@ MODELS_DIR = Path(__file__).resolve().parents[2] / "Resources" / "Models"
 MODEL_ENV_VARIABLE = "PETCTLESIONS_MODEL"
 
 
-class ModelFileError(RuntimeError):
+class ModelFileError(ValueError):  # a bad input file, as the readers' errors are
     """A model file is missing, corrupt or made for another network; the message names the file."""
 
 
