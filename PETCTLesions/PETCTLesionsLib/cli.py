@@ -173,6 +173,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     results = predict([Path(p) for p in args.paths], Path(args.out), options, progress=_print_progress)
     failed = 0
     for result in results:
+        if result.left_out:
+            print(f"{result.name}: left out: {result.left_out}")
+            continue
         if result.error:
             failed += 1
             print(f"{result.name}: NOT processed: {result.error}")

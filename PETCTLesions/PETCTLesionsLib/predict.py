@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +78,7 @@ class StudyPrediction:
     error: Optional[str] = None
     seconds: float = 0.0
     notes: List[str] = field(default_factory=list)
+    left_out: str = ""  # why nothing under this name was processed, when that is no error (a CT-only study)
 
 
 def lesion_table_csv(lesions: Sequence[LesionMeasurement]) -> str:
@@ -106,10 +108,12 @@ def predict(
     cancel: Optional[CancelCallback] = None,
 ) -> List[StudyPrediction]:
     """Detect lesions in every study under ``paths`` and write the results under ``out_dir``."""
+    from .model.inference import choose_device
     from .model.weights import load_model
 
     report = progress or (lambda fraction, message: None)
     model = load_model(options.model_path)
+    choose_device(options.device)  # a misspelt or missing device fails here, before any study is read
     if len(paths) == 1 and is_nnunet_dataset(Path(paths[0])):
         return _predict_dataset(Path(paths[0]), Path(out_dir), model, options, report, cancel)
     return _predict_dicom(paths, Path(out_dir), model, options, report, cancel)
@@ -123,7 +127,8 @@ def _predict_dicom(paths, out_dir: Path, model, options, report, cancel) -> List
     from .study import describe_scan, load_study
 
     scan = scan_paths(paths, cancel=cancel)
-    pairs = chosen_pairs(describe_scan(scan), options.pet_series_uids, paths)
+    studies = describe_scan(scan)
+    pairs = chosen_pairs(studies, options.pet_series_uids, paths)
     results = []
     for index, (study, pair) in enumerate(pairs):
         name = f"{study.patient_id} / PET series {pair.pet.series_number} ({pair.pet.description})"
@@ -146,7 +151,28 @@ def _predict_dicom(paths, out_dir: Path, model, options, report, cancel) -> List
         result.seconds = time.perf_counter() - started
         results.append(result)
     report(1.0, f"{len(results)} stud{'y' if len(results) == 1 else 'ies'} done")
-    return results
+    return results + _left_out(scan, studies, pairs, paths)
+
+
+def _left_out(scan, studies, chosen, paths: Sequence[Path]) -> List[StudyPrediction]:
+    """What was given but is in no processed study, each with the reason: nothing goes unmentioned."""
+    used = {series.series_uid for _, pair in chosen for series in (pair.pet, pair.ct) if series is not None}
+    left = []
+    for study in studies:
+        if not study.pairs and not any(series.series_uid in used for series in study.series):
+            kinds = ", ".join(sorted({series.modality for series in study.series}))
+            name = f"{study.patient_id} study {study.study_date or '(no date)'} '{study.description}'"
+            left.append(StudyPrediction(name, left_out=f"no PET series in the study ({kinds} only)"))
+    unreadable = [problem for problem in scan.problems if problem.series_uid not in used]
+    if unreadable:  # those of processed series are in their study's result
+        more = f" (and {len(unreadable) - 1} more)" if len(unreadable) > 1 else ""
+        left.append(StudyPrediction(f"{len(unreadable)} unreadable file(s)", left_out=unreadable[0].message + more))
+    indexed = [Path(os.path.abspath(header.path)) for series in scan.series for header in series.headers]
+    for path in paths:
+        where = Path(os.path.abspath(path))
+        if not any(file == where or where in file.parents for file in indexed):
+            left.append(StudyPrediction(str(path), left_out="no DICOM image file in it"))
+    return left
 
 
 def chosen_pairs(
@@ -159,6 +185,8 @@ def chosen_pairs(
     The pairs not chosen are named in each result's notes.
     """
     where = ", ".join(str(p) for p in paths)
+    if not studies:
+        raise ValueError(f"{where}: no DICOM image files found")
     named = set(pet_series_uids)
     known = {pair.pet.series_uid for study in studies for pair in study.pairs}
     unknown = [uid for uid in dict.fromkeys(pet_series_uids) if uid not in known]

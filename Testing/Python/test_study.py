@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -463,3 +464,35 @@ def test_predict_pet_series_processes_the_named_pet_instead_of_the_preferred_one
     both = (nac_uid, written.pet.series_uid)
     with pytest.raises(ValueError, match=r"are of one study \(patient STU-0001\).*one at a time"):
         predict([tmp_path / "study"], tmp_path / "x", PredictionOptions(device="cpu", pet_series_uids=both))
+
+
+def test_predict_names_everything_it_left_out(tmp_path, capsys):
+    """Several paths: a PET/CT study, a CT-only study, a folder without DICOM and a file cut short.
+    Only the first is processed; each of the others gets a line saying why, and the run succeeds."""
+    from PETCTLesionsLib.cli import main
+
+    _write(tmp_path / "petct")
+    ct_only = _write(tmp_path / "ct only", number=2)
+    shutil.rmtree(tmp_path / "ct only" / "PET  AC")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("no images here")
+    (cut,) = copy_series(ct_only.ct.paths[:1], tmp_path / "cut", "cut short")
+    cut.write_bytes(cut.read_bytes()[:-200])
+
+    paths = [tmp_path / name for name in ("petct", "ct only", "notes", "cut")]
+    arguments = ["predict", *map(str, paths), "--out", str(tmp_path / "out"), "--device", "cpu", "--no-pictures"]
+    assert main(arguments) == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"^STU-0001_\w+_\d{4}-\d\d-\d\d: \d+ lesion\(s\) on cpu", printed, flags=re.MULTILINE)
+    assert "STU-0002 study 20201105 'PET/CT 2': left out: no PET series in the study (CT only)" in printed
+    assert f"{tmp_path / 'notes'}: left out: no DICOM image file in it" in printed
+    assert f"1 unreadable file(s): left out: {cut}: " in printed
+
+    # Nothing to process at all, or a device that does not exist: one line, before any model run.
+    assert main(["predict", str(tmp_path / "notes"), "--out", str(tmp_path / "x")]) == 2
+    assert (
+        capsys.readouterr().err == f"petct-lesions predict: error: {tmp_path / 'notes'}: no DICOM image files found\n"
+    )
+    assert main(["predict", str(tmp_path / "petct"), "--out", str(tmp_path / "x"), "--device", "gpu"]) == 2
+    assert "device must be one of auto, cuda, mps, cpu (or cuda:N), got 'gpu'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
