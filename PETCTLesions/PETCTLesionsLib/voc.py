@@ -14,7 +14,9 @@ pixels, ``xmin = c0``, ``xmax = c1 + 1`` (and rows alike), so that the files ope
 exactly where the pixels are; LabelImg also raises an ``xmin`` or ``ymin`` of 0 to 1, which
 would drop a box's first column at the image edge: it is not done here. A box
 with ``xmin == xmax`` (which LabelImg does not write) is read as the one column ``xmin``. A valid
-box satisfies ``0 <= xmin <= xmax <= width`` and ``0 <= ymin <= ymax <= height``.
+box satisfies ``0 <= xmin <= xmax <= width`` and ``0 <= ymin <= ymax <= height``; one that
+reaches beyond the image but covers part of it is cut to the image, marked ``truncated`` (as VOC
+means it), with a note; one wholly outside is skipped.
 
 The PASCAL VOC devkit reads the same numbers as 1-based inclusive (columns ``xmin - 1 .. xmax -
 1``): one column further left and up than LabelImg shows. This module used that reading until
@@ -36,6 +38,7 @@ entity expansion (billion laughs, external entities) can never happen.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import re
 import xml.etree.ElementTree as ET
@@ -85,6 +88,27 @@ class VocBox:
     def from_pixel_ranges(cls, name: str, c0: int, r0: int, c1: int, r1: int) -> VocBox:
         """Box covering 0-based inclusive columns c0..c1 and rows r0..r1, as LabelImg saves it."""
         return cls(name=name, xmin=int(c0), ymin=int(r0), xmax=int(c1) + 1, ymax=int(r1) + 1)
+
+    def clipped(self, width: Optional[int], height: Optional[int]) -> Tuple[VocBox, Optional[str]]:
+        """The box cut to a ``width`` x ``height`` image when it reaches beyond it but covers some of
+        it (marked truncated, as VOC means it), and a note saying so; else the box itself and None.
+
+        A reader's box one pixel past the edge still shows the lesion: dropping it would lose the
+        annotation. A box wholly outside, or inverted, is left for :meth:`problem` to refuse.
+        """
+        low_x, low_y = max(self.xmin, 0), max(self.ymin, 0)
+        high_x = self.xmax if width is None else min(self.xmax, width)
+        high_y = self.ymax if height is None else min(self.ymax, height)
+        if (low_x, low_y, high_x, high_y) == (self.xmin, self.ymin, self.xmax, self.ymax):
+            return self, None
+        if low_x >= high_x or low_y >= high_y or self.xmin > self.xmax or self.ymin > self.ymax:
+            return self, None
+        w, h = ("?" if width is None else width), ("?" if height is None else height)
+        note = (
+            f"reaches beyond the {w}x{h} image (xmin {self.xmin}, ymin {self.ymin}, xmax {self.xmax}, "
+            f"ymax {self.ymax}); cut to xmin {low_x}, ymin {low_y}, xmax {high_x}, ymax {high_y}"
+        )
+        return dataclasses.replace(self, xmin=low_x, ymin=low_y, xmax=high_x, ymax=high_y, truncated=1), note
 
     def problem(
         self, width: Optional[int], height: Optional[int], valid_classes: Optional[Sequence[str]] = VALID_CLASSES
@@ -174,6 +198,9 @@ def read_voc_file(
         except VocError as error:
             problems.append(f"{path}: object {index}: {error}")
             continue
+        box, cut = box.clipped(width, height)
+        if cut:
+            notes.append(f"{path}: object {index} ({box.name or 'no name'}) {cut}")
         problem = box.problem(width, height, valid_classes)
         if problem:
             problems.append(f"{path}: object {index} ({box.name or 'no name'}) {problem}; skipped")

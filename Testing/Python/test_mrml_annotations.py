@@ -123,7 +123,7 @@ def test_boxes_for_other_slices_other_sizes_or_off_the_image_are_skipped_and_rep
     good, _ = voc.read_voc_folder(LUNG_DX_ANNOTATIONS)
     stranger = voc.VocAnnotation("1.2.3.4", 512, 512, boxes=[voc.VocBox("A", 10, 10, 20, 20)])
     small = voc.VocAnnotation(good[1].sop_instance_uid, 256, 256, boxes=[voc.VocBox("A", 10, 10, 20, 20)])
-    outside = voc.VocAnnotation(good[2].sop_instance_uid, 512, 512, boxes=[voc.VocBox("A", 500, 10, 520, 20)])
+    outside = voc.VocAnnotation(good[2].sop_instance_uid, 512, 512, boxes=[voc.VocBox("A", 512, 10, 520, 20)])
 
     result = add_box_nodes([good[0], stranger, small, outside], ct)
 
@@ -136,7 +136,7 @@ def test_boxes_for_other_slices_other_sizes_or_off_the_image_are_skipped_and_rep
 
 def test_a_real_file_without_size_is_placed_against_the_real_slice(mrml_scene, tmp_path):
     """<size> only repeats the slice's size: without it the boxes still land, checked on the CT."""
-    from PETCTLesionsLib.mrml.boxes import add_box_nodes
+    from PETCTLesionsLib.mrml.boxes import add_box_nodes, voc_from_box_nodes
 
     ct = _real_ct_node()
     source = sorted(LUNG_DX_ANNOTATIONS.glob("*.xml"))[0]
@@ -152,10 +152,16 @@ def test_a_real_file_without_size_is_placed_against_the_real_slice(mrml_scene, t
     assert imported.skipped == [] and len(imported.nodes) == 1
     assert imported.notes == [f"{sizeless}: no <size>; image size taken from the CT slice, boxes kept"]
     assert annotation.boxes == with_size.boxes
-    # The real slice still bounds the boxes.
-    annotation.boxes = [voc.VocBox("A", 500, 10, 520, 20)]
-    refused = add_box_nodes([annotation], ct)
-    assert refused.nodes == [] and "lies outside the 512x512 image" in refused.skipped[0]
+    # The real slice still bounds the boxes: one reaching past it is cut to it, one wholly off it skipped.
+    annotation.boxes = [voc.VocBox("A", 500, 10, 520, 20), voc.VocBox("A", 512, 10, 520, 20)]
+    placed = add_box_nodes([annotation], ct)
+    assert len(placed.nodes) == 1 and "lies outside the 512x512 image" in placed.skipped[0]
+    assert placed.notes[-1] == (
+        f"{sizeless}: object 1 (A) reaches beyond the 512x512 image (xmin 500, ymin 10, xmax 520, ymax 20); "
+        "cut to xmin 500, ymin 10, xmax 512, ymax 20"
+    )
+    (exported,), _ = voc_from_box_nodes(placed.nodes, ct, default_class="A")
+    assert (exported.boxes[0].xmin, exported.boxes[0].xmax) == (500, 512)
 
 
 # ----------------------------------------------------------------------------------------- nnU-Net

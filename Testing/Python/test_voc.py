@@ -348,8 +348,8 @@ def test_folder_read_reports_every_bad_file_and_keeps_the_good_ones(tmp_path):
         "billion": _write(folder, "1.2.3.2.xml", BILLION_LAUGHS),
         "external": _write(folder, "1.2.3.3.xml", EXTERNAL_ENTITY),
         "unknown class": _write(folder, "1.2.3.4.xml", _voc_document(_object("X", 10, 10, 20, 20))),
-        "outside": _write(folder, "1.2.3.5.xml", _voc_document(_object("A", 500, 10, 513, 20))),
-        "negative": _write(folder, "1.2.3.6.xml", _voc_document(_object("A", -1, 10, 5, 20))),
+        "outside": _write(folder, "1.2.3.5.xml", _voc_document(_object("A", 512, 10, 530, 20))),
+        "negative": _write(folder, "1.2.3.6.xml", _voc_document(_object("A", -9, 10, -1, 20))),
         "inverted": _write(folder, "1.2.3.7.xml", _voc_document(_object("B", 30, 10, 20, 20))),
         "no name": _write(folder, "1.2.3.8.xml", _voc_document(_object("", 10, 10, 20, 20))),
         "not a number": _write(folder, "1.2.3.9.xml", _voc_document(_object("A", "ten", 10, 20, 20))),
@@ -359,12 +359,22 @@ def test_folder_read_reports_every_bad_file_and_keeps_the_good_ones(tmp_path):
         "wrong root": _write(folder, "1.2.3.11.xml", "<labels/>"),
     }
     mixed = _write(folder, "1.2.3.12.xml", _voc_document(_object("E", 10, 10, 20, 20) + _object("Q", 10, 10, 20, 20)))
+    # One pixel past the right edge, the other past the top: still the reader's lesion, cut to the image.
+    edge = _write(folder, "1.2.3.13.xml", _voc_document(_object("A", 500, 10, 513, 20) + _object("G", 3, -1, 9, 6)))
     (folder / "notes.txt").write_text("ignored: not XML")
 
     annotations, problems = voc.read_voc_folder(folder)
 
-    good_uids = sorted(p.stem for p in REAL_ANNOTATIONS.glob("*.xml"))[:3] + ["1.2.3.12"]
+    good_uids = sorted(p.stem for p in REAL_ANNOTATIONS.glob("*.xml"))[:3] + ["1.2.3.12", "1.2.3.13"]
     assert sorted(a.sop_instance_uid for a in annotations) == sorted(good_uids)
+    cut = next(a for a in annotations if a.sop_instance_uid == "1.2.3.13")
+    assert cut.boxes == [VocBox("A", 500, 10, 512, 20, truncated=1), VocBox("G", 3, 0, 9, 6, truncated=1)]
+    assert cut.notes == [
+        f"{edge}: object 1 (A) reaches beyond the 512x512 image (xmin 500, ymin 10, xmax 513, ymax 20); "
+        "cut to xmin 500, ymin 10, xmax 512, ymax 20",
+        f"{edge}: object 2 (G) reaches beyond the 512x512 image (xmin 3, ymin -1, xmax 9, ymax 6); "
+        "cut to xmin 3, ymin 0, xmax 9, ymax 6",
+    ]
     kept_mixed = next(a for a in annotations if a.sop_instance_uid == "1.2.3.12")
     assert kept_mixed.boxes == [VocBox("E", 10, 10, 20, 20)]
     expected_fragments = {

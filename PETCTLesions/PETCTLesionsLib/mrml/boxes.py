@@ -75,6 +75,9 @@ def add_box_nodes(annotations: Sequence[VocAnnotation], ct_node: slicer.vtkMRMLS
             continue
         result.notes.extend(annotation.notes)
         for index, box in enumerate(annotation.boxes, start=1):
+            box, cut = box.clipped(width, height)  # the file gave no size: the slice's is known here
+            if cut:
+                result.notes.append(f"{where}: object {index} ({box.name}) {cut}")
             problem = box.problem(width, height)
             if problem:
                 result.skipped.append(f"{where}: object {index} ({box.name or 'no name'}) {problem}; skipped")
