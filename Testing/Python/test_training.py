@@ -138,6 +138,20 @@ def test_training_reads_an_nnunet_dataset_and_its_splits(tmp_path, capsys):
     assert [row["cases_prepared"] for row in _log_rows(tmp_path / "run")] == ["1"]
     assert weights.load_model(tmp_path / "run" / "model.json").manifest["training"]["data"].startswith(str(dataset))
 
+    # Refused runs say why and leave no --out folder behind.
+    def refused(*arguments: str) -> str:
+        assert main(["train", *arguments, "--out", str(tmp_path / "refused"), *TINY]) == 2
+        assert not (tmp_path / "refused").exists()
+        return capsys.readouterr().err
+
+    nnunet.write_splits(dataset, [{"train": [], "val": cases}], overwrite=True)
+    assert f"{dataset}: no training cases: its 2 case(s) are all in the validation split" in refused(
+        "--dataset", str(dataset)
+    )
+    assert f"{tmp_path}: not an nnU-Net raw dataset (no dataset.json)" in refused("--dataset", str(tmp_path))
+    missing = tmp_path / "no model.json"
+    assert f"{missing}: model manifest not found" in refused("--dataset", str(dataset), "--init", str(missing))
+
 
 @pytest.mark.skipif(sys.platform == "win32", reason="torchrun's gloo rendezvous is tested on Linux/macOS")
 def test_the_same_command_runs_on_two_processes_with_torchrun(tmp_path):

@@ -132,7 +132,19 @@ def _sources(settings: TrainingSettings, rank: _Rank):
             for n in range(settings.validation_cases)
         ]
         return specs, validation, f"generated whole-body (75%) and torso (25%) studies, {size} size", None
+    from ..nnunet import NnUNetError, list_cases
+
+    dataset = Path(settings.dataset)
+    if not (dataset / "dataset.json").is_file():
+        raise NnUNetError(f"{dataset}: not an nnU-Net raw dataset (no dataset.json)")
+    if not list_cases(dataset):
+        raise NnUNetError(f"{dataset / 'imagesTr'}: no cases (no <case>_0000.nii.gz CT files)")
     train_ids, val_ids, how = _split(settings)
+    if not train_ids:
+        raise NnUNetError(
+            f"{dataset}: no training cases: its {len(val_ids)} case(s) are all in the validation split ({how}); "
+            "training needs cases outside it"
+        )
     specs = training_data.nnunet_specs(settings.dataset, train_ids, rank.rank, settings.seed)
     validation = [("nnunet", str(settings.dataset), c) for c in val_ids[: settings.validation_cases]]
     description = f"{settings.dataset} ({len(train_ids)} training / {len(val_ids)} validation cases, {how})"
@@ -243,8 +255,6 @@ def train(settings: TrainingSettings, log=print) -> Path:
     """Train as ``settings`` says; returns the manifest path of the final model (rank 0)."""
     rank = _start_distributed(settings.device)
     out = Path(settings.out_dir)
-    if rank.main:
-        _claim_output_folder(out, settings)
     torch.manual_seed(settings.seed * 1000 + rank.rank)
     rng = np.random.default_rng(settings.seed * 1000 + rank.rank)
     generator = torch.Generator().manual_seed(settings.seed * 1000 + rank.rank)
@@ -252,19 +262,22 @@ def train(settings: TrainingSettings, log=print) -> Path:
     network = LesionUNet(settings.features).to(rank.device)
     optimizer = torch.optim.AdamW(network.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
     state = {"epoch": 0, "step": 0, "best_dice": -1.0, "history": []}
-    if settings.resume:
-        state = _load_checkpoint(out / "checkpoint_last.pt", network, optimizer, rank.device)
-    elif settings.init_model is not None:
+    if settings.init_model is not None and not settings.resume:
         from .weights import load_model
 
         network.load_state_dict(load_model(settings.init_model).network.state_dict())
+    # The inputs are checked before --out is touched: a run refused for its data leaves no folder.
+    specs, validation_specs, data_description, distinct_cases = _sources(settings, rank)
+    if rank.main:
+        _claim_output_folder(out, settings)
+    if settings.resume:
+        state = _load_checkpoint(out / "checkpoint_last.pt", network, optimizer, rank.device)
     model = network
     if rank.world > 1:
         model = torch.nn.parallel.DistributedDataParallel(
             network, device_ids=[rank.device.index] if rank.device.type == "cuda" else None
         )
 
-    specs, validation_specs, data_description, distinct_cases = _sources(settings, rank)
     # A dataset smaller than the pool would fill it with copies: memory and preparation for nothing.
     pool_size = settings.pool_size if distinct_cases is None else min(settings.pool_size, distinct_cases)
     pool = training_data.CasePool(specs, pool_size, settings.workers, seed=settings.seed * 31 + rank.rank)
