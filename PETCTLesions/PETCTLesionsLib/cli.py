@@ -114,6 +114,9 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     )
     report = convert([Path(p) for p in args.dicom or []], Path(args.out), options)
     print(report.text())
+    if not report.written:  # a script must be able to tell that nothing came out (the lines above say why)
+        print("petct-lesions convert: nothing was written", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -220,7 +223,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="petct-lesions",
-        description="PET/CT lesion tools: inspect DICOM studies, generate synthetic studies, run the demo.",
+        description="PET/CT lesion tools: inspect DICOM studies (info), detect lesions in them (predict), convert "
+        "annotations between DICOM, PASCAL VOC and nnU-Net (convert), score predictions (evaluate), train the "
+        "model (train), generate synthetic studies (synth) and run it all on a demo study (demo). Exit status: "
+        "0 done, 1 some studies or files not processed (each line says why), 2 refused (the message says why).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

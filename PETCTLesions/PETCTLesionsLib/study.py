@@ -86,12 +86,14 @@ class SeriesInfo:
     def from_series(cls, series: IndexedSeries, geometry: Optional[SeriesGeometry] = None) -> SeriesInfo:
         """Describe ``series``; the geometry is worked out from the headers unless given."""
         error = series.volume_problem()
+        load_warnings = True
         if geometry is None and error is None:
             try:
                 geometry = series_geometry(series)
             except MissingSlicesError as missing:
                 error = str(missing)
                 geometry = series_geometry(series, allow_gaps=True)  # still worth reporting the grid
+                load_warnings = False  # how a load would fill the gap: none will, the error says why
             except DicomSeriesError as problem:
                 error = str(problem)
         warnings = [
@@ -101,7 +103,7 @@ class SeriesInfo:
             f"{path}: {why}, stored in the series; kept out of its volume" for path, why in series.set_aside
         )
         grid = geometry.grid if geometry is not None else None
-        if geometry is not None:
+        if geometry is not None and load_warnings:
             warnings.extend(geometry.warnings)
         return cls(
             series_uid=series.series_uid,

@@ -243,10 +243,11 @@ def test_convert_nnunet_case_round_trip_keeps_label_and_a_valid_dataset_json(tmp
     assert f"wrote {dataset / 'labelsTr' / (case_id + '.nii.gz')}" in printed
     assert "VOC export impossible" in printed
 
-    # Run again: the exported case exists and is not replaced.
+    # Run again: the exported case exists and is not replaced; with nothing written the run fails.
     before = (dataset / "labelsTr" / f"{case_id}.nii.gz").stat().st_mtime_ns
-    assert main(["convert", "--nnunet", str(source), "--case", case_id, "--out", str(tmp_path / "out")]) == 0
-    assert "already exists" in capsys.readouterr().out
+    assert main(["convert", "--nnunet", str(source), "--case", case_id, "--out", str(tmp_path / "out")]) == 1
+    captured = capsys.readouterr()
+    assert "already exists" in captured.out and captured.err == "petct-lesions convert: nothing was written\n"
     assert (dataset / "labelsTr" / f"{case_id}.nii.gz").stat().st_mtime_ns == before
 
 

@@ -173,6 +173,13 @@ def test_missing_slice_refuses_the_load_and_info_names_it(tmp_path):
     report = info_report([tmp_path])
     ct_entry = next(s for s in report["studies"][0]["series"] if s["modality"] == "CT")
     assert expected in ct_entry["error"] and ct_entry["size"] == [36, 30, 14] and ct_entry["files"] == 13
+    assert ct_entry["warnings"] == []  # not how a load would fill the gap: no load will
+    # A file cut short in the middle: the same, with the file named instead of the gap.
+    middle = written.ct.paths[3]
+    middle.write_bytes(middle.read_bytes()[:-100])
+    ct_entry = next(s for s in info_report([tmp_path])["studies"][0]["series"] if s["modality"] == "CT")
+    assert "could not be read" in ct_entry["error"] and str(middle) in ct_entry["error"]
+    assert ct_entry["warnings"] == []
 
 
 def test_pet_without_patient_weight_info_names_the_tag_and_load_raises(tmp_path):
