@@ -16,7 +16,9 @@ Rules (see FORMATS.md section 3):
 - DecayCorrection START: the reference is SeriesDate/SeriesTime, unless that is later than the
   earliest AcquisitionDate/AcquisitionTime of the series (a post-processing artefact: the
   series was re-created after the scan); then GE's private scan datetime (0009,xx0D) of
-  creator "GEMS_PETD_01" when present, else the earliest acquisition datetime.
+  creator "GEMS_PETD_01" when present, else the scan start worked back from each slice's
+  AcquisitionTime, FrameReferenceTime and ActualFrameDuration when all slices have them and
+  agree (QIBA's vendor-neutral pseudo-code), else the earliest acquisition datetime.
   DecayCorrection ADMIN: already corrected to the injection, dt = 0. Anything else is refused.
 - Injection time: RadiopharmaceuticalStartDateTime (a date alone takes its time of day from
   RadiopharmaceuticalStartTime), used as it is when the uptake to the reference is between 0
@@ -30,6 +32,9 @@ Rules (see FORMATS.md section 3):
   refused. An uptake over 4 half-lives (a blanked 000000 start time, say) is a warning.
 - Only what a computation uses is required: PatientWeight, dose, half-life and start time
   are needed for BQML (and Philips Bq/mL factors), not for GML or the Philips SUV factor.
+  A Philips SUV scale factor of 0 means "cannot be converted" (Philips): the Bq/mL factor is
+  used then. A dose under 1e4 is the dose in MBq (a common header error; no PET is made with
+  under 10 kBq): read so, with a warning; 1e4 to 1e6 is refused. A weight over 400 kg is refused.
   Nothing is ever defaulted: a missing or invalid value raises :class:`SUVError` naming the
   file and the tag.
 """
@@ -74,6 +79,17 @@ MAX_HALF_LIFE_FOR_TIME_OF_DAY = datetime.timedelta(hours=12)
 # An uptake of more than 4 half-lives is possible (late imaging) but more often a blanked or
 # wrong injection time (000000): it is shown as a warning.
 SUSPICIOUS_UPTAKE_HALF_LIVES = 4.0
+# RadionuclideTotalDose is in Bq, yet many real headers hold the dose in MBq (the IBSI SUV
+# survey of 3433 series found a second peak of doses at about 4e2): no PET is made with under
+# MEGA_BQ_DOSE_LIMIT Bq, so such a value is read as MBq, with a warning. Between that and
+# MIN_DOSE_BQ (1 MBq) the unit cannot be told, and the value is refused.
+MEGA_BQ_DOSE_LIMIT = 1e4
+MIN_DOSE_BQ = 1e6
+# PatientWeight is in kg; above this it is no patient's weight (grams, most likely): refused.
+MAX_WEIGHT_KG = 400.0
+# Slices whose scan starts, worked back from their frame timing, differ by more than this
+# do not tell one start (see _frame_timing_start).
+FRAME_START_AGREEMENT = datetime.timedelta(seconds=5)
 
 # (gggg,eeee) of every public tag named in messages.
 _TAGS = {
@@ -92,6 +108,8 @@ _TAGS = {
     "Units": "(0054,1001)",
     "SUVType": "(0054,1006)",
     "DecayCorrection": "(0054,1102)",
+    "FrameReferenceTime": "(0054,1300)",
+    "ActualFrameDuration": "(0018,1242)",
 }
 _PHILIPS_SUV_TAG_NAME = f"Philips SUV scale factor (7053,1000) [{PHILIPS_PRIVATE_CREATOR}]"
 _PHILIPS_BQML_TAG_NAME = f"Philips Bq/mL scale factor (7053,1009) [{PHILIPS_PRIVATE_CREATOR}]"
@@ -478,22 +496,71 @@ def _ge_scan_datetime(slices: Sequence[_Slice]) -> Optional[datetime.datetime]:
     return values[0][1]
 
 
-def _start_reference(slices: Sequence[_Slice]) -> Tuple[datetime.datetime, str]:
-    """Decay-correction reference datetime for DecayCorrection START, with a description."""
+def _start_reference(slices: Sequence[_Slice], half_life_s: float) -> Tuple[datetime.datetime, str]:
+    """Decay-correction reference datetime for DecayCorrection START, with a description.
+
+    The order of QIBA's vendor-neutral SUV pseudo-code: SeriesDate/SeriesTime, unless it is
+    after an acquisition (a series re-created later); then GE's private scan datetime; then the
+    scan start worked back from the frame timing; then the earliest acquisition.
+    """
     series = _series_datetime(slices)
     earliest = _earliest_acquisition(slices, series.date())
     if earliest is None or series <= earliest:
         return series, f"series date/time {series.isoformat(sep=' ')}"
+    later = (
+        f"series date/time {series.isoformat(sep=' ')} is after the earliest acquisition {earliest.isoformat(sep=' ')}"
+    )
     ge_scan = _ge_scan_datetime(slices)
     if ge_scan is not None:
-        return ge_scan, (
-            f"{_GE_SCAN_TAG_NAME} {ge_scan.isoformat(sep=' ')} (series date/time "
-            f"{series.isoformat(sep=' ')} is after the earliest acquisition {earliest.isoformat(sep=' ')})"
+        return ge_scan, f"{_GE_SCAN_TAG_NAME} {ge_scan.isoformat(sep=' ')} ({later})"
+    start = _frame_timing_start(slices, series.date(), half_life_s)
+    if start is not None and start <= earliest + datetime.timedelta(seconds=1):
+        return start, (
+            f"scan start {start.isoformat(sep=' ')} worked back from AcquisitionTime, "
+            f"{_tag_name('FrameReferenceTime')} and {_tag_name('ActualFrameDuration')} ({later}: post-processed series)"
         )
-    return earliest, (
-        f"earliest acquisition date/time {earliest.isoformat(sep=' ')} (series date/time "
-        f"{series.isoformat(sep=' ')} is after it: post-processed series)"
-    )
+    return earliest, f"earliest acquisition date/time {earliest.isoformat(sep=' ')} ({later}: post-processed series)"
+
+
+def _frame_timing_start(
+    slices: Sequence[_Slice], series_date: datetime.date, half_life_s: float
+) -> Optional[datetime.datetime]:
+    """The scan start as QIBA works it back from one slice: its acquisition time, plus the time
+    within the frame at which the decaying count rate equals its average, minus the
+    FrameReferenceTime (which counts from the decay reference to that point). None unless every
+    slice has both frame times (> 0) and the slices agree."""
+    decay_rate = math.log(2.0) / half_life_s
+    starts = []
+    for item in slices:
+        reference_ms, duration_ms = item.number("FrameReferenceTime"), item.number("ActualFrameDuration")
+        time_text = item.raw("AcquisitionTime")
+        if not reference_ms or not duration_ms or reference_ms <= 0 or duration_ms <= 0 or time_text is None:
+            return None
+        date_text = item.raw("AcquisitionDate")
+        date = (
+            series_date if date_text is None else _parse_or_fail(item, "AcquisitionDate", parse_dicom_date, date_text)
+        )
+        acquired = datetime.datetime.combine(date, _parse_or_fail(item, "AcquisitionTime", parse_dicom_time, time_text))
+        frame_s = duration_ms / 1000.0
+        average_count_time_s = math.log(decay_rate * frame_s / (1.0 - math.exp(-decay_rate * frame_s))) / decay_rate
+        starts.append(acquired + datetime.timedelta(seconds=average_count_time_s - reference_ms / 1000.0))
+    return min(starts) if max(starts) - min(starts) <= FRAME_START_AGREEMENT else None
+
+
+def _dose_in_bq(slices: Sequence[_Slice], warnings: List[str]) -> float:
+    dose = _series_number(slices, "RadionuclideTotalDose", in_sequence=True)
+    if dose < MEGA_BQ_DOSE_LIMIT:
+        warnings.append(
+            f"{slices[0].label}: {_tag_name('RadionuclideTotalDose')} is {dose:g}: DICOM gives it in Bq, and no "
+            f"PET is made with {dose:g} Bq; read as {dose:g} MBq"
+        )
+        return dose * 1e6
+    if dose < MIN_DOSE_BQ:
+        raise slices[0].fail(
+            f"{_tag_name('RadionuclideTotalDose')} is {dose:g} Bq, below any imaging dose (1 MBq), and too large "
+            "to be in MBq; correct the header to compute SUV"
+        )
+    return dose
 
 
 def _injection_datetime(
@@ -648,9 +715,14 @@ def _philips_factors(slices: Sequence[_Slice], offset: int, tag_name: str) -> Op
         if value is None:
             raise item.fail(f"{tag_name} is missing although other slices of the series have it")
         factor = _parse_number(value, f"{item.label}: {tag_name}")
-        if factor <= 0:
+        if factor < 0:
             raise item.fail(f"{tag_name} is {factor:g}; it must be greater than zero")
         factors.append(factor)
+    if all(factor == 0 for factor in factors):
+        return None  # Philips: "if the SUV Scale Factor is 0.0, the voxel data cannot be converted" with it
+    for item, factor in zip(slices, factors):
+        if factor == 0:
+            raise item.fail(f"{tag_name} is 0 although other slices of the series have a factor")
     return np.asarray(factors, dtype=np.float64)
 
 
@@ -706,12 +778,17 @@ def suv_bw_factors(datasets: Sequence[pydicom.Dataset], source: str = "") -> SUV
         if philips_bqml is None:
             raise slices[0].fail(
                 f"{_tag_name('Units')} is CNTS but neither {_PHILIPS_SUV_TAG_NAME} nor {_PHILIPS_BQML_TAG_NAME} "
-                "is present; counts cannot be converted to SUV"
+                "is present (or non-zero); counts cannot be converted to SUV"
             )
         bqml_scale = philips_bqml
 
     weight_kg = _series_number(slices, "PatientWeight")
-    dose_bq = _series_number(slices, "RadionuclideTotalDose", in_sequence=True)
+    if weight_kg > MAX_WEIGHT_KG:
+        raise slices[0].fail(
+            f"{_tag_name('PatientWeight')} is {weight_kg:g}: DICOM gives it in kg, and no patient weighs that "
+            "much (grams?); correct the header to compute SUV"
+        )
+    dose_bq = _dose_in_bq(slices, warnings)
     decay_correction = _series_text(slices, "DecayCorrection")
     if decay_correction == "ADMIN":
         half_life_s = _informative_number(slices, "RadionuclideHalfLife", in_sequence=True)
@@ -719,7 +796,7 @@ def suv_bw_factors(datasets: Sequence[pydicom.Dataset], source: str = "") -> SUV
         reference = "ADMIN: images are decay corrected to the administration (injection) time, dt = 0"
     elif decay_correction == "START":
         half_life_s = _series_number(slices, "RadionuclideHalfLife", in_sequence=True)
-        reference_datetime, reference = _start_reference(slices)
+        reference_datetime, reference = _start_reference(slices, half_life_s)
         injection = _injection_datetime(slices, reference_datetime, half_life_s, warnings)
         decay_time_s = (reference_datetime - injection).total_seconds()
     else:

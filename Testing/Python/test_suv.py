@@ -171,6 +171,43 @@ def test_ge_private_tag_as_unknown_bytes_is_decoded():
     assert suv_bw_factors(datasets).decay_time_s == 4185.0
 
 
+def test_post_processed_series_without_ge_tag_works_back_the_scan_start_from_the_frame_timing():
+    """QIBA's third choice: two beds of 3 minutes from 11:30:00; each slice's AcquisitionTime is
+    when its bed started counting (the first one 20 s late), FrameReferenceTime counts from the
+    scan start to the bed's average-count-rate moment. The series was re-created at 14:05."""
+    start = datetime.datetime(2020, 1, 1, 11, 30, 0)
+    decay_rate = np.log(2.0) / HALF_LIFE
+    average = np.log(decay_rate * 180.0 / (1.0 - np.exp(-decay_rate * 180.0))) / decay_rate  # ~ 90 s
+    datasets = _ge_series(None)
+    for ds, bed_start_s in zip(datasets, (20.0, 200.0)):
+        ds.AcquisitionTime = (start + datetime.timedelta(seconds=bed_start_s)).strftime("%H%M%S.%f")
+        ds.ActualFrameDuration = 180000
+        ds.FrameReferenceTime = f"{(bed_start_s + average) * 1000.0:.3f}"
+
+    result = suv_bw_factors(datasets)
+
+    assert result.decay_time_s == pytest.approx(4200.0, abs=0.01)  # 10:20:00 -> 11:30:00, not 11:30:20
+    assert result.reference_time.startswith("scan start 2020-01-01 11:30:00")
+    np.testing.assert_allclose(result.factors, _bw_factor(81.3, 3.52e8, 4200.0), rtol=1e-6)
+    # Slices that do not agree on the start tell none: the earliest acquisition is taken.
+    datasets[1].FrameReferenceTime = "1000"
+    assert suv_bw_factors(datasets).reference_time.startswith("earliest acquisition date/time 2020-01-01 11:30:20")
+
+
+def test_a_dose_written_in_mbq_is_read_as_mbq_with_a_warning():
+    result = suv_bw_factors(_series(dose="352"))
+    np.testing.assert_allclose(result.factors, suv_bw_factors(_series()).factors, rtol=1e-12)
+    assert result.injected_dose_bq == 3.52e8
+    assert any("RadionuclideTotalDose (0018,1074) is 352: DICOM gives it in Bq" in w for w in result.warnings)
+
+
+def test_a_philips_suv_scale_factor_of_zero_falls_back_to_the_bqml_factor():
+    datasets = _series(("092006", "092006"), units="CNTS")
+    for ds in datasets:
+        _add_private(ds, 0x7053, "Philips PET Private Group", {0x00: ("DS", "0"), 0x09: ("DS", "3.2")})
+    np.testing.assert_allclose(suv_bw_factors(datasets).factors, 3.2 * _bw_factor(81.3, 3.52e8, 3935.5), rtol=1e-12)
+
+
 def test_philips_cnts_with_the_private_suv_scale_factor():
     datasets = _series(("100000", "100000"), units="CNTS", weight=None, decay_correction="NONE")
     for ds, factor in zip(datasets, ("0.000123", "0.000456")):
@@ -358,6 +395,8 @@ REFUSALS = {
     "missing weight": (lambda: _without("PatientWeight"), "PatientWeight (0010,1030) is missing"),
     "empty weight": (lambda: _series(weight=""), "PatientWeight (0010,1030) is missing or empty"),
     "zero weight": (lambda: _series(weight="0"), "PatientWeight (0010,1030) is 0"),
+    "weight in grams": (lambda: _series(weight="81300"), "PatientWeight (0010,1030) is 81300: DICOM gives it in kg"),
+    "dose neither Bq nor MBq": (lambda: _series(dose="50000"), "RadionuclideTotalDose (0018,1074) is 50000 Bq, below"),
     "missing dose": (lambda: _without_in_sequence("RadionuclideTotalDose"), "RadionuclideTotalDose (0018,1074)"),
     "missing half-life": (lambda: _without_in_sequence("RadionuclideHalfLife"), "RadionuclideHalfLife (0018,1075)"),
     "missing start time": (
