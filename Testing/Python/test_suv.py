@@ -528,3 +528,46 @@ def test_parse_dicom_date_and_datetime():
     for bad in ("2019061", "20191312", "20190611234010."):
         with pytest.raises(ValueError):
             (parse_dicom_date if len(bad) < 9 else parse_dicom_datetime)(bad)
+
+
+# Headers of real Siemens, GE and Philips PET scans and the SUVbw factor each should give, from the
+# test data of cornerstonejs/calculate-suv (test/metadata/*.json, MIT licence): the attributes SUV
+# reads, of the first instance of each series (the others agree in them).
+# (name, SeriesTime, AcquisitionTime, PatientWeight, Units, dose Bq, half-life s, start time,
+#  start datetime, FrameReferenceTime ms, ActualFrameDuration ms, Philips SUV factor, Philips Bq/mL factor, factor)
+REAL_SCANNER_HEADERS = [
+    ("SIEMENS", "104829.000000", "104830.351370", "67", "BQML", "374000000", "6586.2", "083045.000000",
+     "20201217083045.000000", "38513.36", 74324, None, None, 0.00042748316187197236),
+    ("SIEMENS series time after acquisition", "123515.000000", "123514.999995", "65", "BQML", "225000000", "6586.2",
+     "114100.000000", None, "59936.854672596", 120000, None, None, 0.0004069156854009332),
+    ("SIEMENS post-processed", "134918.000000", "130348.234000", "69", "BQML", "388000000", "6586.2",
+     "120037.000000", None, "0", 180000, None, None, 0.00026503312764157046),
+    ("SIEMENS without start datetime", "135431.843000", "141555.687000", "102", "BQML", "412000000", "6586.2",
+     "125000.000000", None, "1372857.9232493", 180000, None, None, 0.0003721089202818729),
+    ("GE MEDICAL SYSTEMS", "095621", "095621", "52", "BQML", "152022720", "6586.2001953125", "084500.00",
+     "20201217084500.00", "0", 120000, None, None, 0.0005367387681819742),
+    ("PHILIPS BQML", "110155", "110156", "64", "BQML", "126000000", "6586.199707", "100058", "20201217100058",
+     "1328700", 120700, "0.003515736", "4.709921", 0.0007463747013889488),
+    ("PHILIPS CNTS with both factors", "093556", "095439", "54", "CNTS", "238000000", "6588", "083000", None,
+     "1183000", 120000, "0.000551", "1.602563", 0.000551),
+    ("PHILIPS CNTS with the SUV factor", "134551", "141336", "47", "CNTS", "208230000", "6588", "123000", None,
+     "1755000", 180000, "0.000728", None, 0.000728),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("header", REAL_SCANNER_HEADERS, ids=[h[0] for h in REAL_SCANNER_HEADERS])
+def test_real_scanner_headers_give_the_reference_factor(header):
+    (_, series_time, acquisition_time, weight, units, dose, half_life, start_time, start_datetime) = header[:9]
+    frame_reference, frame_duration, philips_suv, philips_bqml, expected = header[9:]
+    ds = _pet_slice(
+        acquisition_time, units=units, weight=weight, dose=dose, half_life=half_life, start_time=start_time,
+        start_datetime=start_datetime, series_date="20201217", series_time=series_time,
+    )  # fmt: skip
+    ds.FrameReferenceTime, ds.ActualFrameDuration = frame_reference, frame_duration
+    private = {offset: ("DS", value) for offset, value in ((0x00, philips_suv), (0x09, philips_bqml)) if value}
+    if private:
+        _add_private(ds, 0x7053, "Philips PET Private Group", private)
+
+    result = suv_bw_factors([ds])
+
+    assert result.factors[0] == pytest.approx(expected, rel=1e-9)
