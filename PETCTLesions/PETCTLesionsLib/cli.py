@@ -226,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="PET/CT lesion tools: inspect DICOM studies (info), detect lesions in them (predict), convert "
         "annotations between DICOM, PASCAL VOC and nnU-Net (convert), score predictions (evaluate), train the "
         "model (train), generate synthetic studies (synth) and run it all on a demo study (demo). Exit status: "
-        "0 done, 1 some studies or files not processed (each line says why), 2 refused (the message says why).",
+        "0 done, 1 a study could not be processed or convert wrote nothing (each line says why), 2 refused before "
+        "starting (the message says why).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

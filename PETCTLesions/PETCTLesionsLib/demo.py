@@ -38,7 +38,8 @@ def run_demo(
         report(0.4 + 0.6 * fraction, message)
 
     options = PredictionOptions(device=device, overwrite=overwrite)
-    (result,) = predict([case.study_dir], out_dir / "predicted", options, progress=detection_progress)
+    results = predict([case.study_dir], out_dir / "predicted", options, progress=detection_progress)
+    (result,) = [r for r in results if not r.left_out]  # the demo folder holds the one study
     if result.error:
         raise ValueError(f"demo study {case.study_dir}: {result.error}")
     report(1.0, "done")

@@ -165,6 +165,11 @@ class SliceHeader:
     frame: Optional[int] = None  # the frame (from 0) of a multi-frame file that this slice is; None: single-frame
 
     @property
+    def where(self) -> str:
+        """How messages name the slice: its file, and its frame in a multi-frame file."""
+        return str(self.path) if self.frame is None else f"{self.path} (frame {self.frame + 1})"
+
+    @property
     def instance_key(self) -> Tuple[str, int]:
         """What identifies the slice: its SOPInstanceUID, and its frame in a multi-frame file."""
         return self.sop_instance_uid, -1 if self.frame is None else self.frame
@@ -691,6 +696,8 @@ def _header_from_dataset(
     slope = values.number("RescaleSlope")
     intercept = values.number("RescaleIntercept")
     bits_allocated = values.unsigned_short("BitsAllocated") or 16
+    sop_class = raw_header.sop_class or values.ascii("SOPClassUID")
+    frames = values.integer("NumberOfFrames") or 1
     return SliceHeader(
         path=path,
         sop_instance_uid=required["SOPInstanceUID"],
@@ -712,7 +719,7 @@ def _header_from_dataset(
         position=values.numbers("ImagePositionPatient", 3),  # type: ignore[arg-type]
         slice_thickness=values.number("SliceThickness"),
         spacing_between_slices=values.number("SpacingBetweenSlices"),
-        number_of_frames=values.integer("NumberOfFrames") or 1,
+        number_of_frames=frames,
         samples_per_pixel=values.unsigned_short("SamplesPerPixel") or 1,
         bits_allocated=bits_allocated,
         bits_stored=values.unsigned_short("BitsStored") or bits_allocated,
@@ -723,9 +730,10 @@ def _header_from_dataset(
         transfer_syntax=raw_header.transfer_syntax,
         pixel_data_offset=offset,
         pixel_data_length=length if offset is not None else None,
-        dataset=ds if modality == "PT" or (values.integer("NumberOfFrames") or 1) > 1 else None,
+        # PET for its SUV attributes, Enhanced CT for its functional groups (where its frames lie).
+        dataset=ds if modality == "PT" or sop_class in ENHANCED_CT_SOP_CLASSES or frames > 1 else None,
         part10=part10,
-        sop_class_uid=raw_header.sop_class or values.ascii("SOPClassUID"),
+        sop_class_uid=sop_class,
         image_type=_upper_values(values.ascii("ImageType")),
         corrected_image=_upper_values(values.ascii("CorrectedImage")),
     )
@@ -742,8 +750,8 @@ def read_image_headers(path: PathLike, text_cache: Optional[Dict[Tuple[int, byte
     pixel spacing is a :class:`DicomReadError` naming the file and the frame.
     """
     header = read_slice_header(path, text_cache)
-    if header.number_of_frames <= 1 or header.sop_class_uid not in ENHANCED_CT_SOP_CLASSES:
-        return [header]  # a single slice, or a multi-frame kind the series reader refuses by name
+    if header.sop_class_uid not in ENHANCED_CT_SOP_CLASSES:
+        return [header]  # a classic slice, or a multi-frame kind the series reader refuses by name
     try:
         return frame_headers(header)
     except ValueError as error:
@@ -807,7 +815,7 @@ def frame_headers(header: SliceHeader) -> List[SliceHeader]:
         frames.append(
             dataclasses.replace(
                 header,
-                frame=number,
+                frame=number if header.number_of_frames > 1 else None,  # one frame: the file is the slice
                 number_of_frames=1,
                 position=position,  # type: ignore[arg-type]
                 orientation=orientation,

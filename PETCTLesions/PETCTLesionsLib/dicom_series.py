@@ -58,7 +58,6 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import pydicom
 import SimpleITK as sitk
-from pydicom import uid as uids
 from pydicom.uid import UID
 
 from .dicom_index import (
@@ -82,19 +81,19 @@ SHEAR_RELATIVE_TOLERANCE = 0.01
 INTERPOLATION_SNAP = 1e-6  # weights closer than this to 0 or 1 take the slice itself
 SLAB_BYTES = 8 * 1024 * 1024
 INT16_RANGE = (-32768, 32767)
-# The transfer syntaxes GDCM's codecs (in every SimpleITK build, and in Slicer) decode.
+# The transfer syntaxes GDCM's codecs (in every SimpleITK build, and in Slicer) decode. Spelt out:
+# pydicom 2.x (Slicer's) names .4.70 "JPEGLossless", the name pydicom 3 gives .4.57.
 SIMPLEITK_DECODED_TRANSFER_SYNTAXES = frozenset(
-    str(uid)
-    for uid in (
-        uids.JPEGBaseline8Bit,
-        uids.JPEGExtended12Bit,
-        uids.JPEGLossless,
-        uids.JPEGLosslessSV1,
-        uids.JPEGLSLossless,
-        uids.JPEGLSNearLossless,
-        uids.JPEG2000Lossless,
-        uids.JPEG2000,
-        uids.RLELossless,
+    (
+        "1.2.840.10008.1.2.4.50",  # JPEG Baseline (Process 1)
+        "1.2.840.10008.1.2.4.51",  # JPEG Extended (Process 2 & 4)
+        "1.2.840.10008.1.2.4.57",  # JPEG Lossless, Non-Hierarchical (Process 14)
+        "1.2.840.10008.1.2.4.70",  # JPEG Lossless, Process 14, Selection Value 1: what PACS write most
+        "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
+        "1.2.840.10008.1.2.4.81",  # JPEG-LS Lossy (Near-Lossless)
+        "1.2.840.10008.1.2.4.90",  # JPEG 2000 (Lossless Only)
+        "1.2.840.10008.1.2.4.91",  # JPEG 2000
+        "1.2.840.10008.1.2.5",  # RLE Lossless
     )
 )
 STORED_VALUE_TOLERANCE = 1e-3  # how far GDCM's value, rescaled back, may lie from a whole stored value
@@ -180,7 +179,7 @@ def _require_same(
     for header in headers[1:]:
         if value(header) != reference:
             raise DicomSeriesError(
-                f"{label}: slices differ in {what}: {headers[0].path} has {reference}, {header.path} has "
+                f"{label}: slices differ in {what}: {headers[0].where} has {reference}, {header.where} has "
                 f"{value(header)}; one image cannot hold them"
             )
 
@@ -205,15 +204,15 @@ def _check_slices(headers: Sequence[SliceHeader], label: str) -> None:
             ("PixelSpacing (0028,0030)", header.pixel_spacing),
         ):
             if value is None:
-                raise DicomSeriesError(f"{header.path}: {what} is missing; the slice cannot be placed in space")
+                raise DicomSeriesError(f"{header.where}: {what} is missing; the slice cannot be placed in space")
     _require_same(headers, label, "size (Rows x Columns)", lambda h: (h.rows, h.columns))
     _require_same(headers, label, "PixelSpacing", lambda h: tuple(round(v, 6) for v in h.pixel_spacing or ()))
     reference = np.asarray(headers[0].orientation)
     for header in headers[1:]:
         if np.max(np.abs(np.asarray(header.orientation) - reference)) > ORIENTATION_TOLERANCE:
             raise DicomSeriesError(
-                f"{label}: slices have different orientations: {headers[0].path} has ImageOrientationPatient "
-                f"{list(headers[0].orientation or ())}, {header.path} has {list(header.orientation or ())}; "
+                f"{label}: slices have different orientations: {headers[0].where} has ImageOrientationPatient "
+                f"{list(headers[0].orientation or ())}, {header.where} has {list(header.orientation or ())}; "
                 "a series must have one orientation"
             )
 
@@ -270,7 +269,7 @@ def _check_distinct_positions(headers: Sequence[SliceHeader], positions: np.ndar
         first, second = headers[index], headers[index + 1]
         raise DicomSeriesError(
             f"{label}: two different slices at the same position ({positions[index]:.3f} mm along the normal): "
-            f"{first.path} (SOPInstanceUID {first.sop_instance_uid}) and {second.path} "
+            f"{first.where} (SOPInstanceUID {first.sop_instance_uid}) and {second.where} "
             f"(SOPInstanceUID {second.sop_instance_uid}); the series mixes two acquisitions"
         )
 
@@ -283,8 +282,8 @@ def _check_stacking(headers: Sequence[SliceHeader], normal: np.ndarray, label: s
         drift = float(np.linalg.norm(offset - np.dot(offset, normal) * normal))
         if drift > tolerance:
             raise DicomSeriesError(
-                f"{label}: slices are not stacked along their normal: {header.path} is shifted {drift:.3f} mm "
-                f"in-plane from {headers[0].path} (gantry tilt or sheared series); this is not supported"
+                f"{label}: slices are not stacked along their normal: {header.where} is shifted {drift:.3f} mm "
+                f"in-plane from {headers[0].where} (gantry tilt or sheared series); this is not supported"
             )
 
 
@@ -376,6 +375,22 @@ def check_decodable(header: SliceHeader) -> None:
         )
 
 
+def _check_one_rescale_per_gdcm_file(headers: Sequence[SliceHeader]) -> None:
+    """GDCM rescales every frame of a file alike, so a compressed multi-frame file whose frames
+    have rescales of their own cannot be read back through it (pydicom would need a decoder)."""
+    first: Dict[Path, SliceHeader] = {}
+    for header in headers:
+        if header.frame is None or header.transfer_syntax not in SIMPLEITK_DECODED_TRANSFER_SYNTAXES:
+            continue
+        other = first.setdefault(header.path, header)
+        if (header.rescale_slope, header.rescale_intercept) != (other.rescale_slope, other.rescale_intercept):
+            raise UnsupportedPixelDataError(
+                f"{header.path}: compressed frames with rescales of their own (frame {other.frame + 1}: slope "
+                f"{other.rescale_slope:g}, intercept {other.rescale_intercept:g}; frame {header.frame + 1}: "
+                f"{header.rescale_slope:g}, {header.rescale_intercept:g}) are not supported yet"
+            )
+
+
 def _stored_dtype(header: SliceHeader, byte_order: str) -> np.dtype:
     if header.bits_allocated not in (8, 16, 32):
         raise UnsupportedPixelDataError(f"{header.path}: BitsAllocated {header.bits_allocated} is not supported")
@@ -438,43 +453,51 @@ def _read_with_pydicom(header: SliceHeader) -> np.ndarray:
 
 
 class _DecodedFile:
-    """GDCM decodes a multi-frame file whole: the last one is kept for its next frames."""
+    """GDCM decodes a multi-frame file whole: the last one is kept (as GDCM's image, no copy) for
+    its next frames, and a file that failed is not decoded again by the other threads."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.path: Optional[Path] = None
-        self.values: Optional[np.ndarray] = None
+        self.image: Optional[sitk.Image] = None
+        self.error: Optional[Exception] = None
 
-    def frames(self, path: Path) -> np.ndarray:
+    def frame(self, path: Path, index: int) -> np.ndarray:
         with self.lock:
             if self.path != path:
-                self.values, self.path = None, None  # free the previous file first
-                self.values, self.path = _decode_with_gdcm(path), path
-            return self.values  # type: ignore[return-value]
+                self.image, self.error, self.path = None, None, path  # free the previous file first
+                try:
+                    self.image = _decode_with_gdcm(path)
+                except Exception as error:  # kept: every frame of the file reports it
+                    self.error = error
+            if self.error is not None:
+                raise self.error
+            values = sitk.GetArrayViewFromImage(self.image)
+            return np.array(values[index] if values.ndim == 3 else values)  # one frame copied out
 
     def forget(self) -> None:
         with self.lock:
-            self.values, self.path = None, None
+            self.image, self.error, self.path = None, None, None
 
 
 _LAST_MULTI_FRAME_FILE = _DecodedFile()
 
 
-def _decode_with_gdcm(path: Path) -> np.ndarray:
-    """Every frame of a file, as GDCM hands them over (rescaled), frames x rows x columns."""
+def _decode_with_gdcm(path: Path) -> sitk.Image:
+    """Every frame of a file, as GDCM hands them over (rescaled)."""
     reader = sitk.ImageFileReader()
     reader.SetImageIO("GDCMImageIO")
     reader.SetFileName(str(path))
-    values = sitk.GetArrayFromImage(reader.Execute())
-    return values if values.ndim == 3 else values[np.newaxis]
+    return reader.Execute()
 
 
 def _read_with_simpleitk(header: SliceHeader) -> np.ndarray:
     """Stored values decoded by GDCM, which hands them over rescaled: the rescale is undone here."""
     if header.frame is None:
-        values = _decode_with_gdcm(header.path)[0]
+        values = sitk.GetArrayFromImage(_decode_with_gdcm(header.path))
+        values = values[0] if values.ndim == 3 else values
     else:
-        values = _LAST_MULTI_FRAME_FILE.frames(header.path)[header.frame]
+        values = _LAST_MULTI_FRAME_FILE.frame(header.path, header.frame)
     if header.rescale_slope == 1.0 and float(header.rescale_intercept).is_integer():
         return values.astype(np.int64) - int(header.rescale_intercept)
     stored = (values.astype(np.float64) - header.rescale_intercept) / header.rescale_slope
@@ -645,6 +668,7 @@ def read_series_image(
         raise ValueError(f"{len(slice_scale)} slice factors given for {len(geometry.headers)} slices")
     for header in {h.transfer_syntax: h for h in geometry.headers}.values():  # one file per transfer syntax
         check_decodable(header)
+    _check_one_rescale_per_gdcm_file(geometry.headers)
     decoder = _SliceDecoder(geometry, None if slice_scale is None else np.asarray(slice_scale))
     pool = ThreadPoolExecutor(max_workers=workers or _default_workers())
     try:

@@ -167,11 +167,18 @@ def _left_out(scan, studies, chosen, paths: Sequence[Path]) -> List[StudyPredict
     if unreadable:  # those of processed series are in their study's result
         more = f" (and {len(unreadable) - 1} more)" if len(unreadable) > 1 else ""
         left.append(StudyPrediction(f"{len(unreadable)} unreadable file(s)", left_out=unreadable[0].message + more))
-    indexed = [Path(os.path.abspath(header.path)) for series in scan.series for header in series.headers]
-    for path in paths:
-        where = Path(os.path.abspath(path))
-        if not any(file == where or where in file.parents for file in indexed):
-            left.append(StudyPrediction(str(path), left_out="no DICOM image file in it"))
+    images = [header.path for series in scan.series for header in series.headers]
+    images += [path for series in scan.series for pair in series.duplicates + series.set_aside for path in pair[:1]]
+    images += [problem.path for problem in scan.problems]
+    holding = set()  # every image file and every folder above one
+    for file in map(os.path.abspath, images):
+        holding.add(Path(file))
+        holding.update(Path(file).parents)
+    left.extend(
+        StudyPrediction(str(path), left_out="no DICOM image file in it")
+        for path in paths
+        if Path(os.path.abspath(path)) not in holding
+    )
     return left
 
 

@@ -482,7 +482,9 @@ def info_report(
         "files": {
             "found": scan.files_found,
             # Every file with pixel data: slices, copies, and localizers set aside from their series.
-            "dicom_images": sum(len(s.headers) + len(s.duplicates) + len(s.set_aside) for s in scan.series),
+            "dicom_images": sum(
+                len(s.files) + len({copy for copy, _ in s.duplicates}) + len(s.set_aside) for s in scan.series
+            ),
             "skipped": len(scan.skipped),
             "unreadable": len(scan.problems),
         },

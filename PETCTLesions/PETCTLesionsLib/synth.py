@@ -139,10 +139,11 @@ def write_synthetic_case(
             raise OutputExistsError(f"{existing[0]}: already exists; refusing to overwrite it")
 
     # Series folders are named after their UIDs, which the writer derives; write into a
-    # staging folder first (removed if anything fails), then rename to the NBIA-style name.
+    # staging folder beside the study first (removed if anything fails), then move the series
+    # into the study folder under their NBIA-style names.
     ct_description, pet_description = "CT 3mm", "PET WB AC"
-    study_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".staging-", dir=study_dir) as staging:
+    study_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".staging-", dir=study_dir.parent) as staging:
         ct_tmp, pet_tmp = Path(staging) / "ct", Path(staging) / "pet"
         ct = write_ct_series(study.ct_hu, study.ct_grid, identity.study, ct_tmp, 2, ct_description)
         pet = write_pet_series(
@@ -190,6 +191,7 @@ def _move_series(result: SeriesWriteResult, staging: Path, final: Path, overwrit
         for old in final.glob("*.dcm"):
             old.unlink()
         final.rmdir()
+    final.parent.mkdir(parents=True, exist_ok=True)
     staging.rename(final)
     result.paths = [final / p.name for p in result.paths]
     return result

@@ -585,3 +585,37 @@ def test_enhanced_ct_frame_without_a_position_is_named(tmp_path):
         scan.problems[0].message
         == f"{path}: frame 2 has no ImagePositionPatient (Plane Position) in its functional groups"
     )
+
+
+def test_enhanced_ct_one_frame_per_file_reads_as_the_classic_series(tmp_path):
+    """Some scanners write Enhanced CT one frame per file: each file is a slice, placed by its
+    functional groups, with its own SOPInstanceUID (which VOC files are named after)."""
+    for n, source in enumerate(sorted(LUNG_DX_CT.glob("*.dcm"))):
+        _enhanced_ct_from([source], tmp_path / f"e{n}.dcm", [0])
+        _rewrite(tmp_path / f"e{n}.dcm", lambda ds, n=n: setattr(ds, "SOPInstanceUID", make_uid("one frame", n)))
+
+    series = _series([tmp_path])
+    image = read_series_image(series_geometry(series))
+
+    assert len(series.files) == 11 and all(h.frame is None for h in series.headers)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(load_series([LUNG_DX_CT])))
+
+
+def test_enhanced_ct_messages_name_the_frame_and_compressed_per_frame_rescales_are_refused(tmp_path):
+    path = tmp_path / "enhanced.dcm"
+    _enhanced_ct_from(sorted(LUNG_DX_CT.glob("*.dcm"))[:3], path, [0, 1, 1])  # frame 3 repeats frame 2's place
+    with pytest.raises(DicomSeriesError, match="two different slices at the same position") as refused:
+        series_geometry(_series([path]))
+    assert f"{path} (frame 2)" in str(refused.value) and f"{path} (frame 3)" in str(refused.value)
+
+    def own_intercepts(ds) -> None:  # each frame rescaled on its own, then compressed
+        for number, item in enumerate(ds.PerFrameFunctionalGroupsSequence):
+            transform = pydicom.Dataset()
+            transform.RescaleSlope, transform.RescaleIntercept = 1, -1024 + 10 * number
+            item.PixelValueTransformationSequence = [transform]
+        ds.compress(RLELossless)
+
+    _enhanced_ct_from(sorted(LUNG_DX_CT.glob("*.dcm"))[:3], path, [0, 1, 2])
+    _rewrite(path, own_intercepts)
+    with pytest.raises(UnsupportedPixelDataError, match=r"dcm: compressed frames with rescales of their own \(frame"):
+        read_series_image(series_geometry(_series([path])))

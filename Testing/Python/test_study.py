@@ -486,7 +486,8 @@ def test_predict_names_everything_it_left_out(tmp_path, capsys):
     (cut,) = copy_series(ct_only.ct.paths[:1], tmp_path / "cut", "cut short")
     cut.write_bytes(cut.read_bytes()[:-200])
 
-    paths = [tmp_path / name for name in ("petct", "ct only", "notes", "cut")]
+    shutil.copytree(tmp_path / "petct" / "CT 2.5 mm", tmp_path / "backup")  # copies: images, not left out
+    paths = [tmp_path / name for name in ("petct", "ct only", "notes", "cut", "backup")]
     arguments = ["predict", *map(str, paths), "--out", str(tmp_path / "out"), "--device", "cpu", "--no-pictures"]
     assert main(arguments) == 0
     printed = capsys.readouterr().out
@@ -494,6 +495,7 @@ def test_predict_names_everything_it_left_out(tmp_path, capsys):
     assert "STU-0002 study 20201105 'PET/CT 2': left out: no PET series in the study (CT only)" in printed
     assert f"{tmp_path / 'notes'}: left out: no DICOM image file in it" in printed
     assert f"1 unreadable file(s): left out: {cut}: " in printed
+    assert f"{tmp_path / 'backup'}: left out" not in printed
 
     # Nothing to process at all, or a device that does not exist: one line, before any model run.
     assert main(["predict", str(tmp_path / "notes"), "--out", str(tmp_path / "x")]) == 2
