@@ -11,8 +11,9 @@ Rules (see FORMATS.md section 3):
   Type (0054,1006) is BW or absent (an SUVlbm or SUVbsa cannot become SUVbw). Units CNTS
   (Philips): the private SUV scale factor (7053,xx00) of creator "Philips PET Private Group"
   gives SUV directly from the rescaled value; failing that, the private Bq/mL scale factor
-  (7053,xx09) turns the rescaled value into Bq/mL and the BQML formula follows. Any other
-  Units value is refused.
+  (7053,xx09) turns the rescaled value into Bq/mL and the BQML formula follows. In a Philips
+  file whose group 7053 lost its private creators (anonymisers), they are read at (7053,1000)
+  and (7053,1009), where Philips writes them. Any other Units value is refused.
 - DecayCorrection START: the reference is SeriesDate/SeriesTime, unless that is later than the
   earliest AcquisitionDate/AcquisitionTime of the series (a post-processing artefact: the
   series was re-created after the scan); then GE's private scan datetime (0009,xx0D) of
@@ -705,9 +706,23 @@ def _injection_on_reference_day(
 # --------------------------------------------------------------------------- the computation
 
 
+def _philips_value(item: _Slice, offset: int) -> Any:
+    """A Philips private factor, through its private creator; in a Philips file whose group 7053
+    has lost every creator (some anonymisers keep private elements but not their creators), at
+    the place Philips writes it, (7053,10xx)."""
+    value = _private_value(item, PHILIPS_GROUP, PHILIPS_PRIVATE_CREATOR, offset)
+    if value is not None or "PHILIPS" not in (item.text("Manufacturer") or "").upper():
+        return value
+    dataset = item.dataset
+    if any((PHILIPS_GROUP << 16) | element in dataset for element in range(0x10, 0x100)):
+        return None  # creators present, Philips's not among them: the block is someone else's
+    element = dataset.get((PHILIPS_GROUP << 16) | (0x1000 + offset))
+    return None if element is None or _is_empty(element.value) else element.value
+
+
 def _philips_factors(slices: Sequence[_Slice], offset: int, tag_name: str) -> Optional[np.ndarray]:
     """Per-slice Philips private factors, None when no slice has them; all or none must."""
-    values = [_private_value(item, PHILIPS_GROUP, PHILIPS_PRIVATE_CREATOR, offset) for item in slices]
+    values = [_philips_value(item, offset) for item in slices]
     if all(value is None for value in values):
         return None
     factors = []

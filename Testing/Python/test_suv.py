@@ -208,6 +208,17 @@ def test_a_philips_suv_scale_factor_of_zero_falls_back_to_the_bqml_factor():
     np.testing.assert_allclose(suv_bw_factors(datasets).factors, 3.2 * _bw_factor(81.3, 3.52e8, 3935.5), rtol=1e-12)
 
 
+def test_philips_factors_whose_private_creator_was_removed_are_found_where_philips_writes_them():
+    datasets = _series(("092006", "092006"), units="CNTS", manufacturer="Philips Medical Systems")
+    for ds in datasets:
+        ds.add_new(0x70531009, "DS", "3.2")  # (7053,1009) without its (7053,0010) creator
+    np.testing.assert_allclose(suv_bw_factors(datasets).factors, 3.2 * _bw_factor(81.3, 3.52e8, 3935.5), rtol=1e-12)
+    for ds in datasets:  # another vendor's element at that place means nothing
+        ds.Manufacturer = "SIEMENS"
+    with pytest.raises(SUVError, match="Units \\(0054,1001\\) is CNTS but neither"):
+        suv_bw_factors(datasets)
+
+
 def test_philips_cnts_with_the_private_suv_scale_factor():
     datasets = _series(("100000", "100000"), units="CNTS", weight=None, decay_correction="NONE")
     for ds, factor in zip(datasets, ("0.000123", "0.000456")):
