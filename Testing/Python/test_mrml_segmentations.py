@@ -40,10 +40,17 @@ def _reference(grid: Grid, name: str = "PET"):
 
 
 def _both_ways(segmentation, reference):
+    import slicer
+
     from PETCTLesionsLib.mrml.segmentations import _lesion_map_by_slicer, _lesion_map_from_layers, segment_ids
 
     ids = segment_ids(segmentation)
-    return _lesion_map_from_layers(segmentation, ids, reference), _lesion_map_by_slicer(segmentation, ids, reference)
+    kinds = ("vtkMRMLVolumeNode", "vtkMRMLDisplayNode", "vtkMRMLColorNode", "vtkMRMLStorageNode")
+    before = [slicer.mrmlScene.GetNumberOfNodesByClass(kind) for kind in kinds]
+    by_slicer = _lesion_map_by_slicer(segmentation, ids, reference)
+    # No labelmap, display node or colour table left behind (one per call used to pile up).
+    assert [slicer.mrmlScene.GetNumberOfNodesByClass(kind) for kind in kinds] == before
+    return _lesion_map_from_layers(segmentation, ids, reference), by_slicer
 
 
 def _add_painted_segment(segmentation, reference, voxels: np.ndarray, name: str) -> str:
@@ -81,6 +88,7 @@ def test_import_puts_each_lesion_in_one_shared_layer_with_the_right_voxels(mrml_
         segment = content.GetSegment(segment_id)
         number = position + 1
         assert segment.GetName() == f"Lesion {number}"
+        assert segment_id.startswith("PETCTLesions_")  # never the name, which Slicer 5.6 would reuse as the ID
         assert segment.GetColor() == pytest.approx(lesion_colour(number))
         assert segment_terminology(segment) == LESION_TERMINOLOGY
         voxels = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segment_id, reference)

@@ -93,5 +93,21 @@ def show_fused_study(
         composite.SetForegroundVolumeID(pet_node.GetID())
         composite.SetLinkedControl(True)
     set_pet_opacity(scene, opacity)
-    # Centre and zoom every slice view on the study (fits to the background volume, the CT).
-    application_logic().FitSliceToAll()
+    fit_slice_views_to(ct_node)
+
+
+def fit_slice_views_to(volume_node: slicer.vtkMRMLVolumeNode) -> None:
+    """Centre and zoom every slice view on ``volume_node`` (the CT: the PET's wider field of view
+    holds no anatomy), as Slicer's FitSliceToAll does for each view, but on this volume alone:
+    that one fits to the background volume in Slicer 5.6 and to all layers from 5.8 on."""
+    logics = application_logic().GetSliceLogics()
+    for index in range(logics.GetNumberOfItems() if logics is not None else 0):
+        logic = logics.GetItemAsObject(index)
+        node = logic.GetSliceNode()
+        if node is None:
+            continue
+        node.SetOrientationToDefault()
+        logic.RotateSliceToLowestVolumeAxes(False)
+        width, height, _ = node.GetDimensions()
+        logic.FitSliceToVolume(volume_node, width, height)
+        logic.SnapSliceOffsetToIJK()

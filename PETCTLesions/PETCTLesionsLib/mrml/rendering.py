@@ -172,8 +172,11 @@ class OffscreenSliceView:
         """
         width, height = self.size
         self.logic.ResizeSliceNode(width, height)
-        if fit:
-            self.logic.FitSliceToAll(width, height)
+        if fit:  # to the background volume (what FitSliceToAll does in Slicer 5.6; 5.8+ fit all layers)
+            background = self.logic.GetSliceCompositeNode().GetBackgroundVolumeID()
+            volume = self.logic.GetMRMLScene().GetNodeByID(background) if background else None
+            if volume is not None:
+                self.logic.FitSliceToVolume(volume, width, height)
         self.window.Render()
         if not self.window.SupportsOpenGL():
             raise OffscreenRenderingError(

@@ -9,6 +9,7 @@ that goes in comes back out voxel for voxel.
 from __future__ import annotations
 
 import colorsys
+import uuid
 from typing import List, Optional, Tuple
 
 import numpy as np
@@ -144,7 +145,9 @@ def _add_lesion_segments(
             set_segment_terminology(segment, LESION_TERMINOLOGY)
             segment.SetLabelValue(number)  # its voxels in the shared labelmap
             segment.AddRepresentation(labelmap_name, shared)
-            if not content.AddSegment(segment):
+            # An ID of its own: Slicer 5.6 would take the name ("Lesion 2") as the ID, which a later
+            # lesion can get again after this one is removed, and boxes are linked to segments by ID.
+            if not content.AddSegment(segment, f"PETCTLesions_{uuid.uuid4().hex[:16]}"):
                 raise RuntimeError(f"Slicer could not add lesion {number} to segmentation {segmentation.GetName()!r}")
     finally:
         segmentation.EndModify(was_modifying)
@@ -198,6 +201,7 @@ def _lesion_map_by_slicer(
     segmentation: slicer.vtkMRMLSegmentationNode, ids: List[str], reference: slicer.vtkMRMLVolumeNode
 ) -> np.ndarray:
     """Slicer's own export to a labelmap on ``reference`` (resamples, converts representations)."""
+    colour_tables_before = {node.GetID() for node in slicer.util.getNodesByClass("vtkMRMLColorNode")}
     labelmap = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "export labels")
     try:
         id_array = vtk.vtkStringArray()
@@ -214,7 +218,15 @@ def _lesion_map_by_slicer(
             )
         return np.array(slicer.util.arrayFromVolume(labelmap), dtype=np.uint16, copy=True)
     finally:
+        # Removing a volume leaves its display node, and the colour table the export made for it,
+        # in the scene: one more of each per call (every box added, every fallback export).
+        display = labelmap.GetDisplayNode()
+        colours = display.GetColorNode() if display is not None else None
         slicer.mrmlScene.RemoveNode(labelmap)
+        if display is not None:
+            slicer.mrmlScene.RemoveNode(display)
+        if colours is not None and colours.GetID() not in colour_tables_before:
+            slicer.mrmlScene.RemoveNode(colours)
 
 
 def _lesion_map_from_layers(
