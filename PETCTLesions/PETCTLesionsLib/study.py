@@ -32,7 +32,14 @@ from .dicom_index import (
     check_cancel,
     scan_paths,
 )
-from .dicom_series import DicomSeriesError, MissingSlicesError, SeriesGeometry, read_series_image, series_geometry
+from .dicom_series import (
+    DicomSeriesError,
+    MissingSlicesError,
+    SeriesGeometry,
+    check_decodable,
+    read_series_image,
+    series_geometry,
+)
 from .geometry import Grid, Vector3
 from .resampling import resample_ct_to_pet
 from .suv import SUVError, SUVResult, suv_bw_factors
@@ -96,6 +103,8 @@ class SeriesInfo:
                 load_warnings = False  # how a load would fill the gap: none will, the error says why
             except DicomSeriesError as problem:
                 error = str(problem)
+            else:
+                error = _undecodable(series)  # said now, not when a load is tried
         warnings = [
             f"{copy}: identical copy of {kept} (same SOPInstanceUID); ignored" for copy, kept in series.duplicates
         ]
@@ -139,6 +148,16 @@ class DicomStudy:
     description: str
     series: List[SeriesInfo]
     pairs: List[PetCtPair]
+
+
+def _undecodable(series: IndexedSeries) -> Optional[str]:
+    """Why the series' pixel data cannot be decoded here (a compression nothing installed reads), or None."""
+    for header in {h.transfer_syntax: h for h in series.headers}.values():  # one file per transfer syntax
+        try:
+            check_decodable(header)
+        except DicomSeriesError as problem:
+            return str(problem)
+    return None
 
 
 def _key(series: IndexedSeries) -> Tuple[str, str]:

@@ -35,6 +35,7 @@ from PETCTLesionsLib.dicom_writer import (
     write_pet_series,
 )
 from PETCTLesionsLib.geometry import Grid
+from PETCTLesionsLib.study import info_report
 from PETCTLesionsLib.suv import suv_bw_factors
 
 LUNG_DX_CT = LUNG_DX_CT_SERIES
@@ -388,6 +389,10 @@ def test_compressed_data_without_a_usable_decoder_give_a_clear_message(tmp_path)
 
     message = str(refused.value)
     assert str(written.paths[6]) in message and HTJ2KLossless.name in message
+    # info says so before any load is tried.
+    (ct_entry,) = info_report([tmp_path / "ct"])["studies"][0]["series"]
+    if not decoder.is_available:
+        assert ct_entry["error"] == message
     if decoder.is_available:  # pylibjpeg-openjpeg installed: the junk frame itself fails
         assert "cannot decode the pixel data" in message
     else:
