@@ -199,6 +199,8 @@ class IndexedSeries:
     modality: str
     headers: List[SliceHeader]
     duplicates: List[Tuple[Path, Path]] = field(default_factory=list)  # (ignored copy, kept file)
+    # (file, earlier file): the same SOPInstanceUID on different slices (a broken anonymiser); both kept
+    uid_clashes: List[Tuple[Path, Path]] = field(default_factory=list)
     set_aside: List[Tuple[Path, str]] = field(default_factory=list)  # (file, why it is not a slice of the volume)
 
     @property
@@ -893,7 +895,7 @@ def _series_sort_key(series: IndexedSeries) -> Tuple[Any, ...]:
 def group_headers(headers: Iterable[SliceHeader]) -> List[IndexedStudy]:
     """Studies (by StudyInstanceUID) of series (by SeriesInstanceUID and Modality), copies of an instance kept once."""
     by_series: Dict[Tuple[str, str, str], IndexedSeries] = {}
-    seen: Dict[Tuple[str, str, str], Dict[Tuple[str, int], Path]] = {}
+    seen: Dict[Tuple[str, str, str], Dict[Tuple[str, int], SliceHeader]] = {}
     for header in sorted(headers, key=lambda h: str(h.path)):
         key = (header.study_uid, header.series_uid, header.modality)
         series = by_series.get(key)
@@ -901,10 +903,13 @@ def group_headers(headers: Iterable[SliceHeader]) -> List[IndexedStudy]:
             series = by_series[key] = IndexedSeries(header.study_uid, header.series_uid, header.modality, [])
             seen[key] = {}
         kept = seen[key].get(header.instance_key)
-        if kept is not None:
-            series.duplicates.append((header.path, kept))
+        if kept is not None and _same_slice(kept, header):
+            series.duplicates.append((header.path, kept.path))
             continue
-        seen[key][header.instance_key] = header.path
+        if kept is not None:
+            series.uid_clashes.append((header.path, kept.path))
+        else:
+            seen[key][header.instance_key] = header
         series.headers.append(header)
 
     for series in by_series.values():
@@ -926,6 +931,15 @@ def group_headers(headers: Iterable[SliceHeader]) -> List[IndexedStudy]:
     for study in studies.values():
         study.series.sort(key=_series_sort_key)
     return sorted(studies.values(), key=lambda s: (s.patient_id, s.study_date, s.study_uid))
+
+
+def _same_slice(first: SliceHeader, second: SliceHeader) -> bool:
+    """Whether two files of one SOPInstanceUID are copies of one slice (same place, same size)."""
+    if (first.rows, first.columns) != (second.rows, second.columns):
+        return False
+    if first.position is None or second.position is None:
+        return first.position == second.position
+    return bool(np.allclose(first.position, second.position, atol=1e-3))
 
 
 def _set_aside_projections(series: IndexedSeries) -> None:

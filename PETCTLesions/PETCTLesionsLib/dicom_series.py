@@ -427,7 +427,7 @@ def _read_native(header: SliceHeader, into: Optional[np.ndarray] = None) -> np.n
     needed = header.rows * header.columns * dtype.itemsize
     if (header.pixel_data_length or 0) < needed:
         raise DicomSeriesError(
-            f"{header.path}: the pixel data hold {header.pixel_data_length} bytes; {header.rows} x "
+            f"{header.where}: the pixel data hold {header.pixel_data_length} bytes; {header.rows} x "
             f"{header.columns} pixels of {header.bits_allocated} bits need {needed}"
         )
     buffer = bytearray(needed) if into is None else memoryview(into).cast("B")
@@ -435,7 +435,7 @@ def _read_native(header: SliceHeader, into: Optional[np.ndarray] = None) -> np.n
         handle.seek(header.pixel_data_offset)  # type: ignore[arg-type]
         read = handle.readinto(buffer)
     if read != needed:
-        raise DicomSeriesError(f"{header.path}: the file is truncated ({read} of {needed} pixel bytes)")
+        raise DicomSeriesError(f"{header.where}: the file is truncated ({read} of {needed} pixel bytes)")
     stored = np.frombuffer(buffer, dtype=dtype).reshape(header.rows, header.columns)
     _clear_unused_bits(stored, header)
     return stored

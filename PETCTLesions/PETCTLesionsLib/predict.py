@@ -142,6 +142,7 @@ def _predict_dicom(paths, out_dir: Path, model, options, report, cancel) -> List
             case_id = nnunet.case_id_for_study(study.patient_id, study.study_uid, study.study_date)
             _refuse_earlier_results(_dicom_outputs(out_dir, case_id), options.overwrite)
             loaded = load_study(paths, study.study_uid, pair.pet.series_uid, scan=scan, cancel=cancel)
+            result.notes.extend(loaded.warnings)  # e.g. a dose read as MBq, duplicates ignored, spacing evened
             result.name = case_id
             result.detection, result.written = _predict_loaded(
                 loaded, case_id, out_dir, model, options, cancel, result.notes
@@ -151,10 +152,12 @@ def _predict_dicom(paths, out_dir: Path, model, options, report, cancel) -> List
         result.seconds = time.perf_counter() - started
         results.append(result)
     report(1.0, f"{len(results)} stud{'y' if len(results) == 1 else 'ies'} done")
-    return results + _left_out(scan, studies, pairs, paths)
+    return results + _left_out(scan, studies, pairs, paths, results)
 
 
-def _left_out(scan, studies, chosen, paths: Sequence[Path]) -> List[StudyPrediction]:
+def _left_out(
+    scan, studies, chosen, paths: Sequence[Path], results: Sequence[StudyPrediction]
+) -> List[StudyPrediction]:
     """What was given but is in no processed study, each with the reason: nothing goes unmentioned."""
     used = {series.series_uid for _, pair in chosen for series in (pair.pet, pair.ct) if series is not None}
     left = []
@@ -163,8 +166,9 @@ def _left_out(scan, studies, chosen, paths: Sequence[Path]) -> List[StudyPredict
             kinds = ", ".join(sorted({series.modality for series in study.series}))
             name = f"{study.patient_id} study {study.study_date or '(no date)'} '{study.description}'"
             left.append(StudyPrediction(name, left_out=f"no PET series in the study ({kinds} only)"))
-    unreadable = [problem for problem in scan.problems if problem.series_uid not in used]
-    if unreadable:  # those of processed series are in their study's result
+    errors = " ".join(result.error or "" for result in results)
+    unreadable = [problem for problem in scan.problems if str(problem.path) not in errors]
+    if unreadable:  # those that stopped a study are in its result; the others (copies too) are here
         more = f" (and {len(unreadable) - 1} more)" if len(unreadable) > 1 else ""
         left.append(StudyPrediction(f"{len(unreadable)} unreadable file(s)", left_out=unreadable[0].message + more))
     images = [header.path for series in scan.series for header in series.headers]
@@ -175,7 +179,9 @@ def _left_out(scan, studies, chosen, paths: Sequence[Path]) -> List[StudyPredict
         holding.add(Path(file))
         holding.update(Path(file).parents)
     left.extend(
-        StudyPrediction(str(path), left_out="no DICOM image file in it")
+        StudyPrediction(
+            str(path), left_out="not a DICOM image file" if Path(path).is_file() else "no DICOM image file in it"
+        )
         for path in paths
         if Path(os.path.abspath(path)) not in holding
     )

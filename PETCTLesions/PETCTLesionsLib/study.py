@@ -109,6 +109,11 @@ class SeriesInfo:
             f"{copy}: identical copy of {kept} (same SOPInstanceUID); ignored" for copy, kept in series.duplicates
         ]
         warnings.extend(
+            f"{path}: the same SOPInstanceUID as {other}, but another slice (its position or size differs); both "
+            "used, and no VOC file can be named after this series' slices"
+            for path, other in series.uid_clashes
+        )
+        warnings.extend(
             f"{path}: {why}, stored in the series; kept out of its volume" for path, why in series.set_aside
         )
         grid = geometry.grid if geometry is not None else None
@@ -129,7 +134,10 @@ class SeriesInfo:
             error=error,
             slice_sop_instance_uids=(
                 [header.sop_instance_uid for header in geometry.headers]
-                if geometry is not None and not geometry.resampled and all(h.frame is None for h in geometry.headers)
+                if geometry is not None
+                and not geometry.resampled
+                and all(h.frame is None for h in geometry.headers)
+                and not series.uid_clashes
                 else []  # VOC files are named after their slice's instance: a resampled or multi-frame CT has none
             ),
         )

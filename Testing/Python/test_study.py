@@ -478,7 +478,11 @@ def test_predict_names_everything_it_left_out(tmp_path, capsys):
     Only the first is processed; each of the others gets a line saying why, and the run succeeds."""
     from PETCTLesionsLib.cli import main
 
-    _write(tmp_path / "petct")
+    petct = _write(tmp_path / "petct")
+    for path in petct.pet.paths:  # the dose in MBq, as many real headers have it: read so, and said
+        ds = pydicom.dcmread(path)
+        ds.RadiopharmaceuticalInformationSequence[0].RadionuclideTotalDose = "300"
+        ds.save_as(path, enforce_file_format=True)
     ct_only = _write(tmp_path / "ct only", number=2)
     shutil.rmtree(tmp_path / "ct only" / "PET  AC")
     (tmp_path / "notes").mkdir()
@@ -487,6 +491,8 @@ def test_predict_names_everything_it_left_out(tmp_path, capsys):
     cut.write_bytes(cut.read_bytes()[:-200])
 
     shutil.copytree(tmp_path / "petct" / "CT 2.5 mm", tmp_path / "backup")  # copies: images, not left out
+    cut_copy = tmp_path / "backup" / petct.ct.paths[0].name  # a damaged copy of a slice read intact elsewhere
+    cut_copy.write_bytes(cut_copy.read_bytes()[:-200])
     paths = [tmp_path / name for name in ("petct", "ct only", "notes", "cut", "backup")]
     arguments = ["predict", *map(str, paths), "--out", str(tmp_path / "out"), "--device", "cpu", "--no-pictures"]
     assert main(arguments) == 0
@@ -494,7 +500,11 @@ def test_predict_names_everything_it_left_out(tmp_path, capsys):
     assert re.search(r"^STU-0001_\w+_\d{4}-\d\d-\d\d: \d+ lesion\(s\) on cpu", printed, flags=re.MULTILINE)
     assert "STU-0002 study 20201105 'PET/CT 2': left out: no PET series in the study (CT only)" in printed
     assert f"{tmp_path / 'notes'}: left out: no DICOM image file in it" in printed
-    assert f"1 unreadable file(s): left out: {cut}: " in printed
+    assert (
+        f"2 unreadable file(s): left out: {cut_copy}: " in printed
+        or f"2 unreadable file(s): left out: {cut}: " in printed
+    )
+    assert "note: " in printed and "RadionuclideTotalDose (0018,1074) is 300: DICOM gives it in Bq" in printed
     assert f"{tmp_path / 'backup'}: left out" not in printed
 
     # Nothing to process at all, or a device that does not exist: one line, before any model run.
@@ -505,3 +515,19 @@ def test_predict_names_everything_it_left_out(tmp_path, capsys):
     assert main(["predict", str(tmp_path / "petct"), "--out", str(tmp_path / "x"), "--device", "gpu"]) == 2
     assert "device must be one of auto, cuda, mps, cpu (or cuda:N), got 'gpu'" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_different_slices_sharing_one_sop_instance_uid_are_both_kept_and_named(tmp_path):
+    """A broken anonymiser gave every CT slice one SOPInstanceUID: not copies (their places differ)."""
+    written = _write(tmp_path)
+    for path in written.ct.paths:
+        ds = pydicom.dcmread(path)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4.5"
+        ds.save_as(path, enforce_file_format=True)
+
+    loaded = load_study([tmp_path])
+
+    _assert_loaded(loaded, written)
+    clashes = [w for w in loaded.warnings if "the same SOPInstanceUID as" in w]
+    assert len(clashes) == len(written.ct.paths) - 1 and "both used" in clashes[0]
+    assert loaded.ct_series.slice_sop_instance_uids == []  # VOC files are named by it: none can be written

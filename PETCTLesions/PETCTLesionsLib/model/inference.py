@@ -59,7 +59,9 @@ def choose_device(requested: str = "auto") -> torch.device:
             return torch.device("cuda")
         return torch.device("mps") if has_mps else torch.device("cpu")
     if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but torch sees no CUDA GPU (torch.cuda.is_available() is False)")
+        raise ValueError(
+            f"device {requested!r} was asked for but torch sees no CUDA GPU (torch.cuda.is_available() is False)"
+        )
     if requested == "mps" and not has_mps:
         raise ValueError("device 'mps' was asked for but torch's Apple MPS backend is not available")
     return torch.device(requested)
