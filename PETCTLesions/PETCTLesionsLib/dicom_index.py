@@ -699,7 +699,6 @@ def _header_from_dataset(
     intercept = values.number("RescaleIntercept")
     bits_allocated = values.unsigned_short("BitsAllocated") or 16
     sop_class = raw_header.sop_class or values.ascii("SOPClassUID")
-    frames = values.integer("NumberOfFrames") or 1
     return SliceHeader(
         path=path,
         sop_instance_uid=required["SOPInstanceUID"],
@@ -721,7 +720,7 @@ def _header_from_dataset(
         position=values.numbers("ImagePositionPatient", 3),  # type: ignore[arg-type]
         slice_thickness=values.number("SliceThickness"),
         spacing_between_slices=values.number("SpacingBetweenSlices"),
-        number_of_frames=frames,
+        number_of_frames=values.integer("NumberOfFrames") or 1,
         samples_per_pixel=values.unsigned_short("SamplesPerPixel") or 1,
         bits_allocated=bits_allocated,
         bits_stored=values.unsigned_short("BitsStored") or bits_allocated,
@@ -733,7 +732,7 @@ def _header_from_dataset(
         pixel_data_offset=offset,
         pixel_data_length=length if offset is not None else None,
         # PET for its SUV attributes, Enhanced CT for its functional groups (where its frames lie).
-        dataset=ds if modality == "PT" or sop_class in ENHANCED_CT_SOP_CLASSES or frames > 1 else None,
+        dataset=ds if modality == "PT" or sop_class in ENHANCED_CT_SOP_CLASSES else None,
         part10=part10,
         sop_class_uid=sop_class,
         image_type=_upper_values(values.ascii("ImageType")),

@@ -375,6 +375,12 @@ def check_decodable(header: SliceHeader) -> None:
         )
 
 
+def check_series_decodable(headers: Sequence[SliceHeader]) -> None:
+    """:func:`check_decodable` for a series: one file per transfer syntax is enough."""
+    for header in {h.transfer_syntax: h for h in headers}.values():
+        check_decodable(header)
+
+
 def _check_one_rescale_per_gdcm_file(headers: Sequence[SliceHeader]) -> None:
     """GDCM rescales every frame of a file alike, so a compressed multi-frame file whose frames
     have rescales of their own cannot be read back through it (pydicom would need a decoder)."""
@@ -666,8 +672,7 @@ def read_series_image(
     """
     if slice_scale is not None and len(slice_scale) != len(geometry.headers):
         raise ValueError(f"{len(slice_scale)} slice factors given for {len(geometry.headers)} slices")
-    for header in {h.transfer_syntax: h for h in geometry.headers}.values():  # one file per transfer syntax
-        check_decodable(header)
+    check_series_decodable(geometry.headers)
     _check_one_rescale_per_gdcm_file(geometry.headers)
     decoder = _SliceDecoder(geometry, None if slice_scale is None else np.asarray(slice_scale))
     pool = ThreadPoolExecutor(max_workers=workers or _default_workers())

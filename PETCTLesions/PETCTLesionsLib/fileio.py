@@ -9,7 +9,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Iterable, Iterator, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -21,6 +21,18 @@ class OutputExistsError(FileExistsError):
     """Raised instead of silently overwriting a user's file."""
 
 
+def refuse_overwriting(paths: Iterable[PathLike], overwrite: bool = False, why: str = "", hint: str = "") -> None:
+    """Raise :class:`OutputExistsError` naming the first of ``paths`` that exists, unless ``overwrite``.
+
+    ``why`` follows "already exists" (what the file is), ``hint`` the refusal (what to do).
+    """
+    if overwrite:
+        return
+    for path in paths:
+        if Path(path).exists():
+            raise OutputExistsError(f"{path}: already exists{why}; refusing to overwrite it{hint}")
+
+
 @contextlib.contextmanager
 def atomic_output(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``.
@@ -30,8 +42,7 @@ def atomic_output(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
     temporary file is removed and the target is untouched.
     """
     target = Path(path)
-    if target.exists() and not overwrite:
-        raise OutputExistsError(f"{target}: already exists; refusing to overwrite it")
+    refuse_overwriting([target], overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(target.suffixes)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.stem[:40]}.", suffix=".tmp" + suffix, dir=target.parent)

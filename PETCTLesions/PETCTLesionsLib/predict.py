@@ -31,7 +31,7 @@ import SimpleITK as sitk
 
 from . import nnunet, preview, voc
 from .detection import Detection, detect_lesions, lesions_on_ct
-from .fileio import OutputExistsError, atomic_output, atomic_write_text
+from .fileio import atomic_output, atomic_write_text, refuse_overwriting
 from .geometry import Grid
 from .lesions import SliceBox, voc_annotations_from_boxes
 from .measurements import LesionMeasurement
@@ -230,12 +230,9 @@ def _why_not_chosen(pair: PetCtPair) -> str:
 
 def _refuse_earlier_results(paths: Sequence[Path], overwrite: bool) -> None:
     """Refuse before the model runs, not after, when a result of an earlier run is in the way."""
-    existing = [path for path in paths if path.exists()]
-    if existing and not overwrite:
-        raise OutputExistsError(
-            f"{existing[0]}: already exists (an earlier run's result); refusing to overwrite it "
-            "(--overwrite replaces it, or choose another --out)"
-        )
+    refuse_overwriting(
+        paths, overwrite, why=" (an earlier run's result)", hint=" (--overwrite replaces it, or choose another --out)"
+    )
 
 
 def _dicom_outputs(out_dir: Path, case_id: str) -> List[Path]:

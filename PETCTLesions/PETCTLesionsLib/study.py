@@ -36,7 +36,7 @@ from .dicom_series import (
     DicomSeriesError,
     MissingSlicesError,
     SeriesGeometry,
-    check_decodable,
+    check_series_decodable,
     read_series_image,
     series_geometry,
 )
@@ -160,11 +160,10 @@ class DicomStudy:
 
 def _undecodable(series: IndexedSeries) -> Optional[str]:
     """Why the series' pixel data cannot be decoded here (a compression nothing installed reads), or None."""
-    for header in {h.transfer_syntax: h for h in series.headers}.values():  # one file per transfer syntax
-        try:
-            check_decodable(header)
-        except DicomSeriesError as problem:
-            return str(problem)
+    try:
+        check_series_decodable(series.headers)
+    except DicomSeriesError as problem:
+        return str(problem)
     return None
 
 

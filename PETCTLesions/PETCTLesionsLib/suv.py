@@ -462,21 +462,19 @@ def _series_datetime(slices: Sequence[_Slice]) -> datetime.datetime:
     return values[0]
 
 
+def _acquisition_datetime(item: _Slice, series_date: datetime.date) -> Optional[datetime.datetime]:
+    """AcquisitionDate/AcquisitionTime (the series date when the date is absent); None without a time."""
+    time_text = item.raw("AcquisitionTime")
+    if time_text is None:
+        return None
+    date_text = item.raw("AcquisitionDate")
+    date = series_date if date_text is None else _parse_or_fail(item, "AcquisitionDate", parse_dicom_date, date_text)
+    return datetime.datetime.combine(date, _parse_or_fail(item, "AcquisitionTime", parse_dicom_time, time_text))
+
+
 def _earliest_acquisition(slices: Sequence[_Slice], series_date: datetime.date) -> Optional[datetime.datetime]:
-    earliest: Optional[datetime.datetime] = None
-    for item in slices:
-        time_text = item.raw("AcquisitionTime")
-        if time_text is None:
-            continue
-        date_text = item.raw("AcquisitionDate")
-        date = (
-            series_date if date_text is None else _parse_or_fail(item, "AcquisitionDate", parse_dicom_date, date_text)
-        )
-        time = _parse_or_fail(item, "AcquisitionTime", parse_dicom_time, time_text)
-        moment = datetime.datetime.combine(date, time)
-        if earliest is None or moment < earliest:
-            earliest = moment
-    return earliest
+    moments = [moment for moment in (_acquisition_datetime(item, series_date) for item in slices) if moment]
+    return min(moments, default=None)
 
 
 def _ge_scan_datetime(slices: Sequence[_Slice]) -> Optional[datetime.datetime]:
@@ -534,14 +532,9 @@ def _frame_timing_start(
     starts = []
     for item in slices:
         reference_ms, duration_ms = item.number("FrameReferenceTime"), item.number("ActualFrameDuration")
-        time_text = item.raw("AcquisitionTime")
-        if not reference_ms or not duration_ms or reference_ms <= 0 or duration_ms <= 0 or time_text is None:
+        acquired = _acquisition_datetime(item, series_date)
+        if reference_ms is None or duration_ms is None or reference_ms <= 0 or duration_ms <= 0 or acquired is None:
             return None
-        date_text = item.raw("AcquisitionDate")
-        date = (
-            series_date if date_text is None else _parse_or_fail(item, "AcquisitionDate", parse_dicom_date, date_text)
-        )
-        acquired = datetime.datetime.combine(date, _parse_or_fail(item, "AcquisitionTime", parse_dicom_time, time_text))
         frame_s = duration_ms / 1000.0
         average_count_time_s = math.log(decay_rate * frame_s / (1.0 - math.exp(-decay_rate * frame_s))) / decay_rate
         starts.append(acquired + datetime.timedelta(seconds=average_count_time_s - reference_ms / 1000.0))

@@ -36,7 +36,7 @@ from .dicom_writer import (
     write_ct_series,
     write_pet_series,
 )
-from .fileio import OutputExistsError, atomic_write_text
+from .fileio import atomic_write_text, refuse_overwriting
 from .lesions import slice_boxes
 from .phantom import PhantomConfig, PhantomStudy, make_phantom
 from .resampling import resample_ct_to_pet
@@ -132,11 +132,9 @@ def write_synthetic_case(
 
     dataset_dir = out_dir / "nnUNet_raw" / DATASET_FOLDER
     truth_path = out_dir / "truth" / f"{identity.case_id}.json"
-    if not overwrite:  # refuse before writing anything: a refused run leaves the folder as it was
-        earlier = (study_dir, truth_path, *nnunet.case_paths(dataset_dir, identity.case_id).values())
-        existing = [p for p in earlier if p.exists()]
-        if existing:
-            raise OutputExistsError(f"{existing[0]}: already exists; refusing to overwrite it")
+    # Refused before anything is written: a refused run leaves the folder as it was.
+    earlier = (study_dir, truth_path, *nnunet.case_paths(dataset_dir, identity.case_id).values())
+    refuse_overwriting(earlier, overwrite)
 
     # Series folders are named after their UIDs, which the writer derives; write into a
     # staging folder beside the study first (removed if anything fails), then move the series
@@ -186,8 +184,7 @@ def write_synthetic_case(
 
 def _move_series(result: SeriesWriteResult, staging: Path, final: Path, overwrite: bool) -> SeriesWriteResult:
     if final.exists():
-        if not overwrite:
-            raise OutputExistsError(f"{final}: already exists; refusing to overwrite it")
+        refuse_overwriting([final], overwrite)
         for old in final.glob("*.dcm"):
             old.unlink()
         final.rmdir()
