@@ -10,11 +10,12 @@ import importlib.metadata
 import importlib.util
 import logging
 import os
+import platform
 import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, List, Optional, Tuple
 
 import qt
 import slicer
@@ -40,6 +41,17 @@ from slicer.util import VTKObservationMixin
 DEMO_SAMPLE_NAME = "PETCTLesionsDemo"
 MIN_TORCH_VERSION = (2, 1)
 TORCH_REQUIREMENT = ">={}.{}".format(*MIN_TORCH_VERSION)
+# The first torch built against numpy 2: an older one cannot hand arrays to numpy 2 ("Numpy is not
+# available"). Detection does not need that (PETCTLesionsLib/model/inference.py); users are told.
+TORCH_FOR_NUMPY_2 = (2, 3)
+# The first torch whose Apple MPS backend has the model's 3D operations (ConvTranspose3d, 3D max
+# pooling); detection probes MPS anyway and falls back to the CPU.
+TORCH_FOR_MPS = (2, 8)
+# The last torch built for Intel (x86_64) macOS; Slicer's macOS build is x86_64.
+LAST_TORCH_FOR_INTEL_MACOS = "2.2.2"
+# PET node attribute: its SUV warnings were shown. On the node, not in the widget: after a scene
+# close the next study's PET may get the same node ID, and its own warnings must still be shown.
+SUV_WARNINGS_SHOWN_ATTRIBUTE = "PETCTLesions.SUVWarningsShown"
 
 #
 # PETCTLesions
@@ -152,12 +164,55 @@ def _installed_torch_version() -> Optional[str]:
         return None
 
 
-def _is_recent_enough(torch_version: str) -> bool:
-    release = torch_version.split("+")[0].split(".")
+def _release(version: str) -> Optional[Tuple[int, int]]:
+    """(major, minor) of a version such as '2.2.2+cpu' or '2.0.2'; None when it cannot be read."""
+    parts = version.split("+")[0].split(".")
     try:
-        return (int(release[0]), int(release[1])) >= MIN_TORCH_VERSION
+        return int(parts[0]), int(parts[1])
     except (IndexError, ValueError):
-        return True  # a version this cannot read (a local build): let it try
+        return None
+
+
+def _is_recent_enough(torch_version: str) -> bool:
+    release = _release(torch_version)
+    return release is None or release >= MIN_TORCH_VERSION  # a version this cannot read (a local build): let it try
+
+
+def _torch_platform_note(system: str, machine: str, torch_version: Optional[str], numpy_version: str) -> str:
+    """What lesion detection will and will not do with this torch, numpy and computer ("" when nothing to say).
+
+    ``system`` and ``machine`` as ``platform.system()`` and ``platform.machine()`` give them.
+    """
+    torch_release = _release(torch_version) if torch_version else None
+    numpy_release = _release(numpy_version)
+    notes = []
+    if system == "Darwin":
+        if machine == "x86_64":
+            notes.append(
+                _(
+                    "On macOS, Slicer runs as an Intel (x86_64) program, for which PyTorch stops at {last}: lesion "
+                    "detection runs on the CPU (from about half a minute to a few minutes for a whole-body study), "
+                    "not on the Mac's GPU (MPS), which needs PyTorch {mps} or later for the model's 3D operations."
+                ).format(last=LAST_TORCH_FOR_INTEL_MACOS, mps="{}.{}".format(*TORCH_FOR_MPS))
+            )
+        elif torch_release is not None and torch_release < TORCH_FOR_MPS:
+            notes.append(
+                _(
+                    "On macOS, lesion detection runs on the CPU with PyTorch {version}: the Mac's GPU (MPS) needs "
+                    "PyTorch {mps} or later for the model's 3D operations (update PyTorch in the PyTorch module)."
+                ).format(version=torch_version, mps="{}.{}".format(*TORCH_FOR_MPS))
+            )
+    built_for_numpy_1 = torch_release is not None and torch_release < TORCH_FOR_NUMPY_2
+    if built_for_numpy_1 and numpy_release is not None and numpy_release >= (2, 0):
+        notes.append(
+            _(
+                "PyTorch {torch} was built for NumPy 1 and Slicer has NumPy {numpy}: PyTorch warns about it when "
+                "it starts ('A module that was compiled using NumPy 1.x cannot be run in NumPy 2'), and cannot "
+                "exchange arrays with NumPy ('Numpy is not available'). Lesion detection does not need that "
+                "exchange and gives the same results; other extensions that use this PyTorch may fail."
+            ).format(torch=torch_version, numpy=numpy_version)
+        )
+    return " ".join(notes)
 
 
 def _chosen(path: Optional[Path]) -> Optional[Path]:
@@ -181,6 +236,7 @@ class PETCTLesionsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._detectionJob = None
         self._lastDetection = None
         self._lesionRows = []
+        self._platformNoteShown = False
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -289,30 +345,40 @@ class PETCTLesionsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         index = self.ui.studyComboBox.currentIndex
         if not 0 <= index < len(self._petCtChoices):
             return
+        choice = self._petCtChoices[index]
         with slicer.util.tryWithErrorDisplay(_("Failed to load the PET/CT study."), waitCursor=True):
             with _ProgressDialog(_("Loading PET/CT study")) as dialog:
                 ctNode, petNode = self.logic.loadStudyFromDatabase(
-                    self._petCtChoices[index], progress=dialog.progress, cancel=dialog.cancelled
+                    choice, progress=dialog.progress, cancel=dialog.cancelled
                 )
-            self._showStudy(ctNode, petNode)
+            self._showStudy(ctNode, petNode, choice.warnings)
 
     def onLoadDemoButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to create the demo study."), waitCursor=True):
             ctNode, petNode = self.logic.loadDemoStudy(self._parameterNode.demoSeed)
             self._showStudy(ctNode, petNode)
 
-    def _showStudy(self, ctNode, petNode) -> None:
+    def _showStudy(self, ctNode, petNode, pairWarnings=()) -> None:
         self._parameterNode.ctVolume = ctNode
         self._parameterNode.petVolume = petNode
         self._parameterNode.segmentation = None  # a new study's lesions go to a new segmentation
         self.logic.showFusedStudy(self._parameterNode)
+        self._showStudyWarnings(petNode, pairWarnings)
         self.updateLesionTable()
+
+    def _showStudyWarnings(self, petNode, pairWarnings=()) -> None:
+        """In one dialog: what the PET/CT pairing warned about (e.g. a CT covering under 90% of the PET)
+        and, once per PET node, what the SUV computation did (e.g. an uptake time unusual for a static scan)."""
+        warnings = self.logic.studyWarningsToShow(petNode, pairWarnings)
+        if warnings:
+            slicer.util.warningDisplay("\n\n".join(warnings), windowTitle=_("Study loaded, but check these warnings"))
 
     # ------------------------------------------------------------------------------- 2. Display
 
     def onShowFusedButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to show the fused study."), waitCursor=True):
             self.logic.showFusedStudy(self._parameterNode)
+        self._showStudyWarnings(self._parameterNode.petVolume)
 
     def onCtPresetButton(self, preset: str) -> None:
         self._parameterNode.ctPreset = preset
@@ -348,6 +414,14 @@ class PETCTLesionsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     "Lesion detection needs PyTorch {requirement}, which was not installed."
                 ).format(requirement=TORCH_REQUIREMENT)
                 return
+            platformNote = self.logic.torchPlatformNote()
+            if platformNote and not self._platformNoteShown:  # once a session, until the user ticks it off
+                self._platformNoteShown = True
+                slicer.util.infoDisplay(
+                    platformNote,
+                    windowTitle=_("Lesion detection on this computer"),
+                    dontShowAgainSettingsKey="PETCTLesions/DontShowTorchPlatformNote",
+                )
             self._detectionJob = self.logic.startDetection(self._parameterNode)
             self.ui.detectButton.text = _("Cancel")
             self.ui.detectProgressBar.value = 0
@@ -609,6 +683,22 @@ class PETCTLesionsLogic(ScriptedLoadableModuleLogic):
 
         return DicomDatabaseStudyLoader().load(choice, progress=progress, cancel=cancel)
 
+    def suvWarnings(self, petNode) -> List[str]:
+        """What converting this PET node to SUVbw warned about (kept on the node; none if never converted)."""
+        from PETCTLesionsLib.mrml.study_nodes import suv_warnings
+
+        return suv_warnings(petNode)
+
+    def studyWarningsToShow(self, petNode, pairWarnings=()) -> List[str]:
+        """The warnings to show for a study just shown: its PET/CT pairing's (``PetCtChoice.warnings``, at
+        each load) and its PET's SUV warnings, the first time only: the node is marked as shown."""
+        warnings = list(pairWarnings)
+        suvWarnings = self.suvWarnings(petNode) if petNode else []
+        if suvWarnings and not petNode.GetAttribute(SUV_WARNINGS_SHOWN_ATTRIBUTE):
+            petNode.SetAttribute(SUV_WARNINGS_SHOWN_ATTRIBUTE, "true")
+            warnings.extend(suvWarnings)
+        return warnings
+
     # 2. Display
 
     def showFusedStudy(self, parameterNode: PETCTLesionsParameterNode) -> None:
@@ -685,6 +775,13 @@ class PETCTLesionsLogic(ScriptedLoadableModuleLogic):
             askConfirmation=True, torchVersionRequirement=TORCH_REQUIREMENT
         )
         return torch is not None
+
+    def torchPlatformNote(self) -> str:
+        """What detection will and will not do with the installed PyTorch on this computer ("": nothing to say)."""
+        import numpy
+
+        torchVersion = _installed_torch_version()
+        return _torch_platform_note(platform.system(), platform.machine(), torchVersion, numpy.__version__)
 
     def startDetection(self, parameterNode: PETCTLesionsParameterNode):
         """Start the model on the study in a PythonSlicer process; returns the job to poll or cancel."""

@@ -3,13 +3,77 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import math
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional, Tuple, Union
 
 from . import __version__
 from .hugepages import restart_with_huge_pages
+
+# ------------------------------------------------------------------------- numeric options
+# Every number is checked as argparse reads it: a bad value ends the command with argparse's
+# "argument --x: ..." and exit status 2 before any file is read. NaN is refused everywhere: it
+# compares false with everything, so "--min-volume nan" used to drop every lesion silently.
+
+
+def _number(
+    kind: type,
+    low: Optional[float] = None,
+    high: Optional[float] = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> Callable[[str], Union[int, float]]:
+    """An argparse ``type`` reading an int or a finite float within [low, high] (or open at either end)."""
+    parts = []
+    if low is not None:
+        parts.append(f"{'>' if low_open else '>='} {low:g}")
+    if high is not None:
+        parts.append(f"{'<' if high_open else '<='} {high:g}")
+    rule = f"{'a whole number' if kind is int else 'a finite number'}{' ' if parts else ''}{' and '.join(parts)}"
+
+    def parse(text: str) -> Union[int, float]:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text!r}") from None
+        too_low = low is not None and (value < low or (low_open and value == low))
+        too_high = high is not None and (value > high or (high_open and value == high))
+        # An int is finite (and math.isfinite would overflow on one too large for a float).
+        if (kind is float and not math.isfinite(value)) or too_low or too_high:
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text!r}")
+        return value
+
+    return parse
+
+
+POSITIVE_INT = _number(int, low=1)
+NON_NEGATIVE_INT = _number(int, low=0)
+POSITIVE_FLOAT = _number(float, low=0, low_open=True)
+NON_NEGATIVE_FLOAT = _number(float, low=0)
+PROBABILITY = _number(float, low=0, high=1, low_open=True, high_open=True)  # a threshold: 0 or 1 keeps all or none
+FRACTION = _number(float, low=0, high=1)
+
+
+def _patch_size(text: str) -> Tuple[int, int, int]:
+    """--patch: three positive whole numbers z,y,x, each a multiple of what the network's pooling needs."""
+    try:
+        from .model.network import DEFAULT_FEATURES
+    except Exception:  # no torch, or one that cannot load (a missing DLL): train refuses it in one line after
+        multiple = 1
+    else:
+        multiple = 2 ** (len(DEFAULT_FEATURES) - 1)  # LesionUNet.size_multiple of the network train builds
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        sizes = ()
+    if len(sizes) != 3 or any(size <= 0 or size % multiple for size in sizes):
+        raise argparse.ArgumentTypeError(
+            f"must be three sizes z,y,x in working voxels, each a positive multiple of {multiple}, got {text!r}"
+        )
+    return sizes
 
 
 def _print_progress(fraction: float, message: str) -> None:
@@ -114,8 +178,12 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     )
     report = convert([Path(p) for p in args.dicom or []], Path(args.out), options)
     print(report.text())
-    if not report.written:  # a script must be able to tell that nothing came out (the lines above say why)
+    # A script must be able to tell that something asked for did not come out (the lines above say why).
+    if not report.written:
         print("petct-lesions convert: nothing was written", file=sys.stderr)
+        return 1
+    if report.failed:
+        print(f"petct-lesions convert: {len(report.failed)} export(s) NOT written", file=sys.stderr)
         return 1
     return 0
 
@@ -136,7 +204,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         steps_per_epoch=args.steps_per_epoch,
         batch_size=args.batch_size,
-        patch=tuple(int(v) for v in args.patch.split(",")),
+        patch=args.patch,
         learning_rate=args.learning_rate,
         warmup_steps=args.warmup_steps,
         foreground_fraction=args.foreground_fraction,
@@ -152,8 +220,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
         freeze_batchnorm=args.freeze_batchnorm,
         overwrite=args.overwrite,
     )
-    if len(settings.patch) != 3:
-        raise ValueError(f"--patch must be three sizes z,y,x, got {args.patch!r}")
     train(settings, log=lambda line: print(line, flush=True))
     return 0
 
@@ -226,8 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="PET/CT lesion tools: inspect DICOM studies (info), detect lesions in them (predict), convert "
         "annotations between DICOM, PASCAL VOC and nnU-Net (convert), score predictions (evaluate), train the "
         "model (train), generate synthetic studies (synth) and run it all on a demo study (demo). Exit status: "
-        "0 done, 1 a study could not be processed or convert wrote nothing (each line says why), 2 refused before "
-        "starting (the message says why).",
+        "0 done, 1 a study could not be processed (none of its files is left) or convert could not write an export "
+        "(each line says why), 2 refused before starting: bad arguments or input (the message says why).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -239,8 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
         "as DICOM (NBIA layout), Lung-PET-CT-Dx VOC XML and an autoPET-style nnU-Net v2 dataset.",
     )
     synth.add_argument("--out", required=True, help="output folder")
-    synth.add_argument("--cases", type=int, default=1, help="number of patients (default 1)")
-    synth.add_argument("--seed", type=int, default=1, help="random seed: same seed, same patients (default 1)")
+    synth.add_argument("--cases", type=POSITIVE_INT, default=1, help="number of patients (default 1)")
+    synth.add_argument(
+        "--seed", type=NON_NEGATIVE_INT, default=1, help="random seed: same seed, same patients (default 1)"
+    )
     synth.add_argument(
         "--size",
         choices=("small", "full"),
@@ -253,7 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="lung",
         help="lung: Lung-PET-CT-Dx-like chest study; autopet: whole-body FDG study",
     )
-    synth.add_argument("--lesions", type=int, default=None, help="lesions per patient (default: drawn from the seed)")
+    synth.add_argument(
+        "--lesions", type=NON_NEGATIVE_INT, default=None, help="lesions per patient (default: drawn from the seed)"
+    )
     synth.add_argument("--overwrite", action="store_true", help="replace files from an earlier run")
     synth.add_argument("--quiet", action="store_true", help="no progress lines")
     synth.set_defaults(func=_cmd_synth)
@@ -277,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
         "under OUT/predicted.",
     )
     demo.add_argument("--out", required=True, help="output folder")
-    demo.add_argument("--seed", type=int, default=1, help="demo patient seed (default 1)")
+    demo.add_argument("--seed", type=NON_NEGATIVE_INT, default=1, help="demo patient seed (default 1)")
     demo.add_argument("--size", choices=("small", "full"), default="full", help="grid size (default full)")
     demo.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cuda, mps or cpu")
     demo.add_argument("--overwrite", action="store_true", help="replace files from an earlier run")
@@ -318,8 +388,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", required=True, help="output folder")
     pr.add_argument("--model", help="model manifest (.json); default: the bundled model")
     pr.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cuda, mps or cpu")
-    pr.add_argument("--threshold", type=float, default=None, help="lesion probability threshold (default: the model's)")
-    pr.add_argument("--min-volume", type=float, default=0.0, help="drop lesions smaller than this many mL")
+    pr.add_argument(
+        "--threshold", type=PROBABILITY, default=None, help="lesion probability threshold (default: the model's)"
+    )
+    pr.add_argument("--min-volume", type=NON_NEGATIVE_FLOAT, default=0.0, help="drop lesions smaller than this many mL")
     pr.add_argument("--no-pictures", action="store_true", help="skip the PNG pictures")
     pr.add_argument("--overwrite", action="store_true", help="replace files from an earlier run")
     pr.add_argument(
@@ -361,26 +433,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument("--dataset", help="nnU-Net raw dataset folder (default: generated studies)")
     tr.add_argument("--out", required=True, help="folder for checkpoints, log and the trained model")
-    tr.add_argument("--fold", type=int, default=0, help="fold of splits_final.json to train (default 0)")
-    tr.add_argument("--epochs", type=int, default=50)
-    tr.add_argument("--steps-per-epoch", type=int, default=250)
-    tr.add_argument("--batch-size", type=int, default=4)
-    tr.add_argument("--patch", default="80,128,128", help="patch size z,y,x in working voxels (default 80,128,128)")
-    tr.add_argument("--learning-rate", type=float, default=2e-3)
-    tr.add_argument("--warmup-steps", type=int, default=200)
+    tr.add_argument("--fold", type=NON_NEGATIVE_INT, default=0, help="fold of splits_final.json to train (default 0)")
+    tr.add_argument("--epochs", type=POSITIVE_INT, default=50)
+    tr.add_argument("--steps-per-epoch", type=POSITIVE_INT, default=250)
+    tr.add_argument("--batch-size", type=POSITIVE_INT, default=4)
     tr.add_argument(
-        "--foreground-fraction", type=float, default=1 / 3, help="share of patches centred on a lesion (default 1/3)"
+        "--patch",
+        type=_patch_size,
+        default="80,128,128",
+        help="patch size z,y,x in working voxels (default 80,128,128)",
+    )
+    tr.add_argument("--learning-rate", type=POSITIVE_FLOAT, default=2e-3)
+    tr.add_argument("--warmup-steps", type=NON_NEGATIVE_INT, default=200)
+    tr.add_argument(
+        "--foreground-fraction", type=FRACTION, default=1 / 3, help="share of patches centred on a lesion (default 1/3)"
     )
     tr.add_argument(
         "--workers",
-        type=int,
+        type=NON_NEGATIVE_INT,
         default=None,
         help="data preparation processes (default: cores - 1; 0: the pool is filled once, here, and kept)",
     )
-    tr.add_argument("--pool-size", type=int, default=48, help="prepared studies kept in memory (default 48)")
-    tr.add_argument("--validation-cases", type=int, default=6, help="whole studies validated each epoch")
+    tr.add_argument("--pool-size", type=POSITIVE_INT, default=48, help="prepared studies kept in memory (default 48)")
+    tr.add_argument("--validation-cases", type=POSITIVE_INT, default=6, help="whole studies validated each epoch")
     tr.add_argument("--synthetic-size", choices=("small", "full"), default="full")
-    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--seed", type=NON_NEGATIVE_INT, default=0)
     tr.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
     again = tr.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true", help="continue from --out/checkpoint_last.pt")
@@ -391,12 +468,36 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --init: keep its BatchNorm statistics (fine-tuning on small patches or batches)",
     )
-    tr.add_argument("--max-minutes", type=float, default=None, help="stop after the epoch that passes this time")
+    tr.add_argument(
+        "--max-minutes", type=POSITIVE_FLOAT, default=None, help="stop after the epoch that passes this time"
+    )
     tr.set_defaults(func=_cmd_train)
     return parser
 
 
 MODEL_COMMANDS = ("demo", "predict", "train")  # the commands that run the network
+
+
+# Which torch to install depends on the computer (CUDA, ROCm, CPU; Intel Macs have no build after 2.2.2).
+TORCH_HINT = (
+    "install a build for this computer (pip install torch; the CPU build used in CI is torch==2.13.0, "
+    "and Intel Macs stop at torch 2.2.2); see the README"
+)
+
+
+def _require_torch(command: str) -> None:
+    """A one-line refusal instead of a traceback when the model's torch is not installed or cannot load."""
+    try:
+        installed = importlib.util.find_spec("torch") is not None
+        if installed:
+            import torch  # noqa: F401  (a broken install fails here, e.g. OSError [WinError 126] for a DLL)
+    except Exception as error:
+        raise ValueError(
+            f"{command} runs the lesion model, which needs PyTorch, but the installed one cannot be loaded "
+            f"({error}): {TORCH_HINT}"
+        ) from error
+    if not installed:
+        raise ValueError(f"{command} runs the lesion model, which needs PyTorch (not installed): {TORCH_HINT}")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -406,6 +507,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         # Started from a shell: start again once with huge pages for the network's memory (see hugepages).
         restart_with_huge_pages([sys.executable, "-m", "PETCTLesionsLib.cli", *sys.argv[1:]])
     try:
+        if args.command in MODEL_COMMANDS:
+            _require_torch(args.command)
         return int(args.func(args))
     except (OSError, ValueError) as error:
         # Errors from readers and writers name the file and the problem; show them without a traceback.

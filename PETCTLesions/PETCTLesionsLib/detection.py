@@ -46,8 +46,8 @@ def lesions_from_probability(
     """(uint16 lesion map, count): components of probability >= threshold of at least ``min_volume_ml``."""
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"threshold must be between 0 and 1 (exclusive), got {threshold}")
-    if min_volume_ml < 0:
-        raise ValueError(f"minimum lesion volume must be >= 0 mL, got {min_volume_ml}")
+    if not 0 <= min_volume_ml < float("inf"):  # NaN too: it compares false and would keep no lesion
+        raise ValueError(f"minimum lesion volume must be a finite number >= 0 mL, got {min_volume_ml}")
     lesion_map, count = label_lesions((probability >= threshold).astype(np.uint8))
     if count == 0 or min_volume_ml <= 0:
         return lesion_map, count

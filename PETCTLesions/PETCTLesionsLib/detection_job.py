@@ -11,9 +11,13 @@ preprocessing, and because stopping a process is a clean cancel whatever it is d
 worker stops itself: inside Slicer it runs under the PythonSlicer launcher, which starts the
 real Python as its own child and does not pass signals on, so terminating the launcher would
 leave the model running. A watchdog thread in the worker ends it as soon as the caller asks
-(a ``cancel`` file) or the job folder is gone; the launcher is terminated only if it does not
-exit by itself. Data
+(a ``cancel`` file) or the job folder is gone. ``cancel()`` is called on the GUI thread (Cancel,
+closing the scene), so it waits for that at most ``CANCEL_WAIT_SECONDS``; a worker still there
+then is killed (a launcher's child still ends itself through its watchdog) and reaped by a
+background thread. Data
 goes through uncompressed ``.npy`` files in a private temporary folder (fast, no pickling).
+The worker's output is UTF-8 both ways (``PYTHONIOENCODING``), decoded with replacement: a path
+in another code page costs a character, never the thread that reads the output.
 Everything here is plain Python: Slicer's Widget polls :meth:`DetectionJob.poll` from a
 timer; tests and the command line can poll it in a loop.
 """
@@ -45,7 +49,10 @@ PROGRESS_PREFIX = "PETCTLESIONS-PROGRESS"
 RESULT_FILE = "result.json"
 CANCEL_FILE = "cancel"  # written by the caller: the worker exits
 WATCHDOG_SECONDS = 0.2
-CANCEL_GRACE_SECONDS = 10.0  # how long cancel() waits for the worker to stop itself
+# How long cancel() waits for the worker to stop itself (its watchdog looks every WATCHDOG_SECONDS)
+# before killing it: the GUI thread waits this long at most when the user cancels or closes the scene.
+CANCEL_WAIT_SECONDS = 0.5
+WORKER_OUTPUT_ENCODING = "utf-8"
 LESION_MAP_FILE = "lesion_map.npy"
 PROBABILITY_FILE = "probability.npy"  # float16: the caller traces lesions at CT resolution from it
 _LIBRARY_PARENT = Path(__file__).resolve().parents[1]  # the folder that holds PETCTLesionsLib/
@@ -118,7 +125,11 @@ class DetectionJob:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                text=True,
+                # Not the locale's encoding: strict decoding of one byte it cannot read (a path in a
+                # Windows code page) ended the reader thread, the pipe filled, and the job hung at
+                # "running". The worker writes UTF-8 (_worker_environment); anything else is replaced.
+                encoding=WORKER_OUTPUT_ENCODING,
+                errors="replace",
                 env=_worker_environment(environment),
                 # No console window flashing up on Windows (as slicer.util.launchConsoleProcess).
                 creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0),
@@ -136,6 +147,8 @@ class DetectionJob:
 
     def poll(self) -> JobStatus:
         """Progress and output since the last call; never blocks."""
+        if self._state == "cancelled":  # whatever the stopped worker still says is not wanted
+            return JobStatus(self._state, self._fraction, self._message, [])
         exited = self._process.poll() is not None
         if exited:
             self._reader.join(timeout=5)  # the pipe is at its end: every line is queued
@@ -169,19 +182,27 @@ class DetectionJob:
         return "\n".join(self._log)
 
     def cancel(self) -> None:
-        """Stop the worker and remove everything it wrote; a finished result is discarded too."""
+        """Stop the worker and remove everything it wrote; a finished result is discarded too.
+
+        Returns within about ``CANCEL_WAIT_SECONDS`` whatever the worker does (the GUI thread calls it).
+        """
+        self._state = "cancelled"
         if self._process.poll() is None:
             try:
                 (self.job_dir / CANCEL_FILE).touch()  # the worker's watchdog ends it, launcher or not
-                self._process.wait(timeout=CANCEL_GRACE_SECONDS)
+                self._process.wait(timeout=CANCEL_WAIT_SECONDS)
             except (OSError, subprocess.TimeoutExpired):
-                self._process.terminate()
-                try:
-                    self._process.wait(timeout=CANCEL_GRACE_SECONDS)
-                except subprocess.TimeoutExpired:
-                    self._process.kill()
-                    self._process.wait()
-        self._state = "cancelled"
+                # Killing a launcher leaves its child, which still sees the cancel file (or the
+                # missing folder) and ends itself.
+                self._process.kill()
+                threading.Thread(target=self._reap, name="petctlesions-job-reaper", daemon=True).start()
+        self.cleanup()
+
+    def _reap(self) -> None:
+        """Wait for a killed worker (no zombie) and a launcher's child (the end of their shared output),
+        then remove what they held open (Windows keeps such files)."""
+        self._process.wait()
+        self._reader.join()
         self.cleanup()
 
     def result(self) -> Detection:
@@ -206,6 +227,9 @@ def _worker_environment(environment: Optional[Dict[str, str]]) -> Dict[str, str]
     # is on Slicer's sys.path but not on PythonSlicer's).
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_LIBRARY_PARENT), env.get("PYTHONPATH", "")) if p)
     env["PYTHONUNBUFFERED"] = "1"
+    # The worker's stdout in UTF-8 whatever the locale or Windows code page; a character UTF-8 cannot
+    # hold (an undecodable file name's surrogate) is escaped rather than ending the worker.
+    env["PYTHONIOENCODING"] = f"{WORKER_OUTPUT_ENCODING}:backslashreplace"
     return env
 
 
@@ -229,7 +253,7 @@ def _grid_from_json(content: Dict[str, Sequence[float]]) -> Grid:
 
 def read_result(job_dir: Path, pet_grid: Grid) -> Detection:
     """The worker's result files as a :class:`Detection` (its probability map in float16)."""
-    content = json.loads((job_dir / RESULT_FILE).read_text())
+    content = json.loads((job_dir / RESULT_FILE).read_text(encoding="utf-8"))  # as atomic_write_text writes
     lesion_map, probability = (np.load(job_dir / name) for name in (LESION_MAP_FILE, PROBABILITY_FILE))
     for name, array in ((LESION_MAP_FILE, lesion_map), (PROBABILITY_FILE, probability)):
         if array.shape != pet_grid.shape:
@@ -262,7 +286,7 @@ def run_job(job_dir: Path) -> None:
     from .model.weights import load_model
 
     _start_watchdog(job_dir)
-    job = json.loads((job_dir / "job.json").read_text())
+    job = json.loads((job_dir / "job.json").read_text(encoding="utf-8"))
     settings = DetectionSettings(**job["settings"])
     pet_grid = _grid_from_json(job["pet_grid"])
     report_progress(0.0, "loading the model")

@@ -26,6 +26,15 @@ the first one in this order wins (the rule is reported with the alternatives):
 4. the lowest SeriesNumber (then the SeriesInstanceUID, so that the choice never depends on
    file order).
 
+The CT must cover the PET along the PET's slice normal: outside the CT the PET is paired with
+air (the CT resampled onto the PET grid, :mod:`resampling`), which the model and an nnU-Net
+export take for outside the body. The fraction of the PET's extent along its normal that the
+chosen CT covers (slice centres widened by half a slice thickness) is the pairing's
+``ct_coverage``: under :data:`CT_COVERAGE_WARN_FRACTION` the pairing carries a warning, under
+:data:`CT_COVERAGE_REFUSE_FRACTION` an ``error`` (the pair is not loaded). In-plane coverage is
+not measured: a CT's field of view (about 500 mm) is routinely narrower than the PET's (600-700
+mm), and both hold the patient.
+
 A study often holds more than one PT series: the attenuation-corrected (AC) images, the same
 data without attenuation correction (NAC), MIPs, screenshots. Series that are not a volume
 (Secondary Capture, colour images, projections, localizers) are never paired. The others are
@@ -90,6 +99,12 @@ NATIVE_TRANSFER_SYNTAXES: Dict[str, Tuple[bool, str]] = {
     str(ExplicitVRLittleEndian): (False, "<"),
     str(ExplicitVRBigEndian): (False, ">"),
 }
+# The CT and the PET of a PET/CT are acquired over one planned range: the CT normally covers the
+# whole PET. A few centimetres short (a CT range planned tighter than the PET's whole bed
+# positions) leaves the PET's ends without anatomy: warned under 90%. Under half, most of the PET
+# would be read with air as its CT (a 1-slice CT made lesion volumes 22% low): refused.
+CT_COVERAGE_WARN_FRACTION = 0.9
+CT_COVERAGE_REFUSE_FRACTION = 0.5
 _LONG_LENGTH_VRS = (b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UC", b"UN", b"UR", b"UT")
 
 
@@ -284,6 +299,9 @@ class SeriesPairing(Generic[SeriesT]):
     # The study's first choice among its PET series (see PET_PREFERENCE); else why another one is.
     preferred: bool = True
     not_preferred_because: str = ""
+    # Fraction of the PET's extent along its slice normal that the CT covers (None: no CT or no extent).
+    ct_coverage: Optional[float] = None
+    error: Optional[str] = None  # why the pair cannot be loaded (a CT covering too little of the PET)
 
     def with_series(self, describe: Callable[[SeriesT], OtherSeriesT]) -> SeriesPairing[OtherSeriesT]:
         """The same pairing (rule, alternatives, warnings) with each series replaced by ``describe(series)``."""
@@ -296,6 +314,8 @@ class SeriesPairing(Generic[SeriesT]):
             warnings=list(self.warnings),
             preferred=self.preferred,
             not_preferred_because=self.not_preferred_because,
+            ct_coverage=self.ct_coverage,
+            error=self.error,
         )
 
 
@@ -828,7 +848,10 @@ def frame_headers(header: SliceHeader) -> List[SliceHeader]:
                 pixel_data_offset=None
                 if header.pixel_data_offset is None
                 else header.pixel_data_offset + number * frame_bytes,
-                pixel_data_length=None if header.pixel_data_offset is None else frame_bytes,
+                # A pixel data element cut short leaves its last frames short (refused when read).
+                pixel_data_length=None
+                if header.pixel_data_offset is None
+                else max(0, min(frame_bytes, (header.pixel_data_length or 0) - number * frame_bytes)),
                 dataset=None,
             )
         )
@@ -1076,8 +1099,7 @@ def _pair_one(pet: IndexedSeries, studies: Sequence[IndexedStudy]) -> SeriesPair
             f"{pet.label} and {chosen.ct.label} have different FrameOfReferenceUIDs: "
             "their patient coordinates may not match (not registered)"
         )
-    if chosen.overlap_mm <= 0:
-        warnings.append(f"{pet.label} and {chosen.ct.label} do not overlap along the slice axis")
+    coverage, error = _ct_coverage(pet, chosen, warnings)
     return SeriesPairing(
         study_uid=pet.study_uid,
         pet=pet,
@@ -1085,4 +1107,31 @@ def _pair_one(pet: IndexedSeries, studies: Sequence[IndexedStudy]) -> SeriesPair
         rule=rule,
         alternatives=[candidate.describe() for candidate in candidates[1:]],
         warnings=warnings,
+        ct_coverage=coverage,
+        error=error,
     )
+
+
+def _ct_coverage(pet: IndexedSeries, chosen: _Candidate, warnings: List[str]) -> Tuple[Optional[float], Optional[str]]:
+    """(fraction of the PET's extent along its normal that the CT covers, why the pair is refused or None);
+    a warning is added under :data:`CT_COVERAGE_WARN_FRACTION`."""
+    extent = pet.z_extent(pet.first.normal)
+    if extent is None or extent[1] <= extent[0]:
+        return None, None  # no extent to cover (positions missing: the geometry refuses the PET)
+    length = extent[1] - extent[0]
+    coverage = min(1.0, chosen.overlap_mm / length)
+    covered = (
+        f"{chosen.ct.label} covers {chosen.overlap_mm:.1f} mm of the {length:.1f} mm of {pet.label} along the "
+        f"PET's slice axis ({coverage:.0%})"
+    )
+    if coverage < CT_COVERAGE_REFUSE_FRACTION:
+        return coverage, (
+            f"{covered}, under {CT_COVERAGE_REFUSE_FRACTION:.0%}: most of the PET would be read with air as its CT; "
+            "give the CT series that covers the PET"
+        )
+    if coverage < CT_COVERAGE_WARN_FRACTION:
+        warnings.append(
+            f"{covered}, under {CT_COVERAGE_WARN_FRACTION:.0%}: the rest of the PET is read with air (-1024 HU) as "
+            "its CT, where lesions may be missed or measured too small"
+        )
+    return coverage, None

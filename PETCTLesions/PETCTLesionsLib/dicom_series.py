@@ -13,12 +13,26 @@ Geometry (:func:`series_geometry`):
 - Slices must lie on a line along the normal (in-plane drift at most 0.01 mm or 1% of the
   pixel spacing); a sheared stack (gantry tilt) is refused rather than shown distorted.
 - Slice spacing: steps within 1% (or 0.01 mm) of the median step are uniform; the spacing
-  is then (last - first) / (n - 1). A step of 1.5 times the median or more means missing
-  slices: the series is refused with "k slices missing between z=a and z=b" (z = position
-  along the normal, mm) unless ``allow_gaps=True``. Any other variation, and gaps when
-  allowed, are resampled with a warning: the span from the first to the last slice is cut
-  into round(span / median) equal steps and each output slice is linearly interpolated
-  between its two neighbouring slices along the normal.
+  is then (last - first) / (n - 1). A step of 1.5 times the median or more is long, and each
+  long step is judged on its own:
+
+  - a run of three or more consecutive long steps equal to each other (within 1%) is a second
+    spacing (stacks of 1.25 and 2.5 mm, 2.5 and 5, 1 and 5): irregular spacing, below;
+  - any other long step that is a whole multiple k >= 2 of the median (within 10%) in an
+    otherwise regular series (90% of the other steps uniform) is a gap: k - 1 slices are
+    missing and the slices left lie on the series' lattice. Such a series is refused with
+    "k slices missing between z=a and z=b" (z = position along the normal, mm; the files on
+    either side named), unless the caller passes ``allow_gaps=True``;
+  - in a series that is not regular (jittered positions) or off the multiples, a long step is
+    irregular spacing, unless it is over 2.5 times the median (or the second spacing, when
+    there is one): jitter of half a slice either way makes steps of up to twice the nominal
+    spacing, so a longer step is refused as a gap there.
+
+  Irregular spacing is resampled with a warning that gives the steps measured ("slice spacing
+  varies from a to b mm (median m mm; the series mixes slices m and c mm apart)", the second
+  part when runs of another spacing were found). Resampling cuts the span from the first to the
+  last slice into round(span / median) equal steps and interpolates each output slice linearly
+  between its two neighbouring slices along the normal (across allowed gaps too, with a warning).
 - A single slice takes its spacing along the normal from SpacingBetweenSlices, else
   SliceThickness (else 1 mm, with a warning: one slice has no extent to get wrong).
 - Enhanced CT frames arrive as slice headers of their own (:func:`dicom_index.read_image_headers`)
@@ -28,7 +42,13 @@ Geometry (:func:`series_geometry`):
 Pixels (:func:`read_series_image`):
 
 - Each slice is rescaled with its own RescaleSlope/RescaleIntercept (PET slopes vary per
-  slice) and, when ``slice_scale`` is given (SUV factors), multiplied by its factor.
+  slice, by orders of magnitude: vendors fit each slice's maximum to the stored range) and,
+  when ``slice_scale`` is given (SUV factors), multiplied by its factor. A slope that is not
+  a positive finite number, or an intercept that is not finite, is refused with the geometry
+  (:func:`series_geometry`), naming the file: a slope of 0 would silently zero the slice.
+- Native pixel data shorter than Rows x Columns x BitsAllocated / 8 are refused by
+  :func:`check_series_decodable` from the lengths the header scan recorded (no pixel read),
+  so ``info`` says so as the load would.
 - Output type: int16 when every slope is 1, every intercept a whole number and the values
   fit (CT in HU); otherwise float32. When an int16 candidate turns out not to fit, the
   image is converted to float32 and loading goes on.
@@ -48,6 +68,7 @@ Pixels (:func:`read_series_image`):
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -58,7 +79,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import pydicom
 import SimpleITK as sitk
-from pydicom.uid import UID
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from .dicom_index import (
     CancelCallback,
@@ -75,7 +96,24 @@ ORIENTATION_TOLERANCE = 1e-4
 SAME_POSITION_TOLERANCE_MM = 1e-3
 UNIFORM_RELATIVE_TOLERANCE = 0.01
 UNIFORM_ABSOLUTE_TOLERANCE_MM = 0.01
-GAP_FACTOR = 1.5
+GAP_FACTOR = 1.5  # a step this many times the median or longer is long: slices missing, or another spacing
+# A long step is missing slices when it is a whole multiple of the median step within this fraction
+# of it: the slices left lie on the regular lattice of the series. Scanners write positions far
+# closer (0.01 mm); jitter is further off.
+LATTICE_TOLERANCE = 0.1
+# ... and when the series around it is regular: this fraction of the other steps uniform. Real
+# series are (all steps, to 0.01 mm); one odd step (a bed position joined a little off) must not
+# turn a missing slice elsewhere into irregular spacing, but jittered positions are far below this.
+REGULAR_FRACTION = 0.9
+# This many consecutive long steps equal to each other are a second spacing (stacks of 1.25 and
+# 2.5 mm, 2.5 and 5, 1 and 5: scanners reconstruct parts of a range finer), not a slice missing at
+# every step. Two equal gaps in a row (every other slice missing over three slices) stay gaps.
+SECOND_SPACING_RUN = 3
+# Irregular steps up to 2.5 times the median (or the second spacing) are irregular spacing:
+# positions jittered by up to half a slice either way give steps of up to twice the nominal spacing,
+# and the median of such steps may lie below the nominal one. A longer step leaves room for missing
+# slices.
+IRREGULAR_STEP_FACTOR = 2.5
 SHEAR_ABSOLUTE_TOLERANCE_MM = 0.01
 SHEAR_RELATIVE_TOLERANCE = 0.01
 INTERPOLATION_SNAP = 1e-6  # weights closer than this to 0 or 1 take the slice itself
@@ -96,6 +134,13 @@ SIMPLEITK_DECODED_TRANSFER_SYNTAXES = frozenset(
         "1.2.840.10008.1.2.5",  # RLE Lossless
     )
 )
+# High-Throughput JPEG 2000, by pydicom 3's names: pydicom 2.4 (Slicer 5.6-5.10) neither names nor
+# decodes them; pydicom 3 decodes them with pylibjpeg-openjpeg.
+HTJ2K_TRANSFER_SYNTAXES = {
+    "1.2.840.10008.1.2.4.201": "High-Throughput JPEG 2000 Image Compression (Lossless Only)",
+    "1.2.840.10008.1.2.4.202": "High-Throughput JPEG 2000 with RPCL Options Image Compression (Lossless Only)",
+    "1.2.840.10008.1.2.4.203": "High-Throughput JPEG 2000 Image Compression",
+}
 STORED_VALUE_TOLERANCE = 1e-3  # how far GDCM's value, rescaled back, may lie from a whole stored value
 
 
@@ -198,6 +243,7 @@ def _check_slices(headers: Sequence[SliceHeader], label: str) -> None:
             )
         if header.rows < 1 or header.columns < 1:
             raise DicomSeriesError(f"{header.path}: Rows x Columns is {header.rows} x {header.columns}; no image")
+        _check_rescale(header)
         for what, value in (
             ("ImageOrientationPatient (0020,0037)", header.orientation),
             ("ImagePositionPatient (0020,0032)", header.position),
@@ -215,6 +261,23 @@ def _check_slices(headers: Sequence[SliceHeader], label: str) -> None:
                 f"{list(headers[0].orientation or ())}, {header.where} has {list(header.orientation or ())}; "
                 "a series must have one orientation"
             )
+
+
+def _check_rescale(header: SliceHeader) -> None:
+    """A slice's stored values become real values only through a positive, finite slope and a finite
+    intercept: a slope of 0 zeroes the slice, a negative one inverts it, and neither is ever written
+    on purpose (vendors vary the slope per slice, by orders of magnitude, but never to 0)."""
+    slope, intercept = header.rescale_slope, header.rescale_intercept
+    if not (math.isfinite(slope) and slope > 0):
+        raise DicomSeriesError(
+            f"{header.where}: RescaleSlope (0028,1053) is {slope:g}; stored values become real values only "
+            "through a positive, finite slope, so the slice's values cannot be known: correct or replace the file"
+        )
+    if not math.isfinite(intercept):
+        raise DicomSeriesError(
+            f"{header.where}: RescaleIntercept (0028,1052) is {intercept:g}, not a finite number; the slice's "
+            "values cannot be known: correct or replace the file"
+        )
 
 
 def _axes(header: SliceHeader) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -301,43 +364,98 @@ def _single_slice_spacing(header: SliceHeader, warnings: List[str]) -> float:
 def _slice_spacing(
     headers: Sequence[SliceHeader], positions: np.ndarray, allow_gaps: bool, label: str, warnings: List[str]
 ) -> Tuple[float, int, List[SliceGap], bool]:
-    """(spacing, slice count, gaps, resampled) of a stack of two or more slices."""
+    """(spacing, slice count, gaps, resampled) of a stack of two or more slices (see the module docstring)."""
     steps = np.diff(positions)
     median = float(np.median(steps))
     span = float(positions[-1] - positions[0])
+    tolerance = max(UNIFORM_RELATIVE_TOLERANCE * median, UNIFORM_ABSOLUTE_TOLERANCE_MM)
+    gap_steps, reference = _gap_steps(steps, median, tolerance)
     gaps = [
         SliceGap(
             below=float(positions[i]),
             above=float(positions[i + 1]),
-            missing=max(1, int(round(steps[i] / median)) - 1),
+            missing=max(1, int(round(steps[i] / reference)) - 1),
             below_file=headers[i].path,
             above_file=headers[i + 1].path,
         )
-        for i in np.nonzero(steps >= GAP_FACTOR * median)[0]
+        for i in np.nonzero(gap_steps)[0]
     ]
     if gaps:
         description = "; ".join(
             f"{gap.missing} slice{'s' if gap.missing > 1 else ''} missing between z={gap.below:.2f} and "
             f"z={gap.above:.2f} mm (between {gap.below_file.name} and {gap.above_file.name}; step "
-            f"{gap.above - gap.below:.3f} mm where the series has {median:.3f} mm)"
+            f"{gap.above - gap.below:.3f} mm where the series has {reference:.3f} mm)"
             for gap in gaps
         )
         if not allow_gaps:
             raise MissingSlicesError(
-                f"{label}: {description}. Find the missing files, or load with allow_gaps=True to interpolate "
-                "across the gap"
+                f"{label}: {description}; find the missing files (a gap is not filled in: interpolating across "
+                "it would make up the missing slices)"
             )
         warnings.append(f"{label}: {description}; interpolated across the gap")
-    tolerance = max(UNIFORM_RELATIVE_TOLERANCE * median, UNIFORM_ABSOLUTE_TOLERANCE_MM)
     if not gaps and float(np.max(np.abs(steps - median))) <= tolerance:
         return span / (len(positions) - 1), len(positions), gaps, False
     count = int(round(span / median)) + 1
     spacing = span / (count - 1)
     warnings.append(
-        f"{label}: slice spacing varies from {steps.min():.3f} to {steps.max():.3f} mm (median {median:.3f} mm); "
-        f"resampled onto {count} slices {spacing:.4f} mm apart by linear interpolation along the slice normal"
+        f"{label}: slice spacing varies from {steps.min():.3f} to {steps.max():.3f} mm (median {median:.3f} mm"
+        f"{_mixed_spacings(steps, median, tolerance)}); resampled onto {count} slices {spacing:.4f} mm apart by "
+        "linear interpolation along the slice normal"
     )
     return spacing, count, gaps, True
+
+
+def _gap_steps(steps: np.ndarray, median: float, tolerance: float) -> Tuple[np.ndarray, float]:
+    """Which steps are gaps (slices missing), and the spacing they are measured against: the median,
+    or the longest second spacing (see the module docstring)."""
+    long = steps >= GAP_FACTOR * median
+    second_spacing = _in_equal_runs(steps, long)
+    multiples = np.round(steps / median)
+    on_lattice = (
+        long
+        & ~second_spacing
+        & (multiples >= 2)
+        & (np.abs(steps - multiples * median) <= max(LATTICE_TOLERANCE * median, UNIFORM_ABSOLUTE_TOLERANCE_MM))
+    )
+    others = steps[~on_lattice]  # never empty: the median step is not long
+    regular = float(np.mean(np.abs(others - median) <= tolerance)) >= REGULAR_FRACTION
+    reference = max(median, float(steps[second_spacing].max())) if second_spacing.any() else median
+    too_long = long & ~second_spacing & (steps > IRREGULAR_STEP_FACTOR * reference)
+    return (on_lattice & regular) | too_long, reference
+
+
+def _equal_runs(steps: np.ndarray, candidate: np.ndarray) -> List[Tuple[int, int]]:
+    """(start, stop) of each run of :data:`SECOND_SPACING_RUN` or more consecutive candidate steps
+    equal to the run's first step (within 1% of it, or 0.01 mm)."""
+    runs = []
+    start = 0
+    while start < len(steps):
+        stop = start + 1
+        if candidate[start]:
+            same = max(UNIFORM_RELATIVE_TOLERANCE * steps[start], UNIFORM_ABSOLUTE_TOLERANCE_MM)
+            while stop < len(steps) and candidate[stop] and abs(steps[stop] - steps[start]) <= same:
+                stop += 1
+            if stop - start >= SECOND_SPACING_RUN:
+                runs.append((start, stop))
+        start = stop
+    return runs
+
+
+def _in_equal_runs(steps: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    """Which steps belong to a run of :func:`_equal_runs`."""
+    in_run = np.zeros(len(steps), dtype=bool)
+    for start, stop in _equal_runs(steps, candidate):
+        in_run[start:stop] = True
+    return in_run
+
+
+def _mixed_spacings(steps: np.ndarray, median: float, tolerance: float) -> str:
+    """'; the series mixes slices a and b mm apart' when runs of steps other than the median were found."""
+    runs = _equal_runs(steps, np.abs(steps - median) > tolerance)
+    if not runs:
+        return ""
+    spacings = sorted({f"{median:.3f}"} | {f"{np.mean(steps[start:stop]):.3f}" for start, stop in runs}, key=float)
+    return f"; the series mixes slices {', '.join(spacings[:-1])} and {spacings[-1]} mm apart"
 
 
 # --------------------------------------------------------------------------- pixels
@@ -346,7 +464,7 @@ def _slice_spacing(
 def _transfer_syntax_name(uid: str) -> str:
     if not uid:
         return "no transfer syntax (file without meta information)"
-    return f"{UID(uid).name} ({uid})"
+    return f"{HTJ2K_TRANSFER_SYNTAXES.get(uid, UID(uid).name)} ({uid})"
 
 
 def check_decodable(header: SliceHeader) -> None:
@@ -357,17 +475,17 @@ def check_decodable(header: SliceHeader) -> None:
         or header.transfer_syntax in SIMPLEITK_DECODED_TRANSFER_SYNTAXES
     ):
         return
+    name = _transfer_syntax_name(header.transfer_syntax)
+    no_decoder = f"{header.path}: pixel data in transfer syntax {name}: pydicom has no decoder for it"
     try:
         from pydicom.pixels import get_decoder
-    except ImportError:  # pragma: no cover - pydicom 2.x: the decoding attempt reports instead
+    except ImportError:  # pydicom 2.x (Slicer 5.6-5.10 bundle 2.4): its pixel data handlers
+        _check_pydicom_2_handlers(header, name, no_decoder)
         return
-    name = _transfer_syntax_name(header.transfer_syntax)
     try:
         decoder = get_decoder(UID(header.transfer_syntax))
     except NotImplementedError:
-        raise UnsupportedPixelDataError(
-            f"{header.path}: pixel data in transfer syntax {name}: pydicom has no decoder for it"
-        ) from None
+        raise UnsupportedPixelDataError(no_decoder) from None
     if not decoder.is_available:
         raise UnsupportedPixelDataError(
             f"{header.path}: pixel data are compressed as {name} and no installed package decodes them; "
@@ -375,10 +493,57 @@ def check_decodable(header: SliceHeader) -> None:
         )
 
 
+def _check_pydicom_2_handlers(header: SliceHeader, name: str, no_decoder: str) -> None:
+    """pydicom 2.x lists every handler whether or not its package is installed: one that supports
+    the syntax decodes it only when ``is_available()`` (e.g. gdcm_handler needs the gdcm package)."""
+    uid = UID(header.transfer_syntax)
+    supporting = [handler for handler in pydicom.config.pixel_data_handlers if handler.supports_transfer_syntax(uid)]
+    if any(handler.is_available() for handler in supporting):
+        return
+    if not supporting:
+        if header.transfer_syntax in HTJ2K_TRANSFER_SYNTAXES:
+            no_decoder += f" (pydicom {pydicom.__version__}); pydicom 3 with pylibjpeg-openjpeg decodes it"
+        raise UnsupportedPixelDataError(no_decoder)
+    packages = [
+        ", ".join(package for module, (_, package) in handler.DEPENDENCIES.items() if module != "numpy")
+        or handler.HANDLER_NAME
+        for handler in supporting
+    ]
+    raise UnsupportedPixelDataError(
+        f"{header.path}: pixel data are compressed as {name} and no installed package decodes them; "
+        f"install one of: {'; '.join(packages)}"
+    )
+
+
 def check_series_decodable(headers: Sequence[SliceHeader]) -> None:
-    """:func:`check_decodable` for a series: one file per transfer syntax is enough."""
+    """:func:`check_decodable` for a series (one file per transfer syntax is enough), and every native
+    slice's pixel data long enough for its Rows x Columns (from the header scan: nothing is read)."""
     for header in {h.transfer_syntax: h for h in headers}.values():
         check_decodable(header)
+    for header in headers:
+        if header.pixel_data_offset is not None:
+            _check_native_length(header)
+
+
+def _native_bytes(header: SliceHeader) -> int:
+    return header.rows * header.columns * _native_dtype(header).itemsize
+
+
+def _check_native_length(header: SliceHeader) -> None:
+    needed = _native_bytes(header)
+    if (header.pixel_data_length or 0) < needed:
+        raise DicomSeriesError(
+            f"{header.where}: the pixel data hold {header.pixel_data_length} bytes; {header.rows} x "
+            f"{header.columns} pixels of {header.bits_allocated} bits need {needed}: the file is damaged"
+        )
+
+
+def stored_value_range(header: SliceHeader) -> Tuple[int, int]:
+    """The smallest and largest stored value BitsStored and PixelRepresentation allow."""
+    bits = header.bits_stored if 0 < header.bits_stored <= header.bits_allocated else header.bits_allocated
+    if header.pixel_representation == 1:
+        return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return 0, (1 << bits) - 1
 
 
 def _check_one_rescale_per_gdcm_file(headers: Sequence[SliceHeader]) -> None:
@@ -430,12 +595,8 @@ def _read_native(header: SliceHeader, into: Optional[np.ndarray] = None) -> np.n
     allocating (and page-faulting) a fresh buffer for every file.
     """
     dtype = _native_dtype(header)
-    needed = header.rows * header.columns * dtype.itemsize
-    if (header.pixel_data_length or 0) < needed:
-        raise DicomSeriesError(
-            f"{header.where}: the pixel data hold {header.pixel_data_length} bytes; {header.rows} x "
-            f"{header.columns} pixels of {header.bits_allocated} bits need {needed}"
-        )
+    _check_native_length(header)
+    needed = _native_bytes(header)
     buffer = bytearray(needed) if into is None else memoryview(into).cast("B")
     with open(header.path, "rb") as handle:
         handle.seek(header.pixel_data_offset)  # type: ignore[arg-type]
@@ -448,14 +609,17 @@ def _read_native(header: SliceHeader, into: Optional[np.ndarray] = None) -> np.n
 
 
 def _read_with_pydicom(header: SliceHeader) -> np.ndarray:
-    if header.frame is not None:
+    if header.frame is None:
+        return pydicom.dcmread(header.path, force=not header.transfer_syntax).pixel_array
+    # pydicom 3 decodes only the frame asked for, but from the file as stored: a deflated one is not inflated.
+    if header.transfer_syntax != DeflatedExplicitVRLittleEndian:
         try:
-            from pydicom.pixels import pixel_array  # pydicom 3: decodes only the frame asked for
-        except ImportError:  # pragma: no cover - pydicom 2.x (Slicer 5.6-5.10 bundle 2.4): every frame
-            return pydicom.dcmread(header.path).pixel_array[header.frame]
-        return pixel_array(str(header.path), index=header.frame)
-    dataset = pydicom.dcmread(header.path, force=not header.transfer_syntax)
-    return dataset.pixel_array
+            from pydicom.pixels import pixel_array
+        except ImportError:  # pydicom 2.x (Slicer 5.6-5.10 bundle 2.4)
+            pass
+        else:
+            return pixel_array(str(header.path), index=header.frame)
+    return pydicom.dcmread(header.path).pixel_array[header.frame]  # decodes every frame
 
 
 class _DecodedFile:

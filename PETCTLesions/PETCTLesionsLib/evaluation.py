@@ -206,9 +206,7 @@ def evaluate_label_files(pairs: Sequence[Tuple[str, Path, Path]]) -> Evaluation:
 
 
 def _read_label(path: Path):
-    import SimpleITK as sitk
+    from .nnunet import read_nifti
 
-    try:
-        return sitk.ReadImage(str(path))
-    except RuntimeError as error:
-        raise ValueError(f"{path}: cannot be read as an image ({str(error).strip().splitlines()[-1]})") from error
+    # Checked whole: SimpleITK alone reads a cut-short or damaged file, and NaN voxels as 0.
+    return read_nifti(path)

@@ -11,13 +11,21 @@ A case without a label is a test case and goes to ``imagesTs/``. The files are s
 ``channel_names``, ``labels``, ``numTraining`` and ``file_ending``; ``splits_final.json`` is a
 list of ``{"train": [...], "val": [...]}`` folds. autoPET case ids contain spaces, sometimes
 two in a row; every function here takes them as they are.
+
+Reading a case takes the CT and PET channels in the order ``channel_names`` gives (other
+datasets put PET first; see :func:`channel_suffixes` for the names understood) and checks what
+SimpleITK does not: that each file is whole and intact (:func:`read_nifti`: gzip CRC and length,
+the header's byte count, no NaN) and that the CT and PET channels hold CT values in HU and PET
+values in SUV (:func:`check_channel_values`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import json
+import math
 import mmap
 import os
 import re
@@ -33,12 +41,10 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from .fileio import atomic_output, atomic_write_text
+from .fileio import atomic_output, atomic_write_text, check_written_size
 from .lesions import is_binary
 
 CHANNEL_NAMES: Dict[str, str] = {"0": "CT", "1": "PET"}
-# Published autoPET copies also name both channels "CT" to get CT-style normalisation for PET.
-PUBLISHED_CHANNEL_NAMES = ({"0": "CT", "1": "PET"}, {"0": "CT", "1": "CT"})
 LABELS: Dict[str, int] = {"background": 0, "tumor": 1}
 FILE_ENDING = ".nii.gz"
 DATASET_JSON = "dataset.json"
@@ -58,6 +64,7 @@ _SLAB_VOXELS = 1 << 20  # voxels converted at a time: float64 temporaries stay i
 _GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x04\xff"
 _DEFLATE_LEVEL = 1
 _DEFLATE_CHUNK_BYTES = 4 << 20  # one job per chunk; a 400x400x326 PET gives 50, enough for any core count
+_NIFTI1_HEADER_BYTES = 352  # what ITK writes before the voxels: the 348-byte header and 4 extension bytes
 
 
 class NnUNetError(ValueError):
@@ -126,12 +133,19 @@ def case_id_for_study(patient_id: str, study_uid: str, study_date: str = "") -> 
     return check_case_id(f"{name}_{digest}_{date}")
 
 
-def case_paths(dataset_dir: Path, case_id: str, test: bool = False) -> Dict[str, Path]:
-    """File paths of a case: {"ct", "pet", "label"} for training, {"ct", "pet"} in imagesTs for ``test``."""
+def case_paths(
+    dataset_dir: Path, case_id: str, test: bool = False, suffixes: Optional[Dict[str, str]] = None
+) -> Dict[str, Path]:
+    """File paths of a case: {"ct", "pet", "label"} for training, {"ct", "pet"} in imagesTs for ``test``.
+
+    ``suffixes`` maps "ct" and "pet" to their channel suffixes (:func:`channel_suffixes`); by
+    default the autoPET order this module writes, ``_0000`` CT and ``_0001`` PET.
+    """
     check_case_id(case_id)
     dataset_dir = Path(dataset_dir)
     images = dataset_dir / ("imagesTs" if test else "imagesTr")
-    paths = {channel: images / f"{case_id}{suffix}{FILE_ENDING}" for channel, suffix in _CHANNEL_SUFFIX.items()}
+    suffixes = _CHANNEL_SUFFIX if suffixes is None else suffixes
+    paths = {channel: images / f"{case_id}{suffixes[channel]}{FILE_ENDING}" for channel in ("ct", "pet")}
     if not test:
         paths["label"] = dataset_dir / "labelsTr" / f"{case_id}{FILE_ENDING}"
     return paths
@@ -156,6 +170,7 @@ def write_case(dataset_dir: Path, case: NnUNetCase, overwrite: bool = False) -> 
     existing = [str(path) for path in paths.values() if path.exists()]
     if existing and not overwrite:
         raise NnUNetError(f"case {case.case_id!r} already exists ({', '.join(existing)}); refusing to overwrite it")
+    _dataset_json_for_update(dataset_dir)  # one that contradicts this layout is refused before any file is written
     try:
         with contextlib.ExitStack() as stack:
             # Every file goes to a temporary name first; the renames happen only after all writes
@@ -197,6 +212,8 @@ def write_nifti_gz(image: sitk.Image, path: Path, pool: Optional[Executor] = Non
     os.close(fd)
     try:
         sitk.WriteImage(image, raw_name, useCompression=False)
+        # ITK's NIfTI writer returns normally on a full disk, leaving the file empty or cut short.
+        check_written_size(raw_name, _NIFTI1_HEADER_BYTES + image.GetNumberOfPixels() * _pixel_bytes(image), path)
         with open(raw_name, "rb") as raw, mmap.mmap(raw.fileno(), 0, access=mmap.ACCESS_READ) as data:
             view = memoryview(data)
             try:
@@ -206,6 +223,10 @@ def write_nifti_gz(image: sitk.Image, path: Path, pool: Optional[Executor] = Non
     finally:
         os.unlink(raw_name)  # after closing it: Windows cannot remove an open file
     return path
+
+
+def _pixel_bytes(image: sitk.Image) -> int:
+    return image.GetSizeOfPixelComponent() * image.GetNumberOfComponentsPerPixel()
 
 
 def _write_gzip(data: memoryview, strategy: int, pool: Executor, path: Path) -> None:
@@ -248,14 +269,17 @@ def _cores() -> int:
 def read_case(dataset_dir: Path, case_id: str, images_only: bool = False) -> NnUNetCase:
     """Read a training case (or, when it has none, a test case from imagesTs with label None).
 
-    Checks that the files exist, are 3D, share one grid and that label values are 0 or 1.
-    ``images_only`` reads CT and PET alone (label None), e.g. to predict on ``imagesTr`` of a
-    dataset whose labels are elsewhere or not there.
+    The CT and PET files are those ``channel_names`` of ``dataset.json`` names (any order, see
+    :func:`channel_suffixes`). Checks that the files are whole (:func:`read_nifti`), 3D and on
+    one grid, that the label values are 0 or 1, and that the CT and PET channels hold CT and
+    PET values (:func:`check_channel_values`). ``images_only`` reads CT and PET alone (label
+    None), e.g. to predict on ``imagesTr`` of a dataset whose labels are elsewhere or not there.
     """
     dataset_dir = Path(dataset_dir)
-    paths = case_paths(dataset_dir, case_id)
+    suffixes = channel_suffixes(dataset_dir)
+    paths = case_paths(dataset_dir, case_id, suffixes=suffixes)
     if not paths["ct"].exists():
-        test_paths = case_paths(dataset_dir, case_id, test=True)
+        test_paths = case_paths(dataset_dir, case_id, test=True, suffixes=suffixes)
         if test_paths["ct"].exists():
             paths = test_paths
     if images_only:
@@ -263,15 +287,18 @@ def read_case(dataset_dir: Path, case_id: str, images_only: bool = False) -> NnU
     missing = [str(path) for path in paths.values() if not path.is_file()]
     if missing:
         raise NnUNetError(f"case {case_id!r}: missing {', '.join(missing)}")
-    images = {channel: _read_image(path) for channel, path in paths.items()}
+    images = {channel: _read_image(path, channel) for channel, path in paths.items()}
     _check_same_grid(images, f"case {case_id!r}", paths)
+    for channel in ("ct", "pet"):
+        what = f"{paths[channel]}: read as the {channel.upper()} by {_channel_source(dataset_dir)}"
+        check_channel_values(images[channel], channel, what)
     if "label" in images:
         _check_label_values(sitk.GetArrayViewFromImage(images["label"]), str(paths["label"]))
     return NnUNetCase(case_id=case_id, ct=images["ct"], pet=images["pet"], label=images.get("label"))
 
 
 def list_cases(dataset_dir: Path, test: bool = False) -> List[str]:
-    """Sorted ids of the cases in imagesTr (or imagesTs), from their ``_0000`` CT files."""
+    """Sorted ids of the cases in imagesTr (or imagesTs), from their ``_0000`` files (the first channel)."""
     folder = Path(dataset_dir) / ("imagesTs" if test else "imagesTr")
     suffix = _CHANNEL_SUFFIX["ct"] + FILE_ENDING
     if not folder.is_dir():
@@ -279,14 +306,302 @@ def list_cases(dataset_dir: Path, test: bool = False) -> List[str]:
     return sorted(p.name[: -len(suffix)] for p in folder.iterdir() if p.name.endswith(suffix) and p.is_file())
 
 
-def _read_image(path: Path) -> sitk.Image:
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as error:
-        raise NnUNetError(f"{path}: cannot be read as an image ({str(error).strip().splitlines()[-1]})") from error
+def _read_image(path: Path, channel: str) -> sitk.Image:
+    image = read_nifti(path, channel)
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
         raise NnUNetError(f"{path}: expected a 3D scalar image, got {image.GetDimension()}D")
     return image
+
+
+# ----------------------------------------------------------------------------------------- NIfTI files
+#
+# SimpleITK (ITK's nifti1_io) reads a short or damaged file without a word: missing voxels become 0, a
+# damaged deflate stream gives whatever it decodes (a label cut to 90% lost 114 of 877 voxels, 64
+# flipped bytes in a PET gave SUVs of 3e38), and NaN or infinite floats become 0. read_nifti checks
+# the file itself while SimpleITK reads it.
+
+_NIFTI_MAGIC = {348: b"n+1\0", 540: b"n+2\0"}  # sizeof_hdr -> magic of a single-file NIfTI-1 / NIfTI-2
+_NIFTI_PAIR_MAGIC = (b"ni1\0", b"ni2\0")  # a header whose voxels are in a separate .img file
+_NIFTI_HEADER_READ = 540
+_NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}  # NIfTI datatype codes FLOAT32, FLOAT64
+# Bytes per voxel of each NIfTI-1 datatype code (nifti1.h). nifti1_io (ITK's reader) sizes the voxels by
+# the datatype and ignores bitpix, so a file whose bitpix is wrong is read right: size it the same way.
+_NIFTI_DATATYPE_BYTES = {
+    2: 1,  # uint8
+    4: 2,  # int16
+    8: 4,  # int32
+    16: 4,  # float32
+    32: 8,  # complex64
+    64: 8,  # float64
+    128: 3,  # rgb24
+    256: 1,  # int8
+    512: 2,  # uint16
+    768: 4,  # uint32
+    1024: 8,  # int64
+    1280: 8,  # uint64
+    1536: 16,  # float128
+    1792: 16,  # complex128
+    2048: 32,  # complex256
+    2304: 4,  # rgba32
+}
+_GZIP_MAGIC = b"\x1f\x8b"
+_READ_CHUNK_BYTES = 1 << 20  # file bytes read at a time
+# Decompressed bytes held at a time: a label deflates about 1000:1, so one read chunk could otherwise
+# inflate to a gigabyte at once.
+_INFLATE_CHUNK_BYTES = 8 << 20
+_COPY_AGAIN = "copy or export it again from its source"
+# What SimpleITK makes of a NaN voxel, and what to put there instead, by channel. Some tools mask a PET
+# outside its field of view with NaN; SimpleITK reads it as 0 without a word, and so would a NaN inside
+# the body, so both are refused with the fix (read_case has no way to warn).
+_NON_FINITE_FIX = {
+    "": "which SimpleITK would read as 0; replace them where the file was made",
+    "ct": "which SimpleITK would read as 0 HU, water; replace NaN by -1000 (air) where the file was made",
+    "pet": (
+        "which SimpleITK would read as SUV 0; replace NaN by 0 where the file was made (e.g. where it masks "
+        "voxels outside the field of view)"
+    ),
+}
+
+
+@dataclass(frozen=True)
+class NiftiLayout:
+    """What a NIfTI header says about the bytes of its file: voxel data from ``vox_offset`` on."""
+
+    byte_order: str  # "<" little or ">" big endian
+    dims: Tuple[int, ...]  # dim[1] .. dim[dim[0]]: i, j, k (and more)
+    datatype: int
+    bits_per_voxel: int  # from the datatype; bitpix only for a datatype code nifti1.h does not define
+    vox_offset: int
+
+    @property
+    def voxels(self) -> int:
+        return int(np.prod(self.dims, dtype=np.int64))
+
+    @property
+    def file_bytes(self) -> int:
+        """The bytes of a whole file (uncompressed): the header and extensions, then every voxel."""
+        return self.vox_offset + (self.voxels * self.bits_per_voxel + 7) // 8
+
+    def describe(self) -> str:
+        shape = " x ".join(str(d) for d in self.dims)
+        return f"{self.vox_offset} + {shape} voxels of {self.bits_per_voxel / 8:g} byte(s)"
+
+    def float_type(self) -> Optional[np.dtype]:
+        code = _NIFTI_FLOAT_TYPES.get(self.datatype)
+        return None if code is None else np.dtype(self.byte_order + code)
+
+
+def read_nifti(path: Path, channel: Optional[str] = None) -> sitk.Image:
+    """Read a .nii or .nii.gz file with SimpleITK after checking that it is whole and intact.
+
+    Refused with :class:`NnUNetError` naming the file and the damage: a gzip stream that ends
+    early, fails its CRC-32 or size check or cannot be inflated; bytes after the gzip data other
+    than NUL padding, a damaged or concatenated file (several gzip members, as ``cat`` or some
+    pigz modes write, are read); a file shorter than its header describes (vox_offset + voxels x
+    the datatype's bytes per voxel); NaN or infinite voxels, which SimpleITK (2.2 and 2.5 alike)
+    reads as 0. A file longer than its header describes is read, as every NIfTI reader reads it:
+    the voxels are those the header describes, the bytes after them are not looked at.
+    ``channel`` ("ct" or "pet") says in the NaN message what to replace NaN by.
+
+    Cost: the data are inflated once more (Python's zlib, streaming, 8 MiB at a time, no second
+    copy) in a thread while SimpleITK reads the file: about as much CPU time again as SimpleITK's
+    read (a whole-body PET, 400 x 400 x 326 float32: 0.8 s more), spent beside it where a core is
+    free. A file whose gzip size field disagrees with its header (cut short, or several gzip
+    members) is checked first, before SimpleITK allocates what the header claims.
+    """
+    path = Path(path)
+    with open(path, "rb") as handle:
+        gzipped = handle.read(2) == _GZIP_MAGIC
+        try:
+            layout = _nifti_layout(_nifti_header(handle, gzipped, path), path)
+        except NnUNetError:
+            if gzipped:  # a damaged deflate stream can decode to a garbled header: say what is wrong
+                handle.seek(0)
+                _inflate_members(handle, path, lambda data: None)
+            raise
+        size = os.fstat(handle.fileno()).st_size
+        handle.seek(max(0, size - 4))
+        gzip_size_field = int.from_bytes(handle.read(4), "little")  # RFC 1952 ISIZE: the length mod 2^32
+    if not gzipped and size < layout.file_bytes:
+        raise _cut_short(path, layout, size)
+    non_finite_fix = _NON_FINITE_FIX.get(channel or "", _NON_FINITE_FIX[""])
+    if gzipped and gzip_size_field != layout.file_bytes & 0xFFFFFFFF:
+        # Cut short, several gzip members or longer than described: checked before SimpleITK
+        # allocates what the header claims.
+        _check_nifti_data(path, layout, gzipped, non_finite_fix)
+        return _read_with_simpleitk(path, None)
+    stream_check = gzipped or layout.float_type() is not None
+    with ThreadPoolExecutor(1) as pool:
+        check = pool.submit(_check_nifti_data, path, layout, gzipped, non_finite_fix) if stream_check else None
+        return _read_with_simpleitk(path, check)
+
+
+def _read_with_simpleitk(path: Path, check: Optional[futures.Future]) -> sitk.Image:
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        if check is not None:
+            check.result()  # a damage it found explains SimpleITK's error better than SimpleITK does
+        raise NnUNetError(f"{path}: cannot be read as an image ({str(error).strip().splitlines()[-1]})") from error
+    if check is not None:
+        check.result()
+    return image
+
+
+def _nifti_header(handle, gzipped: bool, path: Path) -> bytes:
+    """The first bytes of the NIfTI content (decompressed); enough for a NIfTI-2 header where there are."""
+    handle.seek(0)
+    if not gzipped:
+        return handle.read(_NIFTI_HEADER_READ)
+    header = b""
+    try:
+        with gzip.GzipFile(fileobj=handle, mode="rb") as content:  # reads only as far as it needs to
+            while len(header) < _NIFTI_HEADER_READ:
+                more = content.read(_NIFTI_HEADER_READ - len(header))
+                if not more:
+                    break  # a tiny file: the layout check says whether the header is whole
+                header += more
+    except EOFError:
+        pass  # cut short: the layout check (inside the header) or the stream check (after it) says so
+    except (zlib.error, gzip.BadGzipFile) as error:
+        raise _damage(path, _zlib_problem(error)) from error
+    return header
+
+
+def _nifti_layout(header: bytes, path: Path) -> NiftiLayout:
+    """The header's layout, or NnUNetError when the file does not start with a single-file NIfTI header."""
+    header_bytes, byte_order = 0, "<"
+    for byte_order in "<>":  # sizeof_hdr in the file's byte order tells the byte order
+        header_bytes = struct.unpack(byte_order + "i", header[:4])[0] if len(header) >= 4 else 0
+        if header_bytes in _NIFTI_MAGIC:
+            break
+    else:
+        raise NnUNetError(f"{path}: not a NIfTI file (its header does not start with the NIfTI-1 or NIfTI-2 size)")
+    if len(header) < header_bytes:
+        raise NnUNetError(
+            f"{path}: the file is cut short: it ends inside its {header_bytes}-byte NIfTI header; {_COPY_AGAIN}"
+        )
+    if header_bytes == 348:
+        magic = header[344:348]
+        dim = struct.unpack(byte_order + "8h", header[40:56])
+        datatype, bitpix = struct.unpack(byte_order + "2h", header[70:74])
+        offset = struct.unpack(byte_order + "f", header[108:112])[0]
+    else:
+        magic = header[4:8]
+        datatype, bitpix = struct.unpack(byte_order + "2h", header[12:16])
+        dim = struct.unpack(byte_order + "8q", header[16:80])
+        offset = struct.unpack(byte_order + "q", header[168:176])[0]
+    if magic in _NIFTI_PAIR_MAGIC:
+        raise NnUNetError(f"{path}: a NIfTI header whose voxels are in a separate .img file; use a single-file .nii")
+    if magic != _NIFTI_MAGIC[header_bytes]:
+        raise NnUNetError(f"{path}: not a NIfTI file (no NIfTI magic {_NIFTI_MAGIC[header_bytes]!r} in its header)")
+    if not 1 <= dim[0] <= 7 or any(d < 1 for d in dim[1 : dim[0] + 1]):
+        raise NnUNetError(f"{path}: its NIfTI header gives impossible dimensions {list(dim)}; {_COPY_AGAIN}")
+    bits = 8 * _NIFTI_DATATYPE_BYTES[datatype] if datatype in _NIFTI_DATATYPE_BYTES else bitpix
+    if bits < 1 or not math.isfinite(offset):
+        raise NnUNetError(
+            f"{path}: its NIfTI header gives datatype {datatype}, {bitpix} bits per voxel and vox_offset {offset}"
+        )
+    # As nifti1_io: the voxels start at vox_offset, but never inside the header.
+    return NiftiLayout(byte_order, tuple(dim[1 : dim[0] + 1]), datatype, bits, max(int(offset), header_bytes))
+
+
+def _check_nifti_data(path: Path, layout: NiftiLayout, gzipped: bool, non_finite_fix: str) -> None:
+    """Read the whole file once (inflating it when gzipped) and raise NnUNetError at the first damage;
+    ``non_finite_fix`` ends the message on NaN voxels."""
+    scan = _VoxelScan(layout)
+    with open(path, "rb") as handle:
+        if gzipped:
+            _inflate_members(handle, path, scan.feed)
+        else:
+            while True:
+                data = handle.read(_READ_CHUNK_BYTES)
+                if not data:
+                    break
+                scan.feed(data)
+    if scan.total < layout.file_bytes:
+        raise _cut_short(path, layout, scan.total)
+    if scan.non_finite:
+        i_j_k = ", ".join(str(n) for n in scan.first_non_finite)
+        raise NnUNetError(
+            f"{path}: {scan.non_finite} voxel(s) are NaN or infinite (the first at voxel ({i_j_k})), {non_finite_fix}"
+        )
+
+
+def _inflate_members(handle, path: Path, feed) -> None:
+    """Inflate the file into ``feed``, 8 MiB at a time, with Python's gzip reader: it checks each
+    member's CRC-32 and size, reads several members and skips NUL padding after the last."""
+    try:
+        with gzip.GzipFile(fileobj=handle, mode="rb") as content:
+            while True:
+                data = content.read(_INFLATE_CHUNK_BYTES)
+                if not data:
+                    return
+                feed(data)
+    except EOFError as error:
+        size = os.fstat(handle.fileno()).st_size
+        raise NnUNetError(
+            f"{path}: the file is cut short: its gzip data stop after {size} bytes, before the end of the "
+            f"compressed stream; {_COPY_AGAIN}"
+        ) from error
+    except (zlib.error, gzip.BadGzipFile) as error:
+        raise _damage(path, _zlib_problem(error)) from error
+
+
+def _zlib_problem(error: Exception) -> str:
+    text = str(error)  # zlib's words, or Python's gzip module's
+    if "CRC check failed" in text or "incorrect data check" in text:
+        return "its data do not match their gzip CRC-32 check"
+    if "Incorrect length" in text or "incorrect length check" in text:
+        return "its data length does not match the gzip size field"
+    if "Not a gzipped file" in text:  # the file starts with gzip data: these are bytes after them
+        return "bytes follow its gzip data and are not gzip"
+    return f"its compressed data cannot be inflated ({text.split(':', 1)[-1].strip()})"
+
+
+def _damage(path: Path, problem: str) -> NnUNetError:
+    return NnUNetError(f"{path}: the file is damaged: {problem}; {_COPY_AGAIN}")
+
+
+def _cut_short(path: Path, layout: NiftiLayout, actual: int) -> NnUNetError:
+    return NnUNetError(
+        f"{path}: the file is cut short: its NIfTI header describes {layout.file_bytes} bytes "
+        f"({layout.describe()}) but it holds {actual}; {_COPY_AGAIN}"
+    )
+
+
+class _VoxelScan:
+    """Counts the bytes of a NIfTI file's content as they stream past and, for floating-point
+    voxels, those that are NaN or infinite (np.isfinite on 8 MiB at a time)."""
+
+    def __init__(self, layout: NiftiLayout) -> None:
+        self.layout = layout
+        self.total = 0
+        self.non_finite = 0
+        self.first_non_finite: Tuple[int, ...] = ()
+        self._float = layout.float_type()
+        self._scanned = 0  # voxels checked so far
+        self._carry = b""  # the start of a voxel split between two chunks
+
+    def feed(self, data: bytes) -> None:
+        start, self.total = self.total, self.total + len(data)
+        if self._float is None:
+            return
+        end_of_voxels = self.layout.vox_offset + self.layout.voxels * self._float.itemsize
+        low, high = max(start, self.layout.vox_offset), min(self.total, end_of_voxels)
+        if low >= high:
+            return
+        chunk = self._carry + data[low - start : high - start]
+        whole = len(chunk) // self._float.itemsize
+        values = np.frombuffer(chunk, self._float, count=whole)
+        finite = np.isfinite(values)
+        if not finite.all():
+            if not self.non_finite:
+                first = self._scanned + int(np.argmin(finite))
+                self.first_non_finite = tuple(int(n) for n in np.unravel_index(first, self.layout.dims, order="F"))
+            self.non_finite += int(finite.size - np.count_nonzero(finite))
+        self._scanned += whole
+        self._carry = chunk[whole * self._float.itemsize :]
 
 
 def _check_image(image: sitk.Image, what: str) -> None:
@@ -389,6 +704,153 @@ def _check_same_grid(images: Dict[str, sitk.Image], what: str, paths: Optional[D
                 )
 
 
+# ----------------------------------------------------------------------------------------- channels
+
+# Which channel is CT and which PET is read from dataset.json, and the values must agree: a voxel
+# below -100 is air, lung or fat in CT (HU), and impossible in PET: SUV is never negative beyond
+# reconstruction noise (a few tenths). A CT on the PET grid always holds air around the body (-1000
+# HU; resampling fills the space outside the CT with air too), tens of percent of its voxels; a PET
+# holds none. So a channel with at least 0.1% of its voxels below -100 is a CT, one with fewer is a
+# PET (or a CT not in HU, e.g. stored values with air at 0): either way not what the model reads.
+CT_AIR_BELOW = -100.0
+CT_AIR_SHARE = 0.001
+# A PET in SUV reaches 100 only in the bladder, the kidneys and the hottest lesions, far under 1% of
+# the field of view; a PET in Bq/mL has its whole body in the thousands (SUV 1 is 5,000 Bq/mL after
+# 350 MBq in 70 kg), 10-50% of the voxels. So a PET with at least 1% of its voxels above 100 is not in SUV.
+PET_SUV_ABOVE = 100.0
+PET_SUV_ABOVE_SHARE = 0.01
+# A PET in Bq/mL reconstructed by filtered back-projection also has noise around 0 outside the body,
+# often a third of the field of view below -100, as a CT has air. The two differ in how low: a CT's
+# voxels below -100 are mostly air at -1000 HU (on the PET grid the air around the body is most of the
+# field of view), the noise's are mostly above -900 (a few hundred Bq/mL). So a PET channel with voxels
+# above 100 is taken for a CT only when at least half of those below -100 are below -900.
+CT_AIR_CORE_BELOW = -900.0
+
+# Channel names, compared case-insensitively without white space, "-" and "_". nnU-Net v2 reads a
+# channel's name as its normalisation: "CT" gives CTNormalization; "noNorm", "zscore", "rescale_to_0_1"
+# and "rgb_to_0_1" are normalisation schemes that say nothing about the modality; any other name gives
+# zscore. So PET/CT datasets name their PET channel many ways: these name a PET.
+_CT_NAMES = frozenset({"ct"})
+_PET_NAMES = frozenset({"pet", "pt", "suv", "fdg", "psma", "fdgpet", "psmapet", "petsuv"})
+_NORMALISATION_NAMES = frozenset({"nonorm", "zscore", "rescaleto01", "rgbto01"})
+_NAMES_UNDERSTOOD = (
+    "name one channel CT and the other PET (or PT, SUV, FDG, PSMA, FDG-PET, PSMA-PET, PET_SUV), or either by "
+    "an nnU-Net normalisation scheme (noNorm, zscore, rescale_to_0_1, rgb_to_0_1)"
+)
+
+
+def channel_suffixes(dataset_dir: Path) -> Dict[str, str]:
+    """{"ct": "_000n", "pet": "_000m"}: the channel files of the dataset's CT and PET.
+
+    From ``channel_names`` in ``dataset.json``, which must name exactly two channels. Names are
+    compared case-insensitively, without white space, "-" and "_": "CT" names a CT; "PET", "PT",
+    "SUV", "FDG", "PSMA", "FDG-PET", "PSMA-PET" and "PET_SUV" name a PET; nnU-Net's normalisation
+    schemes "noNorm", "zscore", "rescale_to_0_1" and "rgb_to_0_1" name neither (nnU-Net reads a
+    channel name as its normalisation, so datasets name their PET channel by the one they chose):
+
+    - one CT and one PET: each by its name, in either order;
+    - one CT and one scheme name: the CT is the CT, the other the PET;
+    - one PET and one scheme name: the PET is the PET, the other the CT;
+    - two CT (published autoPET copies, for CT normalisation of the PET) or two scheme names: the
+      autoPET order, ``_0000`` CT and ``_0001`` PET, as without ``dataset.json``.
+
+    Anything else (another number of channels, two PET, a name such as MR, T1 or ADC) is refused
+    naming the file and the channel. :func:`read_case` checks the values either way
+    (:func:`check_channel_values`), so a swap the names hide is still refused.
+    """
+    path = Path(dataset_dir) / DATASET_JSON
+    if not path.is_file():
+        return dict(_CHANNEL_SUFFIX)
+    content = _load_json(path)
+    if not isinstance(content, dict):
+        raise NnUNetError(f"{path}: expected a JSON object")
+    if "channel_names" not in content:
+        raise NnUNetError(f"{path}: missing 'channel_names'; give the channels as {json.dumps(CHANNEL_NAMES)}")
+    return _suffixes_of_channel_names(content["channel_names"], path)
+
+
+def _channel_kind(name: str) -> Optional[str]:
+    """ "ct", "pet", "scheme" (an nnU-Net normalisation scheme) or None for a name that is none of them."""
+    key = re.sub(r"[\s_-]", "", name.casefold())
+    if key in _CT_NAMES:
+        return "ct"
+    if key in _PET_NAMES:
+        return "pet"
+    return "scheme" if key in _NORMALISATION_NAMES else None
+
+
+def _suffixes_of_channel_names(names: object, path: Path) -> Dict[str, str]:
+    _check_channel_names(names, path)
+    assert isinstance(names, dict)  # for the type checker: _check_channel_names refused anything else
+    shown = json.dumps(names)
+    if len(names) != 2:
+        raise NnUNetError(
+            f"{path}: channel_names {shown} has {len(names)} channel(s); a PET/CT case has two, CT and PET"
+        )
+    kinds = {key: _channel_kind(value) for key, value in names.items()}
+    unknown = [value for key, value in names.items() if kinds[key] is None]
+    if unknown:
+        raise NnUNetError(f"{path}: channel_names {shown}: {unknown[0]!r} is neither CT nor PET; {_NAMES_UNDERSTOOD}")
+    ct_keys = [key for key, kind in kinds.items() if kind == "ct"]
+    pet_keys = [key for key, kind in kinds.items() if kind == "pet"]
+    if len(pet_keys) == 2:
+        raise NnUNetError(f"{path}: channel_names {shown} has two PET channels and no CT")
+    if len(ct_keys) == 1:
+        (ct_key,) = ct_keys
+        (pet_key,) = set(names) - {ct_key}
+    elif len(pet_keys) == 1:
+        (pet_key,) = pet_keys
+        (ct_key,) = set(names) - {pet_key}
+    else:
+        return dict(_CHANNEL_SUFFIX)  # two CT or two scheme names: nothing says otherwise, the autoPET order
+    return {"ct": f"_{int(ct_key):04d}", "pet": f"_{int(pet_key):04d}"}
+
+
+def _channel_source(dataset_dir: Path) -> str:
+    json_file = Path(dataset_dir) / DATASET_JSON
+    return f"channel_names in {json_file}" if json_file.is_file() else "the autoPET order (there is no dataset.json)"
+
+
+def check_channel_values(image: sitk.Image, channel: str, what: str) -> None:
+    """Refuse a "ct" image that holds no air (``CT_AIR_SHARE``), and a "pet" image not in SUV:
+    holding CT values, or in Bq/mL (``PET_SUV_ABOVE_SHARE``).
+
+    ``what`` names the image and why it was taken for that channel; the message goes on from it.
+    A PET in Bq/mL whose noise dips below -100 gets the Bq/mL message, not the swap's
+    (``CT_AIR_CORE_BELOW``). Voxels are counted slice by slice: no temporary larger than a slice.
+    """
+    values = sitk.GetArrayViewFromImage(image)
+    voxels = max(1, values.size)
+    hint = "the CT and PET files are swapped, or channel_names is wrong"
+    if channel == "ct":
+        below = sum(int(np.count_nonzero(part < CT_AIR_BELOW)) for part in values)
+        if below / voxels < CT_AIR_SHARE:
+            amount = "none" if not below else f"only {below / voxels:.2%}"
+            raise NnUNetError(
+                f"{what}, but {amount} of its voxels are below {CT_AIR_BELOW:g} (lowest {float(values.min()):g}): "
+                f"no air at -1000 HU, as in a PET or a CT not in HU: {hint}"
+            )
+        return
+    below = above = air = 0
+    for part in values:
+        below += int(np.count_nonzero(part < CT_AIR_BELOW))
+        above += int(np.count_nonzero(part > PET_SUV_ABOVE))
+        air += int(np.count_nonzero(part < CT_AIR_CORE_BELOW))
+    in_bq_per_ml = above / voxels >= PET_SUV_ABOVE_SHARE
+    ct_values = below / voxels >= CT_AIR_SHARE and (not in_bq_per_ml or 2 * air >= below)
+    if ct_values:
+        raise NnUNetError(
+            f"{what}, but {below / voxels:.1%} of its voxels are below {CT_AIR_BELOW:g}, which no PET in SUV has "
+            f"and a CT has wherever there is air: {hint}"
+        )
+    if in_bq_per_ml:
+        raise NnUNetError(
+            f"{what}, but {above / voxels:.1%} of its voxels are above {PET_SUV_ABOVE:g}, which in a PET in SUV only "
+            f"the bladder, kidneys and the hottest lesions reach, far under {PET_SUV_ABOVE_SHARE:.0%} (highest "
+            f"{float(values.max()):g}): it is not in SUV (Bq/mL?); convert it to SUV (body weight) where it was made"
+        )
+
+
 # ----------------------------------------------------------------------------------------- dataset.json
 
 
@@ -396,30 +858,51 @@ def update_dataset_json(dataset_dir: Path, dataset_name: Optional[str] = None) -
     """Create or update ``dataset.json``: channel_names, labels, numTraining, file_ending (and name).
 
     ``numTraining`` becomes the number of ``labelsTr/*.nii.gz``. Other keys already present are
-    kept, and so are published channel_names variants and labels that map background to 0 and
-    one lesion class to 1. A dataset.json that contradicts the autoPET layout is refused rather
-    than rewritten.
+    kept, and so are channel_names that put the CT at ``_0000`` and the PET at ``_0001`` (e.g.
+    {"0": "CT", "1": "CT"}, {"0": "CT", "1": "SUV"}, {"0": "CT", "1": "zscore"}; see
+    :func:`channel_suffixes`) and labels that map background to 0 and one lesion class to 1. A
+    dataset.json that contradicts the autoPET layout is refused rather than rewritten.
     """
     dataset_dir = Path(dataset_dir)
     path = dataset_dir / DATASET_JSON
-    content = _load_json(path) if path.exists() else {}
-    if not isinstance(content, dict):
-        raise NnUNetError(f"{path}: expected a JSON object")
-    _merge_layout(content, path)
+    content = _dataset_json_for_update(dataset_dir)
     labels_dir = dataset_dir / "labelsTr"
+    # Hidden files are no cases: a writer's temporary file (see fileio.atomic_output) left by a killed run.
     label_files = [p for p in labels_dir.iterdir() if p.name.endswith(FILE_ENDING)] if labels_dir.is_dir() else []
+    label_files = [p for p in label_files if not p.name.startswith(".")]
     content["numTraining"] = sum(1 for p in label_files if p.is_file())
     if dataset_name is not None:
         content["name"] = dataset_name
     return atomic_write_text(path, json.dumps(content, indent=4, ensure_ascii=False) + "\n", overwrite=True)
 
 
+def _dataset_json_for_update(dataset_dir: Path) -> dict:
+    """The dataset's ``dataset.json`` (empty when there is none) with the autoPET layout merged in;
+    NnUNetError when it contradicts the layout this module writes."""
+    path = Path(dataset_dir) / DATASET_JSON
+    content = _load_json(path) if path.exists() else {}
+    if not isinstance(content, dict):
+        raise NnUNetError(f"{path}: expected a JSON object")
+    _merge_layout(content, path)
+    return content
+
+
 def _merge_layout(content: dict, path: Path) -> None:
     channel_names = content.get("channel_names")
     if channel_names is None:
         content["channel_names"] = dict(CHANNEL_NAMES)
-    elif channel_names not in PUBLISHED_CHANNEL_NAMES:
-        raise NnUNetError(f"{path}: channel_names {channel_names} is not a CT/PET layout; refusing to change it")
+    else:
+        try:  # any names that mean _0000 CT, _0001 PET are the layout written here
+            suffixes = _suffixes_of_channel_names(channel_names, path)
+        except NnUNetError:
+            raise NnUNetError(
+                f"{path}: channel_names {channel_names} is not a CT/PET layout; refusing to change it"
+            ) from None
+        if suffixes != _CHANNEL_SUFFIX:
+            raise NnUNetError(
+                f"{path}: channel_names {channel_names} puts the PET first, but cases are written CT first "
+                "(_0000 CT, _0001 PET); refusing to add one: write it into another dataset"
+            )
     labels = content.get("labels")
     if labels is None:
         content["labels"] = dict(LABELS)

@@ -12,26 +12,34 @@ For each PET/CT study found under the given paths (any layout, several patients)
 
 For an nnU-Net raw dataset (imagesTs, else imagesTr) each case's prediction is written as
 ``OUT/<case id>.nii.gz`` (nnU-Net's prediction layout) plus ``OUT/<case id>_lesions.csv``.
-Nothing is replaced without ``overwrite``; every file is written atomically. A study that
-cannot be read is reported and skipped; the others go on.
+Nothing is replaced without ``overwrite``. A study's files are one unit: they are written in a
+hidden staging folder in OUT and moved into place only when all of them are written
+(:class:`fileio.StagedOutputs`), so a study reported as not processed leaves no file behind,
+and a run killed part-way leaves only hidden ``.petct-staging-*`` folders, which the next run
+removes once their process is gone. A study that cannot be read is reported and skipped; the others go on. The output
+folder may not lie inside an input folder: the next run would read the results as input.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
+import math
+import numbers
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
 
 from . import nnunet, preview, voc
 from .detection import Detection, detect_lesions, lesions_on_ct
-from .fileio import atomic_output, atomic_write_text, refuse_overwriting
+from .fileio import StagedOutputs, atomic_output, atomic_write_text, is_inside, refuse_overwriting
 from .geometry import Grid
 from .lesions import SliceBox, voc_annotations_from_boxes
 from .measurements import LesionMeasurement
@@ -108,15 +116,46 @@ def predict(
     cancel: Optional[CancelCallback] = None,
 ) -> List[StudyPrediction]:
     """Detect lesions in every study under ``paths`` and write the results under ``out_dir``."""
-    from .model.inference import choose_device
+    from .model.inference import choose_working_device
     from .model.weights import load_model
 
     report = progress or (lambda fraction, message: None)
+    check_options(options)
+    refuse_output_inside_inputs(paths, Path(out_dir))
     model = load_model(options.model_path)
-    choose_device(options.device)  # a misspelt or missing device fails here, before any study is read
+    choose_working_device(options.device)  # a misspelt, missing or unusable device fails here, before any study
     if len(paths) == 1 and is_nnunet_dataset(Path(paths[0])):
         return _predict_dataset(Path(paths[0]), Path(out_dir), model, options, report, cancel)
     return _predict_dicom(paths, Path(out_dir), model, options, report, cancel)
+
+
+def check_options(options: PredictionOptions) -> None:
+    """Refuse a threshold or minimum volume that would silently change the result (NaN keeps no lesion)."""
+    threshold = options.threshold
+    if threshold is not None and not (_is_finite_number(threshold) and 0.0 < threshold < 1.0):
+        raise ValueError(f"threshold must be a probability between 0 and 1 (exclusive), got {threshold!r}")
+    volume = options.min_volume_ml
+    if not (_is_finite_number(volume) and volume >= 0.0):
+        raise ValueError(f"minimum lesion volume must be a finite number of mL >= 0, got {volume!r}")
+
+
+def _is_finite_number(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def refuse_output_inside_inputs(paths: Sequence[Path], out_dir: Path) -> None:
+    """Refuse an output folder inside (or equal to) an input folder, before anything is read or written.
+
+    There the results would mix with the user's files and the next run would scan them as input.
+    An input inside the output folder is fine: results go only to folders named after studies
+    (``<case id>/``, ``nnUNet_raw/``, ``Annotation/``), never into an input.
+    """
+    for path in paths:
+        if Path(path).is_dir() and is_inside(out_dir, path):
+            raise ValueError(
+                f"{out_dir}: the output folder is inside the input folder {path}, where the next run would read "
+                "the results as input; choose an output folder outside the inputs"
+            )
 
 
 # ------------------------------------------------------------------------------------- DICOM
@@ -199,7 +238,7 @@ def chosen_pairs(
     """
     where = ", ".join(str(p) for p in paths)
     if not studies:
-        raise ValueError(f"{where}: no DICOM image files found")
+        raise ValueError(f"{where}: no DICOM image files found{_nnunet_hint(paths)}")
     named = set(pet_series_uids)
     known = {pair.pet.series_uid for study in studies for pair in study.pairs}
     unknown = [uid for uid in dict.fromkeys(pet_series_uids) if uid not in known]
@@ -220,6 +259,30 @@ def chosen_pairs(
     if not any(pair.ct is not None for _, pair in chosen):
         raise ValueError(f"{where}: no PET series with a CT of the same study found")
     return chosen
+
+
+_DATASET_NAME = re.compile(r"^Dataset\d{3}_")
+_NNUNET_PARTS = ("imagesTr", "imagesTs", "labelsTr")
+
+
+def _nnunet_hint(paths: Sequence[Path]) -> str:
+    """What predict takes, when a path is a piece of an nnU-Net dataset rather than the dataset folder."""
+    accepted = "give the dataset folder that holds dataset.json (and imagesTs/ or imagesTr/)"
+    for path in map(Path, paths):
+        if path.is_file() and path.name.endswith((".nii.gz", ".nii")):
+            return f"; {path} is a NIfTI file: predict reads DICOM studies or an nnU-Net raw dataset: {accepted}"
+        if not path.is_dir():
+            continue
+        if path.name in _NNUNET_PARTS:
+            return f"; {path} looks like part of an nnU-Net dataset: {accepted}, e.g. {path.parent}"
+        if any((path / part).is_dir() for part in _NNUNET_PARTS):
+            return f"; {path} looks like an nnU-Net dataset but has no dataset.json: {accepted}"
+        datasets = sorted(child.name for child in path.iterdir() if child.is_dir() and _DATASET_NAME.match(child.name))
+        if datasets:
+            return f"; {path} holds nnU-Net datasets ({', '.join(datasets)}): {accepted}, e.g. {path / datasets[0]}"
+        if any(child.name.endswith((".nii.gz", ".nii")) for child in path.iterdir()):
+            return f"; {path} holds NIfTI files: predict reads DICOM studies or an nnU-Net raw dataset: {accepted}"
+    return ""
 
 
 def _why_not_chosen(pair: PetCtPair) -> str:
@@ -256,43 +319,68 @@ def _predict_loaded(loaded, case_id: str, out_dir: Path, model, options, cancel,
         device=options.device,
         cancel=cancel,
     )
-    folder = out_dir / case_id
-    written = [atomic_write_text(folder / "lesions.csv", lesion_table_csv(found.lesions), options.overwrite)]
-    label = pet_grid.to_sitk(found.mask)
-    case = nnunet.NnUNetCase(case_id, ct_on_pet, loaded.pet_suv, label)
-    written += nnunet.write_case(out_dir / "nnUNet_raw" / PREDICTED_DATASET, case, overwrite=options.overwrite).values()
     # Once, for the boxes and the pictures: the lesions traced at CT resolution.
     lesion_map_ct, boxes = lesions_on_ct(found.lesion_map, pet_grid, ct_grid, found.probability, found.threshold)
-    written += _write_voc(loaded, ct_grid, boxes, out_dir, options.overwrite, notes)
-    if options.pictures:
-        ct_hu = sitk.GetArrayViewFromImage(loaded.ct)
-        written += render_pictures(
-            ct_hu, ct_grid, loaded.pet_suv, found, lesion_map_ct, boxes, folder / "pictures", options.overwrite
-        )
+    annotations, voc_folder = _voc_annotations(loaded, ct_grid, boxes, out_dir, notes)
+    dataset = out_dir / "nnUNet_raw" / PREDICTED_DATASET
+    folder = out_dir / case_id
+    with StagedOutputs(out_dir, options.overwrite) as staging, _named_as_targets(staging):
+        staged = [atomic_write_text(staging.path(folder / "lesions.csv"), lesion_table_csv(found.lesions))]
+        case = nnunet.NnUNetCase(case_id, ct_on_pet, loaded.pet_suv, pet_grid.to_sitk(found.mask))
+        staged += nnunet.write_case(staging.path(dataset), case).values()  # its dataset.json stays behind
+        if annotations:
+            staged += voc.write_voc_folder(annotations, staging.path(voc_folder))
+        if options.pictures:
+            ct_hu = sitk.GetArrayViewFromImage(loaded.ct)
+            pictures = staging.path(folder / "pictures")
+            staged += render_pictures(ct_hu, ct_grid, loaded.pet_suv, found, lesion_map_ct, boxes, pictures, False)
+        _refuse_earlier_results([staging.target_of(path) for path in staged], options.overwrite)
+        if options.overwrite:  # an earlier result's files that the new one does not replace by name go too
+            staging.retire((folder / "pictures").glob("*.png"))
+            if voc_folder is not None:  # only names a VOC file can have: a crafted UID is no path out of OUT
+                uids = loaded.ct_series.slice_sop_instance_uids
+                staging.retire(voc_folder / f"{uid}.xml" for uid in uids if voc.is_dicom_uid(uid))
+        # dataset.json last, counted from the cases then present: it never lists a case that is not there.
+        written = staging.commit(staged, finish=lambda: nnunet.update_dataset_json(dataset))
     return found, written
 
 
-def _write_voc(
-    loaded, ct_grid: Grid, boxes: Sequence[SliceBox], out_dir: Path, overwrite: bool, notes: List[str]
-) -> List[Path]:
+class StudyOutputError(OSError):
+    """A study's results could not be written; none of its files was left behind."""
+
+
+@contextlib.contextmanager
+def _named_as_targets(staging: StagedOutputs) -> Iterator[None]:
+    """Errors while staging name the file the staged one was to become, not the hidden staging folder."""
+    try:
+        yield
+    except (OSError, ValueError) as error:
+        raise StudyOutputError(staging.message(error)) from error
+
+
+def _voc_annotations(
+    loaded, ct_grid: Grid, boxes: Sequence[SliceBox], out_dir: Path, notes: List[str]
+) -> Tuple[list, Optional[Path]]:
+    """The study's VOC annotations (one per CT slice with a box) and their folder; none, with a note, when
+    VOC files cannot be named or classed. The folder is also returned without boxes, for overwriting."""
     uids = loaded.ct_series.slice_sop_instance_uids
-    if not boxes:
-        return []
     if len(uids) != ct_grid.size[2]:
-        notes.append(
-            "no VOC XML: a VOC file is named after its CT slice's SOPInstanceUID, and this CT's slices "
-            "have none of their own (a multi-frame CT, or slices resampled onto an even spacing)"
-        )
-        return []
+        if boxes:
+            notes.append(
+                "no VOC XML: a VOC file is named after its CT slice's SOPInstanceUID, and this CT's slices "
+                "have none of their own (a multi-frame CT, or slices resampled onto an even spacing)"
+            )
+        return [], None
     class_name = voc.histology_class(loaded.patient_id)
     if class_name is None:  # VOC classes are histology letters, which the model cannot know
-        notes.append(f"no VOC XML: Patient ID {loaded.patient_id!r} has no Lung-PET-CT-Dx histology letter")
-        return []
-    annotations = voc_annotations_from_boxes(boxes, uids, ct_grid.size[0], ct_grid.size[1], class_name)
+        if boxes:
+            notes.append(f"no VOC XML: Patient ID {loaded.patient_id!r} has no Lung-PET-CT-Dx histology letter")
+        return [], None
     folder = out_dir / "Annotation" / voc.patient_folder_name(loaded.patient_id)
+    annotations = voc_annotations_from_boxes(boxes, uids, ct_grid.size[0], ct_grid.size[1], class_name)
     for annotation in annotations:
         annotation.folder = folder.name
-    return voc.write_voc_folder(annotations, folder, overwrite=overwrite)
+    return annotations, folder
 
 
 # ---------------------------------------------------------------------------------- nnU-Net
@@ -321,14 +409,14 @@ def _predict_dataset(dataset: Path, out_dir: Path, model, options, report, cance
                 device=options.device,
                 cancel=cancel,
             )
-            with atomic_output(label_path, overwrite=options.overwrite) as temporary:
-                nnunet.write_nifti_gz(pet_grid.to_sitk(result.detection.mask), temporary)
-            result.written = [
-                label_path,
-                atomic_write_text(
-                    out_dir / f"{case_id}_lesions.csv", lesion_table_csv(result.detection.lesions), options.overwrite
-                ),
-            ]
+            # The label and the lesion table of a case are one unit: both or neither.
+            with StagedOutputs(out_dir, options.overwrite) as staging, _named_as_targets(staging):
+                staged_label = staging.path(label_path)
+                with atomic_output(staged_label) as temporary:
+                    nnunet.write_nifti_gz(pet_grid.to_sitk(result.detection.mask), temporary)
+                table = lesion_table_csv(result.detection.lesions)
+                staged = [staged_label, atomic_write_text(staging.path(out_dir / f"{case_id}_lesions.csv"), table)]
+                result.written = staging.commit(staged)
         except (OSError, ValueError) as error:
             result.error = str(error)
         result.seconds = time.perf_counter() - started

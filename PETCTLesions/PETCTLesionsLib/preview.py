@@ -13,7 +13,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .display import CT_WINDOW_PRESETS, DEFAULT_SUV_WINDOW, heat_colors, window_to_unit
-from .fileio import atomic_output
+from .fileio import atomic_output, itk_write_error
 from .geometry import Grid
 from .resampling import resample_to_grid
 
@@ -103,7 +103,10 @@ def write_png(path: Path, rgb: np.ndarray, overwrite: bool = False) -> Path:
     pixels = np.clip(np.round(np.asarray(rgb) * 255.0), 0, 255).astype(np.uint8)
     image = sitk.GetImageFromArray(pixels, isVector=True)
     with atomic_output(path, overwrite=overwrite) as tmp:
-        sitk.WriteImage(image, str(tmp))
+        try:
+            sitk.WriteImage(image, str(tmp))
+        except RuntimeError as error:  # ITK reports a full disk as a RuntimeError: make it the OSError it is
+            raise itk_write_error(error, path) from error
     return Path(path)
 
 

@@ -3,12 +3,16 @@
 :func:`load_study` finds the studies under the given files or folders (:mod:`dicom_index`),
 takes the PET series asked for (or the only one), the CT paired with it, and builds the CT
 in HU and the PET in body-weight SUV (:mod:`dicom_series`, :mod:`suv`). Everything that can
-fail on the headers (geometry, SUV) is checked before any pixel is read.
+fail on the headers (geometry, SUV, a CT covering too little of the PET) is checked before
+any pixel is read. So are SUVs no scan gives (:func:`check_suv_values`: more than the whole dose in one voxel
+is refused, above :data:`suv.HIGH_SUV_WARNING` warned about): from each slice's header the
+largest SUV its stored values allow is known, and only a slice where that passes the warning
+level is decoded to see whether its values do.
 
-:func:`info_report` describes the files without reading pixels: studies, series (modality,
-files, size, spacing...), the PET/CT pairing with its rule and alternatives, and per PET
-series the SUVbw factor or the exact reason it cannot be computed. :func:`format_info`
-turns that report into text.
+:func:`info_report` describes the files without reading pixels (but those of such a slice):
+studies, series (modality, files, size, spacing...), the PET/CT pairing with its rule,
+alternatives and the CT's coverage of the PET, and per PET series the SUVbw factor or the
+exact reason it cannot be computed. :func:`format_info` turns that report into text.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from .dicom_index import (
     ProgressCallback,
     ScanResult,
     SeriesPairing,
+    SliceHeader,
     check_cancel,
     scan_paths,
 )
@@ -37,12 +42,14 @@ from .dicom_series import (
     MissingSlicesError,
     SeriesGeometry,
     check_series_decodable,
+    decode_stored_slice,
     read_series_image,
     series_geometry,
+    stored_value_range,
 )
 from .geometry import Grid, Vector3
 from .resampling import resample_ct_to_pet
-from .suv import SUVError, SUVResult, suv_bw_factors
+from .suv import HIGH_SUV_WARNING, MAX_WEIGHT_KG, SUVError, SUVResult, suv_bw_factors
 
 __all__ = [
     "Cancelled",
@@ -52,6 +59,7 @@ __all__ = [
     "PetCtPair",
     "SeriesInfo",
     "StudyLoadError",
+    "check_suv_values",
     "describe_scan",
     "format_info",
     "info_report",
@@ -278,10 +286,14 @@ def choose_pairing(
             f"{len(pairings)} PET series in the study: {preferred[0].pet.label} was loaded "
             f"({PET_PREFERENCE}); not loaded: {others} (name one with pet_series_uid to load it)"
         )
+        if preferred[0].error:  # a CT covering too little of the PET
+            raise StudyLoadError(preferred[0].error)
         return replace(preferred[0], warnings=list(preferred[0].warnings) + [note])
     pairing = pairings[0]
     if pairing.ct is None:
         raise StudyLoadError(f"{pairing.pet.label}: {pairing.rule}")
+    if pairing.error:  # a CT covering too little of the PET
+        raise StudyLoadError(pairing.error)
     return pairing
 
 
@@ -330,6 +342,7 @@ def load_study(
     ct_geometry = series_geometry(pairing.ct, allow_gaps=allow_gaps)
     pet_headers = pet_geometry.headers
     suv = suv_bw_factors([h.dataset for h in pet_headers], source=pairing.pet.label)  # type: ignore[misc]
+    suv_warnings = check_suv_values(pet_geometry, suv)
     check_cancel(cancel)
 
     pet_voxels = float(np.prod(pet_geometry.grid.size))
@@ -357,7 +370,7 @@ def load_study(
         pet_series=pet_info,
         pairing_rule=pairing.rule,
         pairing_alternatives=list(pairing.alternatives),
-        warnings=list(pairing.warnings) + ct_info.warnings + pet_info.warnings + list(suv.warnings),
+        warnings=list(pairing.warnings) + ct_info.warnings + pet_info.warnings + list(suv.warnings) + suv_warnings,
         study_date=pet_headers[0].study_date,
     )
 
@@ -401,6 +414,7 @@ def load_pet_suv(
     _check_complete(scan, series)
     geometry = series_geometry(series)
     suv = suv_bw_factors([h.dataset for h in geometry.headers], source=series.label)  # type: ignore[misc]
+    suv_warnings = check_suv_values(geometry, suv)
     check_cancel(cancel)
     image = read_series_image(
         geometry,
@@ -410,7 +424,57 @@ def load_pet_suv(
         cancel=cancel,
     )
     info = SeriesInfo.from_series(series, geometry)
-    return LoadedPet(pet_suv=image, suv=suv, series=info, warnings=info.warnings + list(suv.warnings))
+    return LoadedPet(pet_suv=image, suv=suv, series=info, warnings=info.warnings + list(suv.warnings) + suv_warnings)
+
+
+def check_suv_values(geometry: SeriesGeometry, suv: SUVResult) -> List[str]:
+    """Warn about SUVs above :data:`suv.HIGH_SUV_WARNING` and refuse those no scan can give.
+
+    No scan can give a voxel more than the whole injected dose: SUVbw above the weight in grams
+    over the voxel's volume in mL (400 kg, the largest weight accepted, when the series' SUV did not
+    need the weight) is refused with :class:`SUVError` naming the slice's file; such a value comes
+    from a wrong RescaleSlope on a slice or wrong SUV headers. From each slice's header the highest
+    SUV it can hold is (largest stored value BitsStored allows x slope + intercept) x factor;
+    vendors fit each slice's slope to its maximum, so that bound is the slice's real maximum and
+    nothing is read. Only a slice whose bound passes the warning level is decoded to see whether
+    its values do. Returns the warnings (one line naming the hottest slice's file).
+    """
+    spacing = geometry.grid.spacing
+    voxel_ml = spacing[0] * spacing[1] * spacing[2] / 1000.0
+    weight_kg = suv.weight_kg if suv.weight_kg else MAX_WEIGHT_KG
+    impossible = weight_kg * 1000.0 / voxel_ml
+    hottest: Optional[Tuple[float, SliceHeader, float]] = None
+    over = 0
+    for header, factor in zip(geometry.headers, suv.factors):
+        largest = header.rescale_slope * stored_value_range(header)[1] + header.rescale_intercept
+        if largest * factor <= HIGH_SUV_WARNING:
+            continue
+        stored = decode_stored_slice(header)
+        highest = (header.rescale_slope * float(stored.max()) + header.rescale_intercept) * factor
+        if highest > HIGH_SUV_WARNING:
+            over += 1
+            if hottest is None or highest > hottest[0]:
+                hottest = (highest, header, factor)
+    if hottest is None:
+        return []
+    highest, header, factor = hottest
+    others = f" ({over - 1} other slice{'s' if over > 2 else ''} above {HIGH_SUV_WARNING:g} too)" if over > 1 else ""
+    where = (
+        f"{header.where}: its values reach SUV {highest:.3g}{others} (RescaleSlope {header.rescale_slope:g}, "
+        f"RescaleIntercept {header.rescale_intercept:g}, SUV factor {factor:.6g})"
+    )
+    if highest > impossible:
+        raise SUVError(
+            f"{where}, more than the whole injected dose in one voxel (SUV {impossible:.3g} for "
+            f"{weight_kg:g} kg and {voxel_ml:.3g} mL voxels), which no PET scan gives; the slice's "
+            "RescaleSlope/RescaleIntercept or the series' SUV headers (Units, dose, weight) are wrong: "
+            "correct or replace the file"
+        )
+    return [
+        f"{where}, above {HIGH_SUV_WARNING:g}, which patients' PETs do not reach: check that slice's "
+        "RescaleSlope and the series' SUV headers (an extravasated injection or a tracer line in the field "
+        "of view can be this hot)"
+    ]
 
 
 def load_series_image(series: IndexedSeries, allow_gaps: bool = False) -> Tuple[sitk.Image, SeriesInfo]:
@@ -422,11 +486,11 @@ def load_series_image(series: IndexedSeries, allow_gaps: bool = False) -> Tuple[
 # --------------------------------------------------------------------------- info report
 
 
-def _suv_summary(series: IndexedSeries) -> Dict[str, Any]:
+def _suv_summary(series: IndexedSeries) -> Tuple[Dict[str, Any], Optional[SUVResult]]:
     try:
         result = suv_bw_factors([h.dataset for h in series.headers], source=series.label)  # type: ignore[misc]
     except SUVError as error:
-        return {"error": str(error)}
+        return {"error": str(error)}, None
     factors = np.asarray(result.factors, dtype=float)
     constant = bool(np.allclose(factors, factors[0], rtol=1e-12, atol=0))
     return {
@@ -440,7 +504,7 @@ def _suv_summary(series: IndexedSeries) -> Dict[str, Any]:
         "decay_time_s": result.decay_time_s,
         "reference_time": result.reference_time,
         "warnings": list(result.warnings),
-    }
+    }, result
 
 
 def _floats(values: Optional[Sequence[float]]) -> Optional[List[float]]:
@@ -464,7 +528,15 @@ def _series_entry(info: SeriesInfo, series: IndexedSeries) -> Dict[str, Any]:
         "error": info.error,
     }
     if info.modality == "PT":
-        entry["suv"] = _suv_summary(series)
+        entry["suv"], suv = _suv_summary(series)
+        if suv is not None and info.error is None:
+            try:  # SUVs no scan gives (a wrong slope on a slice): what a load would refuse or warn about
+                geometry = series_geometry(series)
+                factor_of = {id(header): factor for header, factor in zip(series.headers, suv.factors)}
+                sorted_suv = replace(suv, factors=np.array([factor_of[id(h)] for h in geometry.headers]))
+                entry["warnings"].extend(check_suv_values(geometry, sorted_suv))
+            except (SUVError, DicomSeriesError) as problem:
+                entry["error"] = str(problem)
     return entry
 
 
@@ -473,7 +545,8 @@ def info_report(
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelCallback] = None,
 ) -> Dict[str, Any]:
-    """What the files under ``paths`` hold, as a JSON-able dict (no pixel data are read)."""
+    """What the files under ``paths`` hold, as a JSON-able dict (no pixel data are read, but those of a
+    PET slice whose header allows SUVs beyond :data:`suv.HIGH_SUV_WARNING`: see :func:`check_suv_values`)."""
     scan = scan_paths(paths, progress=progress, cancel=cancel)
     series_by_key = {_key(series): series for series in scan.series}
     studies = []
@@ -497,6 +570,8 @@ def info_report(
                         "warnings": list(pair.warnings),
                         "preferred": pair.preferred,
                         "not_preferred_because": pair.not_preferred_because,
+                        "ct_coverage": pair.ct_coverage,
+                        "error": pair.error,
                     }
                     for pair in study.pairs
                 ],
@@ -599,6 +674,10 @@ def format_info(report: Dict[str, Any]) -> str:
             )
             lines.append(f"  PET/CT pairing: {series_labels[pair['pet_series_uid']]} -> {ct}")
             lines.append(f"      rule: {pair['rule']}")
+            if pair["ct_coverage"] is not None:
+                lines.append(f"      the CT covers {pair['ct_coverage']:.0%} of the PET's length along its slice axis")
+            if pair["error"]:
+                lines.append(f"      cannot be loaded: {pair['error']}")
             if pair["not_preferred_because"]:
                 lines.append(f"      not the study's first choice: {pair['not_preferred_because']}")
             lines.extend(f"      not chosen: {alternative}" for alternative in pair["alternatives"])

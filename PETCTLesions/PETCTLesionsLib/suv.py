@@ -30,7 +30,16 @@ Rules (see FORMATS.md section 3):
   day before (injected before midnight, scanned after). A time of day is accepted only for an
   uptake of at most 12 hours (and 10 half-lives), and only for half-lives up to 12 hours: a
   Zr-89 scan is days after its injection, which a time of day cannot place. Anything else is
-  refused. An uptake over 4 half-lives (a blanked 000000 start time, say) is a warning.
+  refused. An uptake over 4 half-lives (a blanked 000000 start time, say) is a warning, and
+  so is one under 10 minutes for a static scan (an injection time equal to the series time,
+  say): static imaging starts about an hour after the injection. A dynamic series (SeriesType
+  DYNAMIC), which starts at the injection, and a radionuclide of half-life under an hour
+  (C-11, N-13, O-15, Rb-82: imaged within minutes) are not warned about. The number is kept:
+  the warning says by how much it may be too low, not that it is (a static frame reconstructed
+  from a dynamic acquisition that started at the injection has the right SUV).
+- A PET voxel above :data:`HIGH_SUV_WARNING` (SUV 1000) is warned about, naming the slice's
+  file; one holding more than the whole injected dose (SUV above weight in g / voxel volume in
+  mL) is refused (``study.check_suv_values``).
 - Only what a computation uses is required: PatientWeight, dose, half-life and start time
   are needed for BQML (and Philips Bq/mL factors), not for GML or the Philips SUV factor.
   A Philips SUV scale factor of 0 means "cannot be converted" (Philips): the Bq/mL factor is
@@ -80,6 +89,30 @@ MAX_HALF_LIFE_FOR_TIME_OF_DAY = datetime.timedelta(hours=12)
 # An uptake of more than 4 half-lives is possible (late imaging) but more often a blanked or
 # wrong injection time (000000): it is shown as a warning.
 SUSPICIOUS_UPTAKE_HALF_LIVES = 4.0
+# Static PET (SeriesType WHOLE BODY or STATIC) is acquired after the tracer has distributed:
+# FDG imaging starts about 60 min after the injection (EANM/SNMMI guidelines: 55-75 min), Ga-68
+# PSMA or DOTATATE 45-90 min. A shorter uptake to the decay reference than 10 min means a wrong
+# injection time (equal to the series time in a real ACRIN series), which makes the SUV too low
+# by the decay left out (32% for F-18 at 60 min) if the scan really started about 60 min after the
+# injection: a warning that says "may be" (the number is what the headers say and is kept; it is
+# right for a static frame reconstructed from a dynamic acquisition that started at the injection).
+# Not warned about: a dynamic scan (SeriesType DYNAMIC), which starts at the injection, and
+# radionuclides of half-lives under an hour (C-11 20 min, N-13 10 min, O-15, Rb-82 75 s), whose
+# scans start within minutes. F-18 fluciclovine, imaged from 3-5 min, is the one common early
+# static scan the warning still names.
+MIN_STATIC_UPTAKE = datetime.timedelta(minutes=10)
+MIN_HALF_LIFE_FOR_UPTAKE_CHECK = datetime.timedelta(hours=1)
+USUAL_STATIC_UPTAKE = datetime.timedelta(minutes=60)  # only to say how wrong the SUV may be
+DYNAMIC_SERIES_TYPE = "DYNAMIC"
+# SUVs of patients' PETs: FDG tumours and the bladder rarely pass SUV 100, and the hottest organs
+# with Ga-68/F-18 PSMA or DOTATATE (kidneys, bladder, salivary glands, spleen) stay in the low
+# hundreds. Above HIGH_SUV_WARNING a load warns, naming the slice's file: a wrong RescaleSlope on a
+# slice or wrong SUV headers are the likely cause, but an extravasated injection or a tracer line
+# in the field of view can reach it, so the number is kept. What no scan can give is refused: a
+# voxel holding more than the whole injected dose, i.e. an SUV above the body weight in grams over
+# the voxel's volume in mL (SUVbw = concentration x weight / dose; 1.5e6 for 70 kg and 4x4x3 mm
+# voxels). A slope of 1e30 on one slice gave SUV 2.8e28.
+HIGH_SUV_WARNING = 1000.0
 # RadionuclideTotalDose is in Bq, yet many real headers hold the dose in MBq (the IBSI SUV
 # survey of 3433 series found a second peak of doses at about 4e2): no PET is made with under
 # MEGA_BQ_DOSE_LIMIT Bq, so such a value is read as MBq, with a warning. Between that and
@@ -111,6 +144,7 @@ _TAGS = {
     "DecayCorrection": "(0054,1102)",
     "FrameReferenceTime": "(0054,1300)",
     "ActualFrameDuration": "(0018,1242)",
+    "SeriesType": "(0054,1000)",
 }
 _PHILIPS_SUV_TAG_NAME = f"Philips SUV scale factor (7053,1000) [{PHILIPS_PRIVATE_CREATOR}]"
 _PHILIPS_BQML_TAG_NAME = f"Philips Bq/mL scale factor (7053,1009) [{PHILIPS_PRIVATE_CREATOR}]"
@@ -575,7 +609,30 @@ def _injection_datetime(
             f"({reference}) is {_hours(uptake_s)}, more than {SUSPICIOUS_UPTAKE_HALF_LIVES:g} half-lives of the "
             f"radionuclide ({_hours(half_life_s)}); check the injection time in the headers"
         )
+    elif (
+        uptake_s < MIN_STATIC_UPTAKE.total_seconds()
+        and half_life_s >= MIN_HALF_LIFE_FOR_UPTAKE_CHECK.total_seconds()
+        and not _is_dynamic(slices[0])
+    ):
+        usual_s = USUAL_STATIC_UPTAKE.total_seconds()
+        low = 1.0 - 2.0 ** (-(usual_s - uptake_s) / half_life_s)  # the decay left out
+        warnings.append(
+            f"{slices[0].label}: the uptake time from the injection ({injection}) to the decay reference "
+            f"({reference}) is {uptake_s / 60:.3g} min, under {MIN_STATIC_UPTAKE.total_seconds() / 60:g} min, "
+            f"unusual for a static scan ({_tag_name('SeriesType')} {slices[0].text('SeriesType') or 'absent'}); "
+            f"check the injection time ({_tag_name('RadiopharmaceuticalStartDateTime')}) in the headers: SUV was "
+            f"computed with it, and these SUVs may be {low:.0%} too low (if the scan started about "
+            f"{usual_s / 60:g} min after the injection, as static imaging usually does; they are right for a "
+            "static frame reconstructed from a dynamic acquisition starting at the injection, or a tracer "
+            "imaged early, as F-18 fluciclovine from 3-5 min)"
+        )
     return injection
+
+
+def _is_dynamic(item: _Slice) -> bool:
+    """Whether the series is dynamic (SeriesType DYNAMIC): it starts at the injection."""
+    series_type = item.text("SeriesType") or ""
+    return series_type.split("\\")[0].strip().upper() == DYNAMIC_SERIES_TYPE
 
 
 def _hours(seconds: float) -> str:

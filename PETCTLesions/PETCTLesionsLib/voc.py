@@ -12,9 +12,10 @@ integers (``libs/labelFile.py``, ``convertPoints2BndBox``), so a box covers the 
 as ``array[ymin:ymax, xmin:xmax]`` does. Written boxes are what LabelImg saves for the same
 pixels, ``xmin = c0``, ``xmax = c1 + 1`` (and rows alike), so that the files open in LabelImg
 exactly where the pixels are; LabelImg also raises an ``xmin`` or ``ymin`` of 0 to 1, which
-would drop a box's first column at the image edge: it is not done here. A box
-with ``xmin == xmax`` (which LabelImg does not write) is read as the one column ``xmin``. A valid
-box satisfies ``0 <= xmin <= xmax <= width`` and ``0 <= ymin <= ymax <= height``; one that
+would drop a box's first column at the image edge: it is not done here. A box with
+``xmin == xmax`` or ``ymin == ymax`` covers no pixel (LabelImg does not write one): it is
+skipped with a note, as every unusable box is, rather than guessed to be one pixel wide. A valid
+box satisfies ``0 <= xmin < xmax <= width`` and ``0 <= ymin < ymax <= height``; one that
 reaches beyond the image but covers part of it is cut to the image, marked ``truncated`` (as VOC
 means it), with a note; one wholly outside is skipped.
 
@@ -124,6 +125,11 @@ class VocBox:
             return f"has unknown class {self.name!r} (expected one of {', '.join(valid_classes)})"
         if self.xmin > self.xmax or self.ymin > self.ymax:
             return f"is inverted (xmin {self.xmin}, xmax {self.xmax}, ymin {self.ymin}, ymax {self.ymax})"
+        if self.xmin == self.xmax or self.ymin == self.ymax:  # edges, not pixels: such a box covers none
+            return (
+                f"has zero {'width' if self.xmin == self.xmax else 'height'} (xmin {self.xmin}, xmax {self.xmax}, "
+                f"ymin {self.ymin}, ymax {self.ymax}): it covers no pixel"
+            )
         too_wide = width is not None and self.xmax > width
         too_high = height is not None and self.ymax > height
         if self.xmin < 0 or self.ymin < 0 or too_wide or too_high:

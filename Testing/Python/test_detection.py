@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+pytest.importorskip("torch", reason="the model runs on torch")
+
 from PETCTLesionsLib import detection, metrics
 from PETCTLesionsLib.cli import main
 from PETCTLesionsLib.measurements import measure_lesions

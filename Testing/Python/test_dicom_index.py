@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from conftest import save_dicom
 from pydicom.dataset import Dataset, FileMetaDataset
 
 from PETCTLesionsLib.dicom_index import (
@@ -158,7 +159,7 @@ def _write_structured_report(path: Path) -> None:
     ds.StudyInstanceUID = make_uid("index study", 1)
     ds.SeriesInstanceUID = make_uid("sr series")
     ds.Modality = "SR"
-    ds.save_as(path, enforce_file_format=True)
+    save_dicom(ds, path)
 
 
 def test_read_slice_header_raises_the_documented_errors(tmp_path):
@@ -221,7 +222,9 @@ def test_several_ct_candidates_are_ranked_by_the_documented_rule(tmp_path):
     assert pairing.alternatives[1].endswith("same FrameOfReferenceUID, z-overlap 4.5 mm, 14 slices")
     assert pairing.alternatives[2].endswith("different FrameOfReferenceUID, z-overlap 20.5 mm, 10 slices")
     assert twin.series_uid in pairing.alternatives[0] and shifted.series_uid in pairing.alternatives[1]
-    assert pairing.warnings == []
+    # The chosen CT covers 20.5 of the PET's 24 mm along z: said, and the pair still loads.
+    (warning,) = pairing.warnings
+    assert "covers 20.5 mm of the 24.0 mm" in warning and "(85%), under 90%" in warning and pairing.error is None
 
 
 def test_pet_without_ct_in_its_study_uses_a_ct_sharing_its_frame_of_reference(tmp_path):

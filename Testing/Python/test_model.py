@@ -7,6 +7,9 @@ import shutil
 
 import numpy as np
 import pytest
+
+pytest.importorskip("torch", reason="the model runs on torch")
+
 import torch
 
 from PETCTLesionsLib.model import inference, preprocessing, weights

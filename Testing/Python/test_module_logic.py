@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 import SimpleITK as sitk
 
+pytestmark = pytest.mark.slicer  # skipped where slicer-core is not installed (Slicer 5.6's stack in CI)
+
 MODULE_FILE = Path(__file__).resolve().parents[2] / "PETCTLesions" / "PETCTLesions.py"
 
 
@@ -210,3 +212,28 @@ def test_detection_refuses_a_study_without_both_volumes(slicer_module, mrml_scen
     with pytest.raises(ValueError, match="CT and PET first"):
         logic.exportAnnotations(params)
     assert mrml_scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 0  # nothing was made
+
+
+def test_a_pets_load_warnings_are_shown_once_and_a_later_scenes_pet_shows_its_own(slicer_module, mrml_scene):
+    import slicer
+
+    from PETCTLesionsLib.mrml.study_nodes import SUV_WARNINGS_ATTRIBUTE
+
+    logic = slicer_module.PETCTLesionsLogic()
+    coverage = "CT series 2 covers 44.8 mm of the 60.0 mm of PT series 3 (75%), under 90%"
+
+    def converted_pet(suv_warning: str):
+        node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "PET")
+        node.SetAttribute(SUV_WARNINGS_ATTRIBUTE, suv_warning)  # what the SUV conversion keeps on the node
+        return node
+
+    study_a = converted_pet("study A: the uptake time is 0 min")
+    assert logic.studyWarningsToShow(study_a, (coverage,)) == [coverage, "study A: the uptake time is 0 min"]
+    assert logic.studyWarningsToShow(study_a) == []  # "Show fused study" again: shown already
+    assert logic.studyWarningsToShow(study_a, (coverage,)) == [coverage]  # the pair's, at each load
+    first_id = study_a.GetID()
+    slicer.mrmlScene.Clear(0)  # the scene closed: the next PET may get the same node ID
+    study_b = converted_pet("study B: the uptake time is 2 min")
+    assert study_b.GetID() == first_id
+    assert logic.studyWarningsToShow(study_b) == ["study B: the uptake time is 2 min"]
+    assert logic.studyWarningsToShow(None, (coverage,)) == [coverage]

@@ -171,6 +171,7 @@ def slicer_array(image) -> np.ndarray:
     return sitk.GetArrayFromImage(image)
 
 
+@pytest.mark.torch
 def test_a_cancelled_detection_leaves_nothing_behind(demo_case, tmp_path):
     study, _ = demo_case
     from PETCTLesionsLib.model.training_data import phantom_study_arrays
@@ -209,6 +210,7 @@ def _job_behind_launcher(study, launcher: Path, script: str, environment: dict, 
     )
 
 
+@pytest.mark.torch
 def test_cancel_stops_the_model_behind_a_launcher_that_passes_no_signals(demo_case, tmp_path):
     """Inside Slicer the worker runs under PythonSlicer, a launcher that starts the real Python as
     its child and does not forward signals: terminating it used to leave the model running."""
@@ -237,6 +239,7 @@ def test_cancel_stops_the_model_behind_a_launcher_that_passes_no_signals(demo_ca
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a glibc (Linux) setting")
+@pytest.mark.torch
 def test_the_worker_runs_the_model_with_huge_pages(demo_case, tmp_path):
     """glibc.malloc.hugetlb=1 (PETCTLesionsLib/hugepages.py): far fewer page faults, a third less model time."""
     study, _ = demo_case
@@ -249,6 +252,7 @@ def test_the_worker_runs_the_model_with_huge_pages(demo_case, tmp_path):
     assert seen.read_text() == "glibc.malloc.hugetlb=1\n"
 
 
+@pytest.mark.torch
 def test_a_failing_detection_reports_the_workers_message(demo_case, tmp_path):
     study, _ = demo_case
     from PETCTLesionsLib.model.training_data import phantom_study_arrays

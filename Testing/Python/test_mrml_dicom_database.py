@@ -29,11 +29,13 @@ from PETCTLesionsLib.dicom_writer import (
 from PETCTLesionsLib.geometry import Grid
 from PETCTLesionsLib.study import StudyLoadError
 
+pytestmark = pytest.mark.slicer  # skipped where slicer-core is not installed (Slicer 5.6's stack in CI)
+
 CT_GRID = Grid(size=(24, 20, 10), spacing=(1.2, 1.2, 3.0), origin=(-14.0, -12.0, -15.0))
 PET_GRID = Grid(size=(10, 8, 7), spacing=(4.0, 4.0, 4.0), origin=(-18.0, -14.0, -12.0))
 
 
-def _write_study(root: Path, number: int, with_ct: bool = True) -> Dict[str, object]:
+def _write_study(root: Path, number: int, with_ct: bool = True, ct_grid: Grid = CT_GRID) -> Dict[str, object]:
     rng = np.random.default_rng(number)
     study = StudyInfo(
         patient=PatientInfo(f"PAT-{number}", f"Patient^{number}", "F", 50, 60.0 + number),
@@ -48,8 +50,8 @@ def _write_study(root: Path, number: int, with_ct: bool = True) -> Dict[str, obj
         injection_datetime=datetime.datetime(2022, 5, number, 9, 0),
         series_datetime=datetime.datetime(2022, 5, number, 10, 2),
     )
-    hu = rng.integers(-1000, 1200, size=CT_GRID.shape)
-    ct = write_ct_series(hu, CT_GRID, study, root / f"patient {number}" / "CT") if with_ct else None
+    hu = rng.integers(-1000, 1200, size=ct_grid.shape)
+    ct = write_ct_series(hu, ct_grid, study, root / f"patient {number}" / "CT") if with_ct else None
     pet = write_pet_series(
         rng.gamma(2.0, 1.3, size=PET_GRID.shape), PET_GRID, study, acquisition, root / f"patient {number}" / "PET"
     )
@@ -108,7 +110,23 @@ def test_choices_pair_each_pet_with_its_ct_and_name_what_cannot_be_paired(tmp_pa
         assert by_patient[patient].ct_series_uid == written["ct"].series_uid
         assert by_patient[patient].study_uid == written["study"].study_uid
         assert by_patient[patient].label.startswith(f"{patient} 2022")
+        assert by_patient[patient].warnings == ()
     assert problems.startswith("PT series") and "no CT" in problems
+
+
+def test_a_choice_carries_its_pairs_warnings_for_the_module_to_show_when_it_loads_the_study(tmp_path):
+    from PETCTLesionsLib.mrml.dicom_database import pet_ct_choices
+
+    # 7 CT slices of 3 mm from z=-9 cover z -10.5..10.5 of the PET's -14..14 mm: 75%, loaded with a warning.
+    short_ct = Grid(size=(24, 20, 7), spacing=(1.2, 1.2, 3.0), origin=(-14.0, -12.0, -9.0))
+    written = _write_study(tmp_path, 6, ct_grid=short_ct)
+
+    (choice,), problems = pet_ct_choices([tmp_path])
+
+    assert problems == "" and choice.ct_series_uid == written["ct"].series_uid
+    (warning,) = choice.warnings
+    assert f"({written['ct'].series_uid}) covers 21.0 mm of the 28.0 mm of PT series" in warning
+    assert "(75%), under 90%: the rest of the PET is read with air (-1024 HU) as its CT" in warning
 
 
 def test_loading_a_pair_gives_ct_in_hu_and_the_loaded_pet_converted_to_suv(mrml_scene, tmp_path):

@@ -9,6 +9,8 @@ import SimpleITK as sitk
 
 from PETCTLesionsLib.geometry import Grid, lps_to_ras_matrix
 
+pytestmark = pytest.mark.slicer  # skipped where slicer-core is not installed (Slicer 5.6's stack in CI)
+
 
 def _oblique_direction(angle_deg: float) -> tuple:
     """Rotation about an axis that is not a coordinate axis: every direction entry non-zero."""

@@ -15,6 +15,8 @@ import SimpleITK as sitk
 from PETCTLesionsLib.display import CT_WINDOW_PRESETS, DEFAULT_PET_OPACITY, window_to_unit
 from PETCTLesionsLib.phantom import PhantomConfig, make_phantom
 
+pytestmark = pytest.mark.slicer  # skipped where slicer-core is not installed (Slicer 5.6's stack in CI)
+
 RED_SIZE = (512, 512)
 GREEN_SIZE = (480, 360)  # not square: rows and columns must not be swapped anywhere
 # A colour that the fused image never has (grey CT plus black-red-yellow-white PET has B <= R),

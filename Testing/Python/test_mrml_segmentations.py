@@ -11,6 +11,8 @@ import SimpleITK as sitk
 
 from PETCTLesionsLib.geometry import Grid
 
+pytestmark = pytest.mark.slicer  # skipped where slicer-core is not installed (Slicer 5.6's stack in CI)
+
 GRID = Grid(size=(30, 24, 12), spacing=(2.0364, 2.0364, 3.0), origin=(-30.0, -24.0, -900.0))
 
 

@@ -9,6 +9,9 @@ import datetime
 import numpy as np
 import pytest
 import SimpleITK as sitk
+
+pytest.importorskip("slicer", reason="needs slicer-core (Slicer's MRML libraries)")
+
 import vtk
 
 from PETCTLesionsLib.dicom_writer import (

@@ -15,7 +15,7 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from conftest import LUNG_DX_CT_SERIES, copy_series
+from conftest import LUNG_DX_CT_SERIES, copy_series, save_bare_dicom, save_dicom
 
 from PETCTLesionsLib.dicom_index import Cancelled, read_slice_header
 from PETCTLesionsLib.dicom_series import MissingSlicesError
@@ -187,7 +187,7 @@ def test_pet_without_patient_weight_info_names_the_tag_and_load_raises(tmp_path)
     for path in written.pet.paths:
         ds = pydicom.dcmread(path)
         del ds.PatientWeight
-        ds.save_as(path, enforce_file_format=True)
+        save_dicom(ds, path)
 
     report = info_report([tmp_path])
     pet_entry = next(s for s in report["studies"][0]["series"] if s["modality"] == "PT")
@@ -342,7 +342,7 @@ def test_a_dicom_seg_in_the_study_is_named_as_such_and_does_not_disturb_the_load
         delattr(seg, keyword)
     seg.PixelData = np.packbits(np.ones(3 * seg.Rows * seg.Columns, np.uint8), bitorder="little").tobytes()
     (tmp_path / "SEG").mkdir()
-    seg.save_as(tmp_path / "SEG" / "seg.dcm", enforce_file_format=True)
+    save_dicom(seg, tmp_path / "SEG" / "seg.dcm")
 
     _assert_loaded(load_study([tmp_path]), written)
     report = info_report([tmp_path])
@@ -361,7 +361,7 @@ def test_a_localizer_inside_the_ct_series_is_kept_out_of_the_volume(tmp_path):
     scout.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]  # coronal, as a topogram is
     scout.Rows = 20
     scout.PixelData = scout.PixelData[: 20 * scout.Columns * 2]
-    scout.save_as(tmp_path / "CT 2.5 mm" / "scout.dcm", enforce_file_format=True)
+    save_dicom(scout, tmp_path / "CT 2.5 mm" / "scout.dcm")
 
     loaded = load_study([tmp_path])
 
@@ -391,9 +391,8 @@ def test_files_without_a_meta_group_load_like_part10_files(tmp_path):
     bare.mkdir()
     for path in written.ct.paths + written.pet.paths:
         ds = pydicom.dcmread(path)
-        ds.file_meta, ds.preamble = pydicom.dataset.FileMetaDataset(), None
         target = bare / f"{path.parent.name}-{path.name}"
-        ds.save_as(target, implicit_vr=True, little_endian=True, enforce_file_format=False)
+        save_bare_dicom(ds, target)
         assert target.read_bytes()[:2] == b"\x08\x00"  # the dataset's first element: no preamble, no meta
     headers = [read_slice_header(p) for p in sorted(bare.iterdir())]
     assert {h.part10 for h in headers} == {False} and {h.pixel_data_offset is not None for h in headers} == {True}
@@ -401,6 +400,7 @@ def test_files_without_a_meta_group_load_like_part10_files(tmp_path):
     _assert_loaded(load_study([bare]), written)
 
 
+@pytest.mark.torch
 def test_predict_processes_each_study_once_with_its_attenuation_corrected_pet(tmp_path):
     """A study with AC and NAC PET used to give two results under one case id (the second one
     refused as 'already exists', or with --overwrite silently replacing the first)."""
@@ -417,6 +417,7 @@ def test_predict_processes_each_study_once_with_its_attenuation_corrected_pet(tm
     assert (tmp_path / "out" / result.name / "lesions.csv").is_file()
 
 
+@pytest.mark.torch
 def test_predict_reports_a_study_whose_pet_has_no_ct_and_processes_the_others(tmp_path):
     """Such a study used to be left out without a word."""
     from PETCTLesionsLib.predict import PredictionOptions, predict
@@ -425,7 +426,8 @@ def test_predict_reports_a_study_whose_pet_has_no_ct_and_processes_the_others(tm
     pet_only = _write(tmp_path / "b", number=2)
     shutil.rmtree(tmp_path / "b" / "CT 2.5 mm")
 
-    results = predict([tmp_path], tmp_path / "out", PredictionOptions(device="cpu", pictures=False))
+    studies = [tmp_path / "a", tmp_path / "b"]  # not tmp_path itself: the output folder may not be inside an input
+    results = predict(studies, tmp_path / "out", PredictionOptions(device="cpu", pictures=False))
 
     by_patient = {result.name.split("_")[0].split(" ")[0]: result for result in results}
     assert sorted(by_patient) == ["STU-0001", "STU-0002"]
@@ -436,6 +438,7 @@ def test_predict_reports_a_study_whose_pet_has_no_ct_and_processes_the_others(tm
     )
 
 
+@pytest.mark.torch
 def test_predict_pet_series_processes_the_named_pet_instead_of_the_preferred_one(tmp_path, capsys):
     from PETCTLesionsLib.cli import main
     from PETCTLesionsLib.dicom_writer import format_ds
@@ -473,6 +476,7 @@ def test_predict_pet_series_processes_the_named_pet_instead_of_the_preferred_one
         predict([tmp_path / "study"], tmp_path / "x", PredictionOptions(device="cpu", pet_series_uids=both))
 
 
+@pytest.mark.torch
 def test_predict_names_everything_it_left_out(tmp_path, capsys):
     """Several paths: a PET/CT study, a CT-only study, a folder without DICOM and a file cut short.
     Only the first is processed; each of the others gets a line saying why, and the run succeeds."""
@@ -482,7 +486,7 @@ def test_predict_names_everything_it_left_out(tmp_path, capsys):
     for path in petct.pet.paths:  # the dose in MBq, as many real headers have it: read so, and said
         ds = pydicom.dcmread(path)
         ds.RadiopharmaceuticalInformationSequence[0].RadionuclideTotalDose = "300"
-        ds.save_as(path, enforce_file_format=True)
+        save_dicom(ds, path)
     ct_only = _write(tmp_path / "ct only", number=2)
     shutil.rmtree(tmp_path / "ct only" / "PET  AC")
     (tmp_path / "notes").mkdir()
@@ -523,7 +527,7 @@ def test_different_slices_sharing_one_sop_instance_uid_are_both_kept_and_named(t
     for path in written.ct.paths:
         ds = pydicom.dcmread(path)
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4.5"
-        ds.save_as(path, enforce_file_format=True)
+        save_dicom(ds, path)
 
     loaded = load_study([tmp_path])
 

@@ -10,6 +10,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import pydicom
 import pytest
+from conftest import save_dicom
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
@@ -94,7 +95,7 @@ def _save(ds: Dataset, path, implicit: bool) -> None:
     ds.file_meta.TransferSyntaxUID = (
         pydicom.uid.ImplicitVRLittleEndian if implicit else pydicom.uid.ExplicitVRLittleEndian
     )
-    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+    save_dicom(ds, path)
 
 
 # --------------------------------------------------------------------------- vendor variants

@@ -10,6 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+pytest.importorskip("torch", reason="the model runs on torch")
+
 import torch
 
 from PETCTLesionsLib import nnunet

@@ -233,8 +233,11 @@ def test_pixel_ranges_round_trip_and_convention():
     covered[real.ymin : real.ymax, real.xmin : real.xmax] = True
     assert voc.tight_box(covered, "A") == real
     assert VocBox.from_pixel_ranges("A", *real.to_pixel_ranges()) == real
-    # xmin == xmax (LabelImg never writes it) is read as that one column, not as nothing.
-    assert VocBox("A", 40, 7, 40, 9).to_pixel_ranges() == (40, 7, 40, 8)
+    # xmin == xmax (LabelImg never writes it) covers no pixel: refused, not read as one column.
+    assert (
+        VocBox("A", 40, 7, 40, 9).problem(512, 512)
+        == "has zero width (xmin 40, xmax 40, ymin 7, ymax 9): it covers no pixel"
+    )
 
 
 def test_tight_box_of_a_hand_made_mask():

@@ -12,6 +12,16 @@ on CPU tiles keep peak memory bounded. On CUDA out-of-memory the tile is halved 
 repeated; below the smallest tile the run moves to the CPU. Each such step is reported in
 ``ProbabilityResult.notes`` and through ``progress``.
 
+Devices: ``auto`` takes CUDA, then Apple MPS, then the CPU. MPS is probed once per process (a
+tiny network of the same layers run through the same steps, compared with the CPU), because
+torch before 2.8 lacks some of the model's 3D operations there (ConvTranspose3d, 3D max
+pooling): ``auto`` then falls back to the CPU with a note, and an explicit ``mps`` is refused.
+
+Arrays cross into torch and back through the buffer protocol, never torch's numpy bridge
+(``torch.from_numpy``, ``Tensor.numpy``): the bridge works only with the numpy major version
+torch was built against, and Slicer 5.10's macOS build pairs numpy 2 with torch <= 2.2.2 (built
+against numpy 1), where the bridge raises "Numpy is not available".
+
 Determinism: cuDNN's deterministic algorithms are used and benchmarking is off while the
 model runs, so the same input on the same device gives the same output.
 """
@@ -21,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -31,10 +41,14 @@ from .network import LesionUNet
 
 ProgressCallback = Callable[[float, str], None]
 CancelCallback = Callable[[], bool]
+DeviceProbe = Callable[[torch.device], Optional[str]]  # None: the device runs the model; else why it cannot
 DEVICES = ("auto", "cuda", "mps", "cpu")
 CPU_TILE_VOXELS = 3_500_000  # working voxels per tile on CPU: about 2.5 GB peak with the default network
 MIN_TILE = 32
 TILE_OVERLAP = 16  # working voxels shared by neighbouring tiles (about 5 cm)
+# The probe's output (a probability) may differ from the CPU's by rounding (float16, other kernels),
+# never by this much: a larger difference is a backend computing something else.
+PROBE_TOLERANCE = 0.02
 
 
 class RunCancelledError(RuntimeError):
@@ -67,6 +81,74 @@ def choose_device(requested: str = "auto") -> torch.device:
     return torch.device(requested)
 
 
+@dataclass(frozen=True)
+class DeviceChoice:
+    device: torch.device
+    note: str = ""  # why the device is not the one 'auto' first picked ("" when it is)
+
+
+def choose_working_device(requested: str = "auto", probe: Optional[DeviceProbe] = None) -> DeviceChoice:
+    """:func:`choose_device`, then a probe of Apple MPS (``probe``, default :func:`probe_device`).
+
+    A failing probe sends 'auto' to the CPU with a note, as CUDA running out of memory does; an
+    explicit 'mps' is refused (ValueError), as a missing device is: the user asked for that device.
+    CUDA is not probed: it has every operation the model uses, and running out of memory is handled
+    where it happens.
+    """
+    device = choose_device(requested)
+    if device.type != "mps":
+        return DeviceChoice(device)
+    failure = (probe or probe_device)(device)
+    if failure is None:
+        return DeviceChoice(device)
+    why = f"Apple MPS cannot run the lesion model with torch {torch.__version__} ({failure})"
+    if requested == "auto":
+        return DeviceChoice(torch.device("cpu"), f"{why}; running on the CPU instead")
+    raise ValueError(f"device 'mps' was asked for but {why}; choose 'auto' or 'cpu' (torch 2.8 or later may run it)")
+
+
+_PROBED: Dict[str, Optional[str]] = {}  # device -> None (works) or why not: probed once per process
+
+
+def probe_device(device: torch.device) -> Optional[str]:
+    """None when ``device`` runs the model's steps as the CPU does, else what went wrong (cached).
+
+    A network with the model's layers (3D convolution, batch norm, max pooling, transposed
+    convolution) but a few channels, on a few voxels, through the same steps as a study
+    (normalisation, working grid, tiles, probability back on the input grid), compared with the
+    CPU: a missing operation raises, a wrong one differs.
+    """
+    key = str(device)
+    if key not in _PROBED:
+        _PROBED[key] = _probe(device)
+    return _PROBED[key]
+
+
+def _probe(device: torch.device) -> Optional[str]:
+    generator = torch.Generator().manual_seed(0)
+    shape = (40, 10, 10)  # [k, j, i]: two tiles along k; at 4.07 mm the in-plane axes are resampled
+    spacing_xyz, tile = (4.07, 4.07, 3.0), (32, 10, 10)
+    ct = _array_from_tensor(torch.rand(shape, generator=generator) * 2000 - 1000)
+    pet = _array_from_tensor(torch.rand(shape, generator=generator) * 10)
+    with torch.random.fork_rng(devices=[]):  # the caller's random state stays as it was
+        torch.manual_seed(0)
+        network = LesionUNet(features=(4, 8)).eval()
+    expected = _predict_on(network, ct, pet, spacing_xyz, torch.device("cpu"), tile, _quiet, None)
+    try:
+        found = _predict_on(network, ct, pet, spacing_xyz, device, tile, _quiet, None)
+    except Exception as error:  # a backend lacking an operation raises NotImplementedError, RuntimeError, ...
+        lines = str(error).strip().splitlines()
+        return f"{type(error).__name__}: {lines[0] if lines else 'no message'}"
+    difference = float(np.abs(found - expected).max())
+    if not difference <= PROBE_TOLERANCE:  # NaN too
+        return f"its result differs from the CPU's by {difference:.3g}"
+    return None
+
+
+def _quiet(fraction: float, message: str) -> None:
+    pass
+
+
 def predict_probability(
     model: LesionUNet,
     ct_hu_on_pet: np.ndarray,
@@ -83,8 +165,11 @@ def predict_probability(
             f"CT on the PET grid {ct_hu_on_pet.shape} and PET {pet_suv.shape} differ: resample the CT onto the PET grid"
         )
     report = progress or (lambda fraction, message: None)
-    target = choose_device(device)
-    notes: List[str] = []
+    choice = choose_working_device(device)
+    target = choice.device
+    notes: List[str] = [choice.note] if choice.note else []
+    if choice.note:
+        report(0.0, choice.note)
     tile_size = _initial_tile(target, tile, _working_shape(pet_suv.shape, pet_spacing_xyz))
     while True:
         try:
@@ -158,16 +243,32 @@ def _predict_on(model, ct_hu, pet_suv, spacing_xyz, device, tile, report, cancel
     model = model.to(device).eval()
     with torch.inference_mode(), _deterministic_cudnn():
         report(0.02, f"preparing the input on {device}")
-        image = preprocessing.normalise(
-            torch.from_numpy(np.require(ct_hu, np.float32, ["C", "W"])).to(device),
-            torch.from_numpy(np.require(pet_suv, np.float32, ["C", "W"])).to(device),
-        )
+        image = preprocessing.normalise(_tensor_from_array(ct_hu).to(device), _tensor_from_array(pet_suv).to(device))
         image = preprocessing.to_working_grid(image, spacing_zyx)
         logits = sliding_window_logits(model, image, tile, device, report, cancel)
         report(0.95, "resampling the probability onto the PET grid")
         probability = torch.sigmoid(logits)
         probability = preprocessing.from_working_grid(probability[None], pet_suv.shape, spacing_zyx)[0]
-        return probability.float().cpu().numpy()
+        return _array_from_tensor(probability)
+
+
+def _tensor_from_array(array: np.ndarray) -> torch.Tensor:
+    """A float32 CPU tensor on ``array``'s memory (no copy when it is float32, C-ordered and writable).
+
+    ``torch.frombuffer`` reads the buffer protocol, which does not depend on the numpy torch was
+    built against (``torch.from_numpy`` does: see the module docstring); it is as cheap.
+    """
+    values = np.require(array, np.float32, ["C", "W"])
+    if values.size == 0:  # frombuffer refuses an empty buffer
+        return torch.empty(values.shape, dtype=torch.float32)
+    return torch.frombuffer(values, dtype=torch.float32).view(values.shape)
+
+
+def _array_from_tensor(tensor: torch.Tensor) -> np.ndarray:
+    """``tensor`` (any device, any floating dtype) as a new float32 array, without ``Tensor.numpy``."""
+    array = np.empty(tuple(tensor.shape), np.float32)
+    _tensor_from_array(array).copy_(tensor)  # one copy, from the device and to float32 at once
+    return array
 
 
 def sliding_window_logits(

@@ -52,9 +52,9 @@ def resample_axis(volume: torch.Tensor, axis: int, positions: torch.Tensor) -> t
     upper = (lower + 1).clamp_max(size - 1)
     weight_shape = [1] * volume.dim()
     weight_shape[axis] = positions.numel()
-    weight = (positions - lower.to(positions.dtype)).to(volume.dtype).reshape(weight_shape)
-    low_values = volume.index_select(axis, lower)
-    return torch.lerp(low_values, volume.index_select(axis, upper), weight)
+    weight = (positions - lower.to(positions.dtype)).to(volume.dtype).reshape(weight_shape).to(volume.device)
+    low_values = volume.index_select(axis, lower.to(volume.device))
+    return torch.lerp(low_values, volume.index_select(axis, upper.to(volume.device)), weight)
 
 
 def _is_same_spacing(a: float, b: float) -> bool:
@@ -80,7 +80,9 @@ def _resample_axes(
     for axis, (n_out, source, goal) in enumerate(zip(shape_zyx, from_spacing, to_spacing), start=1):
         if _is_same_spacing(source, goal) and n_out == volume.shape[axis]:
             continue
-        positions = torch.arange(n_out, device=volume.device, dtype=torch.float64) * (goal / source)
+        # Positions in float64 (exact for hundreds of slices), on the CPU: Apple's MPS has no float64.
+        # resample_axis moves the indices and the weights (in the volume's dtype) to the volume's device.
+        positions = torch.arange(n_out, dtype=torch.float64) * (goal / source)
         volume = resample_axis(volume, axis, positions)
     return volume
 

@@ -253,8 +253,10 @@ def _train_mode(model: torch.nn.Module, freeze_batchnorm: bool) -> None:
 
 def train(settings: TrainingSettings, log=print) -> Path:
     """Train as ``settings`` says; returns the manifest path of the final model (rank 0)."""
-    rank = _start_distributed(settings.device)
     out = Path(settings.out_dir)
+    if settings.resume:  # before anything is created: a refused resume leaves no empty --out behind
+        _check_resumable(out)
+    rank = _start_distributed(settings.device)
     torch.manual_seed(settings.seed * 1000 + rank.rank)
     rng = np.random.default_rng(settings.seed * 1000 + rank.rank)
     generator = torch.Generator().manual_seed(settings.seed * 1000 + rank.rank)
@@ -355,6 +357,17 @@ def train(settings: TrainingSettings, log=print) -> Path:
 
 
 RUN_FILES = ("checkpoint_last.pt", "checkpoint_best.pt", "training_log.csv", "model.json", "model.pt")
+
+
+def _check_resumable(out: Path) -> None:
+    checkpoint = out / "checkpoint_last.pt"
+    if not out.is_dir():
+        raise FileNotFoundError(f"{out}: no such folder, so no training run to resume; leave out --resume to start one")
+    if not checkpoint.is_file():
+        raise FileNotFoundError(
+            f"{checkpoint}: no checkpoint to resume from (the run stopped before its first epoch ended, or {out} "
+            "holds no run); leave out --resume to start again"
+        )
 
 
 def _claim_output_folder(out: Path, settings: TrainingSettings) -> None:

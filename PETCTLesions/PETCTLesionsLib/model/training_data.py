@@ -92,7 +92,8 @@ def phantom_study_arrays(study) -> StudyArrays:
 
 
 def nnunet_study(dataset_dir: str, case_id: str) -> StudyArrays:
-    """A training case of an nnU-Net raw dataset with the autoPET channels (0000 CT, 0001 PET)."""
+    """A training case of an nnU-Net raw dataset: CT and PET as its dataset.json names them, read
+    checked by :func:`nnunet.read_case` (whole files, channel values, a 0/1 label without NaN)."""
     import SimpleITK as sitk
 
     from .. import nnunet

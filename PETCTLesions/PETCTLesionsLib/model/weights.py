@@ -8,6 +8,10 @@ A model is two files side by side:
   and the model card's numbers. The checksum catches a truncated download or a file replaced
   by another; the version catches weights made for another network.
 
+The manifest's numbers that the code uses (``threshold``, ``working_spacing_mm``, ``features``)
+and its ``file`` (a file name beside the manifest, never a path out of its folder) are checked
+before the weights are read; a bad value names the manifest and the key.
+
 The bundled model lives in ``PETCTLesions/Resources/Models`` (installed next to the module
 by the extension's CMakeLists); ``PETCTLESIONS_MODEL`` (a manifest path) overrides it.
 """
@@ -16,19 +20,26 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import numbers
 import os
+import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
 import torch
 
-from ..fileio import atomic_output, atomic_write_text
+from ..fileio import atomic_output, atomic_write_text, is_inside, is_safe_file_name
 from .network import ARCHITECTURE, ARCHITECTURE_VERSION, LesionUNet
+from .preprocessing import WORKING_SPACING_MM
 
 BUNDLED_MODEL_NAME = "petct_lesions_unet_v1"
 MODELS_DIR = Path(__file__).resolve().parents[2] / "Resources" / "Models"
 MODEL_ENV_VARIABLE = "PETCTLESIONS_MODEL"
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
 
 
 class ModelFileError(ValueError):  # a bad input file, as the readers' errors are
@@ -74,6 +85,7 @@ def save_model(network: LesionUNet, manifest_path: Path, card: Optional[Dict[str
         "features": list(network.features),
         "state_dict": {k: (v.half() if v.is_floating_point() else v) for k, v in network.state_dict().items()},
     }
+    _check_numbers(dict(card or {}), manifest_path)  # a model that could not be loaded again is not written
     with atomic_output(weights_path, overwrite=True) as temporary:
         torch.save(payload, temporary)
     manifest = dict(card or {})
@@ -96,7 +108,7 @@ def load_model(manifest_path: Optional[Union[str, Path]] = None) -> LoadedModel:
     """Load a model by its manifest (default: the bundled one), checking checksum and version."""
     manifest_path = Path(manifest_path) if manifest_path is not None else bundled_manifest_path()
     manifest = _read_manifest(manifest_path)
-    weights_path = manifest_path.parent / str(manifest.get("file", ""))
+    weights_path = manifest_path.parent / manifest["file"]
     if not weights_path.is_file():
         raise ModelFileError(f"{weights_path}: model weights file is missing (named by {manifest_path})")
     actual = sha256_of(weights_path)
@@ -105,11 +117,13 @@ def load_model(manifest_path: Optional[Union[str, Path]] = None) -> LoadedModel:
             f"{weights_path}: checksum {actual[:12]}... does not match the manifest's "
             f"{str(manifest.get('sha256'))[:12]}...: the file is corrupt or not the one the manifest describes"
         )
-    try:
-        payload = torch.load(weights_path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for a damaged archive
-        raise ModelFileError(f"{weights_path}: cannot be read as a model file ({error})") from error
+    payload = _read_weights(weights_path)
     _check_architecture(payload, weights_path)
+    if "features" in manifest and list(payload["features"]) != list(manifest["features"]):
+        raise ModelFileError(
+            f"{weights_path}: holds a network with features {list(payload['features'])}, its manifest {manifest_path} "
+            f"says {manifest['features']}: the two files are not of one model"
+        )
     network = LesionUNet(features=payload["features"])
     try:
         network.load_state_dict(
@@ -118,6 +132,33 @@ def load_model(manifest_path: Optional[Union[str, Path]] = None) -> LoadedModel:
     except RuntimeError as error:
         raise ModelFileError(f"{weights_path}: weights do not fit the {ARCHITECTURE} network ({error})") from error
     return LoadedModel(network.eval(), manifest, manifest_path)
+
+
+def _read_weights(path: Path) -> Dict[str, Any]:
+    """The ``.pt`` payload, or an error that says why it is not one (empty, not a zip, truncated...)."""
+    with open(path, "rb") as stream:
+        start = stream.read(len(_ZIP_MAGIC))
+    if not start:
+        raise ModelFileError(
+            f"{path}: cannot be read as a model file: it is empty (0 bytes); copy or download it again"
+        )
+    if start != _ZIP_MAGIC:
+        raise ModelFileError(
+            f"{path}: cannot be read as a model file: it is not a torch.save zip archive (it starts with {start!r})"
+        )
+    if not zipfile.is_zipfile(path):
+        raise ModelFileError(
+            f"{path}: cannot be read as a model file: the zip archive is truncated or damaged (no central directory); "
+            "copy or download it again"
+        )
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for a damaged archive, some without a message
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else "no message"
+        raise ModelFileError(f"{path}: cannot be read as a model file ({type(error).__name__}: {reason})") from error
+    if not isinstance(payload, dict) or not {"features", "state_dict"} <= set(payload):
+        raise ModelFileError(f"{path}: not a PETCTLesions model file (no features and state_dict in it)")
+    return payload
 
 
 def _read_manifest(path: Path) -> Dict[str, Any]:
@@ -130,7 +171,57 @@ def _read_manifest(path: Path) -> Dict[str, Any]:
     if not isinstance(manifest, dict):
         raise ModelFileError(f"{path}: model manifest must be a JSON object")
     _check_architecture(manifest, path)
+    _check_weights_name(manifest, path)
+    if not (isinstance(manifest.get("sha256"), str) and _SHA256.match(manifest["sha256"])):
+        raise ModelFileError(
+            f'{path}: "sha256" must be 64 lower-case hexadecimal digits, got {manifest.get("sha256")!r}'
+        )
+    _check_numbers(manifest, path)
     return manifest
+
+
+def _check_weights_name(manifest: Dict[str, Any], path: Path) -> None:
+    """The weights are a file beside the manifest: a path elsewhere (``..``, absolute, a link out) is refused
+    before anything is opened, so a manifest cannot make the model loader read and hash any file."""
+    name = manifest.get("file")
+    if not (isinstance(name, str) and is_safe_file_name(name) and not Path(name).is_absolute()):
+        raise ModelFileError(f'{path}: "file" must be the name of the weights file beside the manifest, got {name!r}')
+    if not is_inside(path.parent / name, path.parent):
+        raise ModelFileError(
+            f'{path}: "file" {name!r} is a link to a file outside the manifest\'s folder; '
+            "put the weights file itself beside the manifest"
+        )
+
+
+def _check_numbers(manifest: Dict[str, Any], path: Path) -> None:
+    """The manifest's numbers that detection uses: a bad one would change every result silently."""
+    if "threshold" in manifest:
+        threshold = manifest["threshold"]
+        if not (_is_finite_number(threshold) and 0.0 < threshold < 1.0):
+            raise ModelFileError(f'{path}: "threshold" must be a probability between 0 and 1, got {threshold!r}')
+    if "working_spacing_mm" in manifest:
+        spacing = manifest["working_spacing_mm"]
+        if not (isinstance(spacing, list) and len(spacing) == 3 and all(_is_finite_number(v) for v in spacing)):
+            raise ModelFileError(f'{path}: "working_spacing_mm" must be three numbers x, y, z, got {spacing!r}')
+        # The grid the network works on is fixed in preprocessing: weights trained on another one would see
+        # every structure at the wrong size.
+        if any(not math.isclose(v, w, rel_tol=1e-6) for v, w in zip(spacing, WORKING_SPACING_MM)):
+            raise ModelFileError(
+                f'{path}: "working_spacing_mm" is {spacing}, but this PETCTLesions resamples to '
+                f"{list(WORKING_SPACING_MM)} mm: the model was trained for another working grid"
+            )
+    if "features" in manifest:
+        features = manifest["features"]
+        if not (
+            isinstance(features, list)
+            and features
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in features)
+        ):
+            raise ModelFileError(f'{path}: "features" must be a list of positive whole numbers, got {features!r}')
+
+
+def _is_finite_number(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _check_architecture(content: Dict[str, Any], path: Path) -> None:

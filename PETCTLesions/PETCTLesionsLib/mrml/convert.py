@@ -93,8 +93,8 @@ def _nodes_from_dicom_study(
             continue
         try:
             loaded = load_study([], scan=scan, study_uid=study.study_uid, pet_series_uid=pairing.pet.series_uid)
-        except ValueError as error:
-            report.skipped.append(str(error))
+        except ValueError as error:  # a study given but unreadable: its exports are due and missing
+            report.failed.append(str(error))
             continue
         report.notes.extend(loaded.warnings)
         ct, pet = add_study_nodes(loaded)
@@ -112,17 +112,22 @@ def _nodes_from_dicom_study(
                 f"{series.label}: holds {annotated} annotated slice(s) but is not the CT paired with the PET; "
                 "loaded on its own for its VOC boxes"
             )
-        nodes = _ct_only_nodes(study, series, report)
+        nodes = _ct_only_nodes(study, series, report, annotated)
         if nodes is not None:
             result.append(nodes)
     return result
 
 
-def _ct_only_nodes(study: IndexedStudy, series, report: ExportReport) -> Optional[StudyNodes]:
+def _ct_only_nodes(study: IndexedStudy, series, report: ExportReport, annotated: int) -> Optional[StudyNodes]:
+    """A CT without PET, for its VOC boxes. Unreadable, it fails an export only when it has annotated slices:
+    without them (and without a PET, no nnU-Net case) no export was due from it."""
     try:
         image, info = load_series_image(series)
     except ValueError as error:
-        report.skipped.append(str(error))
+        if annotated:
+            report.failed.append(str(error))
+        else:
+            report.skipped.append(f"{error} (no annotation on it, so nothing to export)")
         return None
     ct = add_series_volume(image, info, study.patient_id, study.study_uid, f"{study.patient_id} CT")
     case_id = nnunet.case_id_for_study(study.patient_id, study.study_uid, study.study_date)

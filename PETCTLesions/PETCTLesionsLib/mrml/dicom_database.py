@@ -50,6 +50,8 @@ class PetCtChoice:
     ct_series_uid: str
     label: str  # one line for a combo box
     rule: str  # why this CT (the reader's pairing rule)
+    # What the pairing warned about (a CT covering under 90% of the PET, say): shown when the study is loaded.
+    warnings: Tuple[str, ...] = ()
 
 
 def pet_ct_choices(paths: Sequence[Path], cancel: Optional[CancelCallback] = None) -> Tuple[List[PetCtChoice], str]:
@@ -58,8 +60,8 @@ def pet_ct_choices(paths: Sequence[Path], cancel: Optional[CancelCallback] = Non
     choices, problems = [], []
     for study in studies:
         for pair in study.pairs:  # the study's preferred PET first (e.g. attenuation-corrected before NAC)
-            if pair.ct is None:
-                problems.append(f"{pair.pet.label}: {pair.rule}")
+            if pair.ct is None or pair.error:  # no CT, or one covering too little of the PET
+                problems.append(pair.error or f"{pair.pet.label}: {pair.rule}")
                 continue
             date = study.study_date or "no date"
             label = f"{study.patient_id} {date}: {pair.pet.description or 'PET'} + {pair.ct.description or 'CT'}"
@@ -71,6 +73,7 @@ def pet_ct_choices(paths: Sequence[Path], cancel: Optional[CancelCallback] = Non
                     ct_series_uid=pair.ct.series_uid,
                     label=label if pair.preferred else f"{label} (not the study's first choice)",
                     rule=pair.rule if pair.preferred else f"{pair.rule}; {pair.not_preferred_because}",
+                    warnings=tuple(pair.warnings),
                 )
             )
     if not studies:

@@ -33,11 +33,13 @@ class ExportReport:
     written: List[str] = field(default_factory=list)
     skipped: List[str] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
+    failed: List[str] = field(default_factory=list)  # exports that were due but could not be written, and why
 
     def text(self) -> str:
         lines = [f"wrote {path}" for path in self.written]
         lines += [f"note: {note}" for note in self.notes]
         lines += [f"skipped: {reason}" for reason in self.skipped]
+        lines += [f"NOT written: {reason}" for reason in self.failed]
         return "\n".join(lines) if lines else "nothing to do"
 
 
@@ -110,6 +112,9 @@ def export_voc(
     except OutputExistsError as error:
         report.skipped.append(f"{error} (allow overwriting to replace them)")
         return
+    except (OSError, voc.VocError) as error:  # e.g. a full disk, a slice UID that cannot name a file
+        report.failed.append(str(error))
+        return
     report.written.append(f"{folder}/ ({len(written)} VOC XML files)")
 
 
@@ -159,8 +164,16 @@ def export_nnunet(
     try:
         paths = nnunet.write_case(Path(dataset_dir), case, overwrite=overwrite)
     except nnunet.NnUNetError as error:
-        hint = " (allow overwriting to replace it)" if "already exists" in str(error) else ""
-        report.skipped.append(f"{error}{hint}")
+        if "already exists" not in str(error):
+            report.failed.append(str(error))  # e.g. a full disk
+            return
+        report.skipped.append(f"{error} (allow overwriting to replace it)")
+        return
+    except OSError as error:  # dataset.json, written after the case's files (e.g. a full disk there)
+        report.failed.append(
+            f"case {nodes.case_id!r}: its images are written under {dataset_dir}, but not listed in its "
+            f"dataset.json: {error}"
+        )
         return
     report.written.extend(str(path) for path in paths.values())
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, List, Optional, Tuple
 
 import numpy as np
@@ -23,6 +24,9 @@ SUV_BW_UNITS = ("{SUVbw}g/ml", "UCUM", "Standardized Uptake Value body weight")
 # Node attribute listing the SOPInstanceUID of each slice, in slice (k) order, as Slicer's
 # DICOM scalar volume plugin stores it: the link between CT slices and VOC annotations.
 INSTANCE_UIDS_ATTRIBUTE = "DICOM.instanceUIDs"
+# Node attribute holding what the SUV computation warned about (one line each): it stays with the
+# node (saved in the scene), so the module can show it whenever the study is shown.
+SUV_WARNINGS_ATTRIBUTE = "PETCTLesions.SUVWarnings"
 
 
 def _coded_entry(value: str, scheme: str, meaning: str) -> slicer.vtkCodedEntry:
@@ -133,13 +137,16 @@ def slice_sop_instance_uids(volume_node: slicer.vtkMRMLVolumeNode) -> List[str]:
     return value.split() if value else []
 
 
-def convert_pet_node_to_suv(pet_node: slicer.vtkMRMLScalarVolumeNode, pet: LoadedPet) -> None:
+def convert_pet_node_to_suv(pet_node: slicer.vtkMRMLScalarVolumeNode, pet: LoadedPet) -> List[str]:
     """Replace the voxels of a PET node Slicer loaded from DICOM (Bq/mL or counts) by SUVbw.
 
     ``pet`` is the same series read by :func:`PETCTLesionsLib.study.load_pet_suv`. The node
     keeps its place in the scene and subject hierarchy (its DICOM identity); only values and
     their units change. Refuses when the node and the files do not describe the same slices
     in the same order at the same place, since the values would then land on wrong voxels.
+
+    Returns the load's warnings (an implausible uptake time, say), which are also logged
+    (Slicer's error log and Python console) and kept on the node (:func:`suv_warnings`).
     """
     name = pet_node.GetName()
     node_grid = grid_from_volume_node(pet_node)
@@ -156,6 +163,19 @@ def convert_pet_node_to_suv(pet_node: slicer.vtkMRMLScalarVolumeNode, pet: Loade
     mark_as_suv_bw(pet_node)
     if pet.series.slice_sop_instance_uids and not node_uids:
         pet_node.SetAttribute(INSTANCE_UIDS_ATTRIBUTE, " ".join(pet.series.slice_sop_instance_uids))
+    for warning in pet.warnings:  # SUV was computed, but the headers leave a doubt the user must see
+        logging.warning(f"PET volume {name!r} in SUVbw: {warning}")
+    if pet.warnings:
+        pet_node.SetAttribute(SUV_WARNINGS_ATTRIBUTE, "\n".join(pet.warnings))
+    else:
+        pet_node.RemoveAttribute(SUV_WARNINGS_ATTRIBUTE)
+    return list(pet.warnings)
+
+
+def suv_warnings(volume_node: slicer.vtkMRMLScalarVolumeNode) -> List[str]:
+    """What the conversion of this PET node to SUVbw warned about (none for a node never converted)."""
+    value = volume_node.GetAttribute(SUV_WARNINGS_ATTRIBUTE)
+    return value.split("\n") if value else []
 
 
 def dicom_attribute_above(node: slicer.vtkMRMLNode, attribute: str) -> str:
