@@ -7,6 +7,7 @@ import importlib.util
 import math
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Callable, List, Optional, Tuple, Union
 
@@ -76,6 +77,12 @@ def _patch_size(text: str) -> Tuple[int, int, int]:
     return sizes
 
 
+# Help texts: every option with a default shows it, read from the parser ("%(default)s") so the two never differ.
+DEFAULT = "(default: %(default)s)"
+SIZE_HELP = "full: 512x512 CT and 200x200 PET slices; small: reduced grids for quick tests"
+DEVICE_HELP = "auto (CUDA, then MPS, then CPU), cuda, mps or cpu"
+
+
 def _print_progress(fraction: float, message: str) -> None:
     print(f"[{fraction * 100:5.1f}%] {message}", flush=True)
 
@@ -114,7 +121,23 @@ def _cmd_info(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{missing[0]}: no such file or folder")
     report = info_report([Path(p) for p in args.paths])
     print(json.dumps(report, indent=2) if args.json else format_info(report))
+    if not report["studies"]:  # the report above says what was there; a script gets exit status 2
+        raise ValueError(_no_images_found(report))
     return 0
+
+
+def _no_images_found(report: dict) -> str:
+    """Why ``info`` found nothing to report: no files at all, or how many files of which kind."""
+    where = ", ".join(report["paths"])
+    files = report["files"]
+    if not files["found"]:
+        return f"{where}: no DICOM image files found (no files at all)"
+    kinds = Counter(item["reason"] for item in report["skipped_files"])
+    if files["unreadable"]:
+        kinds["unreadable"] = files["unreadable"]
+    breakdown = ", ".join(f"{count} {kind}" for kind, count in kinds.items())
+    count = files["found"]
+    return f"{where}: no DICOM image files found among {count} file{'' if count == 1 else 's'} ({breakdown})"
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -274,9 +297,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"{path}: no such file or folder")
     pairs = label_pairs(Path(args.pred), Path(args.ref), partial=args.partial)
     result = evaluate_label_files(pairs.pairs)
-    print(result.table())
+    # With --json, stdout is the JSON alone (`| jq`, json.loads); the table and notes go to the terminal.
+    readable = sys.stderr if args.json else sys.stdout
+    print(result.table(), file=readable)
     for note in pairs.notes():
-        print(f"note: {note}")
+        print(f"note: {note}", file=readable)
     if args.json:
         summary = dict(result.summary())
         summary["references_not_evaluated"] = [str(path) for path in pairs.unpredicted]
@@ -305,21 +330,16 @@ def build_parser() -> argparse.ArgumentParser:
         "as DICOM (NBIA layout), Lung-PET-CT-Dx VOC XML and an autoPET-style nnU-Net v2 dataset.",
     )
     synth.add_argument("--out", required=True, help="output folder")
-    synth.add_argument("--cases", type=POSITIVE_INT, default=1, help="number of patients (default 1)")
+    synth.add_argument("--cases", type=POSITIVE_INT, default=1, help=f"number of patients {DEFAULT}")
     synth.add_argument(
-        "--seed", type=NON_NEGATIVE_INT, default=1, help="random seed: same seed, same patients (default 1)"
+        "--seed", type=NON_NEGATIVE_INT, default=1, help=f"random seed: same seed, same patients {DEFAULT}"
     )
-    synth.add_argument(
-        "--size",
-        choices=("small", "full"),
-        default="full",
-        help="full: 512x512 CT and 200x200 PET slices; small: reduced grids for quick tests",
-    )
+    synth.add_argument("--size", choices=("small", "full"), default="full", help=f"{SIZE_HELP} {DEFAULT}")
     synth.add_argument(
         "--flavour",
         choices=("lung", "autopet"),
         default="lung",
-        help="lung: Lung-PET-CT-Dx-like chest study; autopet: whole-body FDG study",
+        help=f"lung: Lung-PET-CT-Dx-like chest study; autopet: whole-body FDG study {DEFAULT}",
     )
     synth.add_argument(
         "--lesions", type=NON_NEGATIVE_INT, default=None, help="lesions per patient (default: drawn from the seed)"
@@ -347,9 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
         "under OUT/predicted.",
     )
     demo.add_argument("--out", required=True, help="output folder")
-    demo.add_argument("--seed", type=NON_NEGATIVE_INT, default=1, help="demo patient seed (default 1)")
-    demo.add_argument("--size", choices=("small", "full"), default="full", help="grid size (default full)")
-    demo.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cuda, mps or cpu")
+    demo.add_argument("--seed", type=NON_NEGATIVE_INT, default=1, help=f"demo patient seed {DEFAULT}")
+    demo.add_argument("--size", choices=("small", "full"), default="full", help=f"{SIZE_HELP} {DEFAULT}")
+    demo.add_argument("--device", default="auto", help=f"{DEVICE_HELP} {DEFAULT}")
     demo.add_argument("--overwrite", action="store_true", help="replace files from an earlier run")
     demo.set_defaults(func=_cmd_demo)
 
@@ -366,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--nnunet", help="nnU-Net raw dataset folder to import a case from")
     conv.add_argument("--case", help="case id in --nnunet (spaces allowed; quote it)")
     conv.add_argument("--out", required=True, help="output folder")
-    conv.add_argument("--export", default="voc,nnunet", help="what to write: voc, nnunet or voc,nnunet (default)")
+    conv.add_argument("--export", default="voc,nnunet", help=f"what to write: voc, nnunet or voc,nnunet {DEFAULT}")
     conv.add_argument("--one-segment", action="store_true", help="import a label as one segment, not one per lesion")
     conv.add_argument("--voc-from-segmentation", action="store_true", help="also write each lesion's box per CT slice")
     conv.add_argument(
@@ -387,11 +407,13 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("paths", nargs="+", help="DICOM files/folders, or one nnU-Net raw dataset folder")
     pr.add_argument("--out", required=True, help="output folder")
     pr.add_argument("--model", help="model manifest (.json); default: the bundled model")
-    pr.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cuda, mps or cpu")
+    pr.add_argument("--device", default="auto", help=f"{DEVICE_HELP} {DEFAULT}")
     pr.add_argument(
         "--threshold", type=PROBABILITY, default=None, help="lesion probability threshold (default: the model's)"
     )
-    pr.add_argument("--min-volume", type=NON_NEGATIVE_FLOAT, default=0.0, help="drop lesions smaller than this many mL")
+    pr.add_argument(
+        "--min-volume", type=NON_NEGATIVE_FLOAT, default=0.0, help=f"drop lesions smaller than this many mL {DEFAULT}"
+    )
     pr.add_argument("--no-pictures", action="store_true", help="skip the PNG pictures")
     pr.add_argument("--overwrite", action="store_true", help="replace files from an earlier run")
     pr.add_argument(
@@ -414,7 +436,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--pred", required=True, help="predicted label file or folder")
     ev.add_argument("--ref", required=True, help="reference label file or folder")
-    ev.add_argument("--json", action="store_true", help="also print the pooled numbers as JSON")
+    ev.add_argument(
+        "--json",
+        action="store_true",
+        help="print the pooled and per-study numbers as JSON, alone on stdout (the table goes to stderr)",
+    )
     ev.add_argument(
         "--partial",
         action="store_true",
@@ -433,20 +459,46 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument("--dataset", help="nnU-Net raw dataset folder (default: generated studies)")
     tr.add_argument("--out", required=True, help="folder for checkpoints, log and the trained model")
-    tr.add_argument("--fold", type=NON_NEGATIVE_INT, default=0, help="fold of splits_final.json to train (default 0)")
-    tr.add_argument("--epochs", type=POSITIVE_INT, default=50)
-    tr.add_argument("--steps-per-epoch", type=POSITIVE_INT, default=250)
-    tr.add_argument("--batch-size", type=POSITIVE_INT, default=4)
+    tr.add_argument(
+        "--fold",
+        type=NON_NEGATIVE_INT,
+        default=0,
+        help=f"fold of splits_final.json to train (with --dataset) {DEFAULT}",
+    )
+    tr.add_argument(
+        "--epochs",
+        type=POSITIVE_INT,
+        default=50,
+        help=f"epochs to train, each --steps-per-epoch steps and then a validation; the learning rate decays to "
+        f"zero at the last one {DEFAULT}",
+    )
+    tr.add_argument("--steps-per-epoch", type=POSITIVE_INT, default=250, help=f"optimizer steps per epoch {DEFAULT}")
+    tr.add_argument(
+        "--batch-size", type=POSITIVE_INT, default=4, help=f"patches per step (per GPU under torchrun) {DEFAULT}"
+    )
     tr.add_argument(
         "--patch",
         type=_patch_size,
         default="80,128,128",
-        help="patch size z,y,x in working voxels (default 80,128,128)",
+        help=f"patch size z,y,x in working voxels (4 x 4 x 3 mm) {DEFAULT}",
     )
-    tr.add_argument("--learning-rate", type=POSITIVE_FLOAT, default=2e-3)
-    tr.add_argument("--warmup-steps", type=NON_NEGATIVE_INT, default=200)
     tr.add_argument(
-        "--foreground-fraction", type=FRACTION, default=1 / 3, help="share of patches centred on a lesion (default 1/3)"
+        "--learning-rate",
+        type=POSITIVE_FLOAT,
+        default=2e-3,
+        help=f"AdamW's peak learning rate, reached after --warmup-steps, then decayed to zero {DEFAULT}",
+    )
+    tr.add_argument(
+        "--warmup-steps",
+        type=NON_NEGATIVE_INT,
+        default=200,
+        help=f"steps over which the learning rate rises linearly to --learning-rate {DEFAULT}",
+    )
+    tr.add_argument(
+        "--foreground-fraction",
+        type=FRACTION,
+        default=1 / 3,
+        help="share of patches centred on a lesion (default: %(default).3g)",
     )
     tr.add_argument(
         "--workers",
@@ -454,11 +506,23 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="data preparation processes (default: cores - 1; 0: the pool is filled once, here, and kept)",
     )
-    tr.add_argument("--pool-size", type=POSITIVE_INT, default=48, help="prepared studies kept in memory (default 48)")
-    tr.add_argument("--validation-cases", type=POSITIVE_INT, default=6, help="whole studies validated each epoch")
-    tr.add_argument("--synthetic-size", choices=("small", "full"), default="full")
-    tr.add_argument("--seed", type=NON_NEGATIVE_INT, default=0)
-    tr.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
+    tr.add_argument("--pool-size", type=POSITIVE_INT, default=48, help=f"prepared studies kept in memory {DEFAULT}")
+    tr.add_argument(
+        "--validation-cases", type=POSITIVE_INT, default=6, help=f"whole studies validated each epoch {DEFAULT}"
+    )
+    tr.add_argument(
+        "--synthetic-size",
+        choices=("small", "full"),
+        default="full",
+        help=f"without --dataset, the generated studies' size; {SIZE_HELP} {DEFAULT}",
+    )
+    tr.add_argument(
+        "--seed",
+        type=NON_NEGATIVE_INT,
+        default=0,
+        help=f"random seed of the weights, the patches and (without --dataset) the generated studies {DEFAULT}",
+    )
+    tr.add_argument("--device", default="auto", help=f"{DEVICE_HELP} {DEFAULT}")
     again = tr.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true", help="continue from --out/checkpoint_last.pt")
     again.add_argument("--overwrite", action="store_true", help="start again in an --out that holds an earlier run")

@@ -12,10 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Optional, Tuple
 
+import numpy as np
+
 from . import metrics, nnunet
 from .phantom import PhantomConfig, PhantomStudy, make_phantom
 from .predict import PredictionOptions, StudyPrediction, predict
-from .synth import DATASET_FOLDER, SyntheticCase, case_seed, write_synthetic_case
+from .synth import DATASET_FOLDER, SyntheticCase, case_seed, refuse_earlier_cases, write_synthetic_case
 
 ProgressCallback = Callable[[float, str], None]
 
@@ -31,6 +33,7 @@ def run_demo(
     """Write the demo study, detect its lesions with the bundled model; returns the prediction and the study."""
     report = progress or (lambda fraction, message: None)
     out_dir = Path(out_dir)
+    refuse_earlier_cases(out_dir, "lung", seed, cases=1, overwrite=overwrite)  # before saying it started
     report(0.0, f"generating synthetic patient (seed {seed}, {size} size)")
     study, case = write_demo_study(out_dir, seed, size, overwrite)
 
@@ -53,7 +56,9 @@ def write_demo_study(
     """The demo patient on disk: DICOM (NBIA layout), ground-truth VOC boxes and nnU-Net case.
 
     The same seed always gives the same patient (also the one the module's demo button loads).
+    An earlier demo's study in ``out_dir`` is refused before the patient is generated.
     """
+    refuse_earlier_cases(Path(out_dir), "lung", seed, cases=1, overwrite=overwrite)
     study = make_phantom(PhantomConfig(seed=case_seed(seed, 0), size=size, body="torso"))
     case = write_synthetic_case(study, Path(out_dir), "lung", seed, 0, overwrite=overwrite)
     nnunet.update_dataset_json(Path(out_dir) / "nnUNet_raw" / DATASET_FOLDER, dataset_name=DATASET_FOLDER)
@@ -62,13 +67,10 @@ def write_demo_study(
 
 def _print_summary(study, case: SyntheticCase, result: StudyPrediction, out_dir: Path) -> None:
     found = result.detection
-    truth = metrics.case_metrics(found.mask, study.lesion_mask_pet(), study.pet_grid.voxel_volume_ml)
-    print(f"Patient {case.patient_id}: {len(study.lesions)} true lesion(s), {len(found.lesions)} detected")
-    print(
-        f"Against the ground truth: Dice {truth.dice:.3f}, {truth.detected_lesions}/{truth.reference_lesions} "
-        f"lesions found, {truth.false_positive_lesions} false positive(s), FPV {truth.fpv_ml:.2f} mL, "
-        f"FNV {truth.fnv_ml:.2f} mL"
-    )
+    reference = study.lesion_mask_pet()
+    truth = metrics.case_metrics(found.mask, reference, study.pet_grid.voxel_volume_ml)
+    print(f"Patient {case.patient_id}: {detections_against_truth(found.lesion_map, reference, truth)}")
+    print(f"Against the ground truth: Dice {truth.dice:.3f}, FPV {truth.fpv_ml:.2f} mL, FNV {truth.fnv_ml:.2f} mL")
     print(f"{'lesion':>6} {'MTV mL':>8} {'SUVmax':>7} {'SUVpeak':>8} {'SUVmean':>8} {'TLG':>8}")
     for lesion in found.lesions:
         print(
@@ -81,3 +83,22 @@ def _print_summary(study, case: SyntheticCase, result: StudyPrediction, out_dir:
     print(f"Detections:      {predicted} (lesions.csv, pictures/, nnUNet_raw/, Annotation/)")
     notes = f" ({'; '.join(found.notes)})" if found.notes else ""
     print(f"Model on:        {found.device} in {result.seconds:.1f} s{notes}")
+
+
+def detections_against_truth(lesion_map: np.ndarray, reference: np.ndarray, truth: metrics.CaseMetrics) -> str:
+    """How the detections compare with the truth, e.g. "4 detected: 3 of the 4 true lesions, 1 false positive".
+
+    The detections are the lesion table's rows (``lesion_map``'s lesions); a false positive is one
+    that touches no true lesion. The true lesions found are ``truth``'s (autoPET's 18-connected
+    count), so where a detection covers two true lesions or one true lesion is detected in pieces,
+    the detections on true lesions are counted too, and the numbers still add up.
+    """
+    detected = int(lesion_map.max())
+    on_truth = np.unique(lesion_map[np.asarray(reference) > 0])
+    true_detections = int(np.count_nonzero(on_truth))
+    false_positives = detected - true_detections
+    plural = "" if truth.reference_lesions == 1 else "s"
+    text = f"{detected} detected: {truth.detected_lesions} of the {truth.reference_lesions} true lesion{plural}"
+    if true_detections != truth.detected_lesions:
+        text += f" (by {true_detections} detection{'' if true_detections == 1 else 's'})"
+    return text + f", {false_positives} false positive{'' if false_positives == 1 else 's'}"

@@ -384,17 +384,27 @@ def _check_volume(volume: np.ndarray, grid: Grid, what: str) -> np.ndarray:
 # --------------------------------------------------------------------------- CT
 
 
+def ct_series_description(grid: Grid) -> str:
+    """A CT series' description from the slice thickness its SliceThickness says (the slice spacing): "CT 2.5mm"."""
+    return f"CT {round(float(grid.spacing[2]), 2):g}mm"
+
+
 def write_ct_series(
     hu: np.ndarray,
     grid: Grid,
     study: StudyInfo,
     out_dir: Path,
     series_number: int = 2,
-    series_description: str = "CT 3mm",
+    series_description: Optional[str] = None,
     overwrite: bool = False,
 ) -> SeriesWriteResult:
-    """Write ``hu`` (indexed [k, j, i], rounded to whole HU, -1024..64511) as a CT series in ``out_dir``."""
+    """Write ``hu`` (indexed [k, j, i], rounded to whole HU, -1024..64511) as a CT series in ``out_dir``.
+
+    Without ``series_description`` the series is described by its slice thickness (:func:`ct_series_description`).
+    """
     _validate_study(study)
+    if series_description is None:
+        series_description = ct_series_description(grid)
     hu = _check_volume(hu, grid, "CT")
     hu_int = np.rint(hu).astype(np.int64)
     if hu_int.min() < CT_RESCALE_INTERCEPT or hu_int.max() > CT_MAX_HU:

@@ -5,16 +5,20 @@ For each lesion of a numbered lesion map on the PET grid:
 - SUVmax, SUVmean over the lesion's voxels; TLG = SUVmean x MTV (g, since SUV is g/mL).
 - SUVpeak: the highest mean SUV in a 1 mL sphere (radius 6.2 mm) centred on any voxel of
   the lesion (PERCIST's definition, with the sphere made of the voxels whose centres lie in
-  it; the sphere may reach outside the lesion, not outside the image).
-- centroid (LPS mm), bounding box in voxel indices, and the model's highest probability in
-  the lesion when a probability map is given (the lesion's detection score).
+  it; the sphere may reach outside the lesion, not outside the image). A lesion with fewer
+  voxels than the sphere cannot hold it: its SUVpeak mixes in the tissue around it and can be
+  below its SUVmean, which ``suv_peak_sphere_exceeds_lesion`` says.
+- centroid (LPS mm), bounding box in voxel indices, and, when a probability map is given, the
+  model's probability for the lesion: its highest value over the lesion's voxels (``score``,
+  the lesion's detection score, like a box's score on its slice) and its mean over them
+  (``probability_mean``: the highest saturates at 1 in most true lesions, the mean tells them apart).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Dict, List, Optional, Tuple
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -37,13 +41,10 @@ class LesionMeasurement:
     tlg: float
     centroid_lps: Tuple[float, float, float]
     bbox_kji: Tuple[Tuple[int, int], Tuple[int, int], Tuple[int, int]]  # inclusive (first, last) per axis
-    score: Optional[float] = None  # highest model probability inside the lesion
-
-    def as_row(self) -> Dict[str, object]:
-        row = asdict(self)
-        row["centroid_lps"] = ";".join(f"{v:.1f}" for v in self.centroid_lps)
-        row["bbox_kji"] = ";".join(f"{a}-{b}" for a, b in self.bbox_kji)
-        return row
+    score: Optional[float] = None  # highest model probability inside the lesion (None: measured without a model)
+    probability_mean: Optional[float] = None  # mean model probability over the lesion's voxels
+    # The lesion has fewer voxels than the SUVpeak sphere, so the sphere reaches outside it wherever it is put.
+    suv_peak_sphere_exceeds_lesion: bool = False
 
 
 def measure_lesions(
@@ -54,6 +55,8 @@ def measure_lesions(
         raise ValueError(
             f"lesion map {lesion_map.shape}, PET {pet_suv.shape} and grid {grid.shape} must have the same shape"
         )
+    if probability is not None and probability.shape != lesion_map.shape:
+        raise ValueError(f"probability {probability.shape} and lesion map {lesion_map.shape} are on different grids")
     offsets = sphere_offsets(grid.spacing, PEAK_SPHERE_RADIUS_MM)
     reach = np.abs(offsets).max(axis=0)
     result = []
@@ -67,7 +70,8 @@ def measure_lesions(
         centroid = grid.index_to_lps(index.mean(axis=0))
         mtv = float(values.size * grid.voxel_volume_ml)
         suv_mean = float(values.mean())
-        score = None if probability is None else float(probability[extent][inside].max())
+        # float64: a worker's float16 probability summed over a large lesion would lose its digits.
+        lesion_probability = None if probability is None else probability[extent][inside].astype(np.float64)
         result.append(
             LesionMeasurement(
                 label=label,
@@ -79,7 +83,9 @@ def measure_lesions(
                 tlg=suv_mean * mtv,
                 centroid_lps=tuple(float(c) for c in centroid),  # type: ignore[arg-type]
                 bbox_kji=tuple((int(s.start), int(s.stop) - 1) for s in extent),  # type: ignore[arg-type]
-                score=score,
+                score=None if lesion_probability is None else float(lesion_probability.max()),
+                probability_mean=None if lesion_probability is None else float(lesion_probability.mean()),
+                suv_peak_sphere_exceeds_lesion=bool(values.size < len(offsets)),
             )
         )
     return result

@@ -4,9 +4,10 @@ For each PET/CT study found under the given paths (any layout, several patients)
 
     DICOM -> CT + PET SUV (study.load_study) -> CT resampled onto the PET grid
     -> detection.detect_lesions (bundled or given model)
-    -> OUT/<case id>/lesions.csv            one row per lesion (SUVmax/mean/peak, MTV, TLG, ...)
-    -> OUT/<case id>/pictures/*.png         fused axial slices through the largest lesions with
-                                            contours and boxes, coronal PET MIP with lesions marked
+    -> OUT/<case id>/lesions.csv            one row per lesion: the study's identity, SUVbw max/mean/peak,
+                                            MTV, TLG, probability, centroid, CT slices (LESION_COLUMNS)
+    -> OUT/<case id>/pictures/*.png         a fused axial picture of every lesion, named by the CT slice's
+                                            InstanceNumber, and a coronal PET MIP with every lesion numbered
     -> OUT/nnUNet_raw/<dataset>/            CT, PET and the predicted label as an nnU-Net case
     -> OUT/Annotation/<patient>/<UID>.xml   the lesions' boxes on each CT slice (VOC)
 
@@ -32,7 +33,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -40,29 +41,48 @@ import SimpleITK as sitk
 from . import nnunet, preview, voc
 from .detection import Detection, detect_lesions, lesions_on_ct
 from .fileio import StagedOutputs, atomic_output, atomic_write_text, is_inside, refuse_overwriting
-from .geometry import Grid
+from .geometry import Grid, lps_to_ras
 from .lesions import SliceBox, voc_annotations_from_boxes
 from .measurements import LesionMeasurement
 from .resampling import resample_ct_to_pet
 
 if TYPE_CHECKING:
-    from .study import DicomStudy, PetCtPair
+    from .study import DicomStudy, LoadedStudy, PetCtPair
 
 PREDICTED_DATASET = "Dataset902_PETCTLesionsPredicted"
-PICTURE_LESIONS = 3
 ProgressCallback = Callable[[float, str], None]
 CancelCallback = Callable[[], bool]
-LESION_COLUMNS = (
-    "label",
-    "voxels",
+# The lesion table's columns (README, "lesions.csv"): the study on every row, so that the tables of many
+# studies can be concatenated; units in the names (SUVbw is g/mL, TLG = SUVbw mean x MTV is g); plain
+# names a spreadsheet and pandas take as they are (one value per cell, no spaces or brackets).
+IDENTITY_COLUMNS = ("case_id", "patient_id", "study_instance_uid", "study_date", "pet_series_instance_uid")
+LESION_COLUMNS = IDENTITY_COLUMNS + (
+    "lesion",
+    "pet_voxels",
     "mtv_ml",
-    "suv_max",
-    "suv_mean",
-    "suv_peak",
-    "tlg",
-    "score",
-    "centroid_lps",
-    "bbox_kji",
+    "suvbw_max_g_ml",
+    "suvbw_mean_g_ml",
+    "suvbw_peak_g_ml",
+    "suvbw_peak_sphere_exceeds_lesion",
+    "tlg_g",
+    "probability_max",
+    "probability_mean",
+    "centroid_lps_x_mm",
+    "centroid_lps_y_mm",
+    "centroid_lps_z_mm",
+    "centroid_ras_x_mm",
+    "centroid_ras_y_mm",
+    "centroid_ras_z_mm",
+    "ct_instance_number_min",
+    "ct_instance_number_max",
+    "ct_slice_z_min_mm",
+    "ct_slice_z_max_mm",
+    "pet_i_min",
+    "pet_i_max",
+    "pet_j_min",
+    "pet_j_max",
+    "pet_k_min",
+    "pet_k_max",
 )
 
 
@@ -89,15 +109,123 @@ class StudyPrediction:
     left_out: str = ""  # why nothing under this name was processed, when that is no error (a CT-only study)
 
 
-def lesion_table_csv(lesions: Sequence[LesionMeasurement]) -> str:
-    """The lesion table as CSV text (one row per lesion, columns LESION_COLUMNS)."""
+@dataclass(frozen=True)
+class StudyIdentity:
+    """What names a study's rows in the lesion table. An nnU-Net case has only its case id."""
+
+    case_id: str
+    patient_id: str = ""  # DICOM PatientID
+    study_instance_uid: str = ""
+    study_date: str = ""  # DICOM StudyDate as the PET gives it (YYYYMMDD); written as YYYY-MM-DD
+    pet_series_instance_uid: str = ""  # the PET series the lesions were found in
+
+
+@dataclass(frozen=True)
+class LesionSlices:
+    """The axial CT slices a lesion crosses, as a reader finds them in a viewer."""
+
+    z_mm: Tuple[float, float]  # lowest and highest slice position, patient z (LPS z = RAS S), mm
+    instance_numbers: Optional[Tuple[int, int]] = None  # lowest and highest InstanceNumber; None: none per slice
+
+
+def lesion_slices_on_ct(
+    boxes: Sequence[SliceBox], ct_grid: Grid, instance_numbers: Sequence[int]
+) -> Dict[int, LesionSlices]:
+    """Each lesion's CT slices (by lesion number) from its boxes on the CT slices (``lesions_on_ct``):
+    the slices of its VOC boxes and its outline in the pictures. ``instance_numbers[k]`` is CT slice
+    k's InstanceNumber, or empty when the slices have none of their own (multi-frame or resampled)."""
+    numbered = len(instance_numbers) == ct_grid.size[2]
+    slices_of: Dict[int, List[int]] = {}
+    for box in boxes:
+        slices_of.setdefault(box.lesion, []).append(box.k)
+    return {
+        lesion: LesionSlices(
+            _slice_z_range(ct_grid, ks),
+            (min(instance_numbers[k] for k in ks), max(instance_numbers[k] for k in ks)) if numbered else None,
+        )
+        for lesion, ks in slices_of.items()
+    }
+
+
+def lesion_slices_on_grid(lesions: Sequence[LesionMeasurement], grid: Grid) -> Dict[int, LesionSlices]:
+    """Each lesion's slices of ``grid`` (an nnU-Net case's, where the CT lies on the PET grid); no numbers."""
+    return {lesion.label: LesionSlices(_slice_z_range(grid, lesion.bbox_kji[0])) for lesion in lesions}
+
+
+def _slice_z_range(grid: Grid, ks: Sequence[int]) -> Tuple[float, float]:
+    # A slice's position is its first voxel's (ImagePositionPatient): what a viewer shows as its location.
+    z = [float(grid.index_to_lps([0.0, 0.0, float(k)])[2]) for k in (min(ks), max(ks))]
+    return (min(z), max(z))
+
+
+def lesion_table_csv(
+    lesions: Sequence[LesionMeasurement],
+    identity: StudyIdentity,
+    slices: Optional[Mapping[int, LesionSlices]] = None,
+) -> str:
+    """The lesion table as CSV text: one row per lesion, columns LESION_COLUMNS (see the README).
+
+    ``slices`` gives each lesion's CT slices by lesion number; a lesion without (outside the CT)
+    and a value not measured (no model probability) are empty cells, never 0.
+    """
     stream = io.StringIO()
     writer = csv.DictWriter(stream, fieldnames=list(LESION_COLUMNS), lineterminator="\n")
     writer.writeheader()
+    study = {
+        "case_id": identity.case_id,
+        "patient_id": identity.patient_id,
+        "study_instance_uid": identity.study_instance_uid,
+        "study_date": _iso_date(identity.study_date),
+        "pet_series_instance_uid": identity.pet_series_instance_uid,
+    }
     for lesion in lesions:
-        row = lesion.as_row()
-        writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items() if k in LESION_COLUMNS})
+        on_ct = (slices or {}).get(lesion.label)
+        instance_range = on_ct.instance_numbers if on_ct is not None else None
+        lps = lesion.centroid_lps
+        (k0, k1), (j0, j1), (i0, i1) = lesion.bbox_kji
+        row = {
+            **study,
+            "lesion": lesion.label,
+            "pet_voxels": lesion.voxels,
+            "mtv_ml": _value(lesion.mtv_ml),
+            "suvbw_max_g_ml": _value(lesion.suv_max),
+            "suvbw_mean_g_ml": _value(lesion.suv_mean),
+            "suvbw_peak_g_ml": _value(lesion.suv_peak),
+            "suvbw_peak_sphere_exceeds_lesion": "true" if lesion.suv_peak_sphere_exceeds_lesion else "false",
+            "tlg_g": _value(lesion.tlg),
+            "probability_max": _value(lesion.score),
+            "probability_mean": _value(lesion.probability_mean),
+            **{f"centroid_lps_{axis}_mm": _mm(value) for axis, value in zip("xyz", lps)},
+            **{f"centroid_ras_{axis}_mm": _mm(value) for axis, value in zip("xyz", lps_to_ras(lps))},
+            "ct_instance_number_min": "" if instance_range is None else instance_range[0],
+            "ct_instance_number_max": "" if instance_range is None else instance_range[1],
+            "ct_slice_z_min_mm": "" if on_ct is None else _mm(on_ct.z_mm[0]),
+            "ct_slice_z_max_mm": "" if on_ct is None else _mm(on_ct.z_mm[1]),
+            "pet_i_min": i0,
+            "pet_i_max": i1,
+            "pet_j_min": j0,
+            "pet_j_max": j1,
+            "pet_k_min": k0,
+            "pet_k_max": k1,
+        }
+        writer.writerow(row)
     return stream.getvalue()
+
+
+def _value(value: Optional[float]) -> str:
+    """A measurement (SUV, mL, g, probability) to 4 decimals; empty when there is none."""
+    return "" if value is None or not math.isfinite(value) else f"{value:.4f}"
+
+
+def _mm(value: float) -> str:
+    text = f"{value:.2f}"
+    return "0.00" if text == "-0.00" else text
+
+
+def _iso_date(study_date: str) -> str:
+    """DICOM's YYYYMMDD as YYYY-MM-DD (what spreadsheets and pandas read as a date); anything else as given."""
+    date = study_date.strip()
+    return f"{date[:4]}-{date[4:6]}-{date[6:]}" if re.fullmatch(r"\d{8}", date) else date
 
 
 def is_nnunet_dataset(path: Path) -> bool:
@@ -325,15 +453,15 @@ def _predict_loaded(loaded, case_id: str, out_dir: Path, model, options, cancel,
     dataset = out_dir / "nnUNet_raw" / PREDICTED_DATASET
     folder = out_dir / case_id
     with StagedOutputs(out_dir, options.overwrite) as staging, _named_as_targets(staging):
-        staged = [atomic_write_text(staging.path(folder / "lesions.csv"), lesion_table_csv(found.lesions))]
+        table = _study_lesion_table(loaded, case_id, found, ct_grid, boxes, notes)
+        staged = [atomic_write_text(staging.path(folder / "lesions.csv"), table)]
         case = nnunet.NnUNetCase(case_id, ct_on_pet, loaded.pet_suv, pet_grid.to_sitk(found.mask))
         staged += nnunet.write_case(staging.path(dataset), case).values()  # its dataset.json stays behind
         if annotations:
             staged += voc.write_voc_folder(annotations, staging.path(voc_folder))
         if options.pictures:
-            ct_hu = sitk.GetArrayViewFromImage(loaded.ct)
             pictures = staging.path(folder / "pictures")
-            staged += render_pictures(ct_hu, ct_grid, loaded.pet_suv, found, lesion_map_ct, boxes, pictures, False)
+            staged += render_pictures(loaded, found, lesion_map_ct, boxes, pictures, False, notes)
         _refuse_earlier_results([staging.target_of(path) for path in staged], options.overwrite)
         if options.overwrite:  # an earlier result's files that the new one does not replace by name go too
             staging.retire((folder / "pictures").glob("*.png"))
@@ -343,6 +471,23 @@ def _predict_loaded(loaded, case_id: str, out_dir: Path, model, options, cancel,
         # dataset.json last, counted from the cases then present: it never lists a case that is not there.
         written = staging.commit(staged, finish=lambda: nnunet.update_dataset_json(dataset))
     return found, written
+
+
+def _study_lesion_table(
+    loaded, case_id: str, found: Detection, ct_grid: Grid, boxes: Sequence[SliceBox], notes: List[str]
+) -> str:
+    """A DICOM study's lesions.csv: its identity on every row, each lesion's CT slices from its boxes."""
+    identity = StudyIdentity(
+        case_id, loaded.patient_id, loaded.study_uid, loaded.study_date, loaded.pet_series.series_uid
+    )
+    instance_numbers = loaded.ct_series.slice_instance_numbers
+    if found.lesions and len(instance_numbers) != ct_grid.size[2]:
+        notes.append(
+            "lesions.csv: no CT InstanceNumbers (ct_instance_number_min/max empty): this CT's slices have none of "
+            "their own (a multi-frame CT, slices resampled onto an even spacing, or numbers missing or repeated); "
+            "ct_slice_z_min/max_mm give the slices' positions"
+        )
+    return lesion_table_csv(found.lesions, identity, lesion_slices_on_ct(boxes, ct_grid, instance_numbers))
 
 
 class StudyOutputError(OSError):
@@ -414,7 +559,9 @@ def _predict_dataset(dataset: Path, out_dir: Path, model, options, report, cance
                 staged_label = staging.path(label_path)
                 with atomic_output(staged_label) as temporary:
                     nnunet.write_nifti_gz(pet_grid.to_sitk(result.detection.mask), temporary)
-                table = lesion_table_csv(result.detection.lesions)
+                # No DICOM behind an nnU-Net case: its id names the rows, and its CT lies on the PET grid.
+                lesions = result.detection.lesions
+                table = lesion_table_csv(lesions, StudyIdentity(case_id), lesion_slices_on_grid(lesions, pet_grid))
                 staged = [staged_label, atomic_write_text(staging.path(out_dir / f"{case_id}_lesions.csv"), table)]
                 result.written = staging.commit(staged)
         except (OSError, ValueError) as error:
@@ -429,31 +576,29 @@ def _predict_dataset(dataset: Path, out_dir: Path, model, options, report, cance
 
 
 def render_pictures(
-    ct_hu: np.ndarray,
-    ct_grid: Grid,
-    pet_suv: sitk.Image,
+    loaded: LoadedStudy,
     found: Detection,
     lesion_map_ct: np.ndarray,
     boxes: Sequence[SliceBox],
     folder: Path,
-    overwrite: bool,
+    overwrite: bool = False,
+    notes: Optional[List[str]] = None,
 ) -> List[Path]:
-    """Fused axial slices through the largest lesions (contours + boxes; lung window beside) and a PET MIP."""
-    boxes_by_slice = {}
-    for box in boxes:
-        boxes_by_slice.setdefault(box.k, []).append(box)
-    written = []
-    for label, k in preview.lesion_slices_by_size(lesion_map_ct, PICTURE_LESIONS):
-        pet_slice = preview.pet_on_ct_slice(pet_suv, ct_grid, k)
-        rgb = preview.fused_axial_rgb(ct_hu[k], pet_slice, "Mediastinum")
-        preview.draw_outline(rgb, lesion_map_ct[k] > 0)
-        for box in boxes_by_slice.get(k, []):
-            preview.draw_box(rgb, (box.c0, box.r0, box.c1, box.r1))
-        lung = preview.fused_axial_rgb(ct_hu[k], pet_slice, "Lung", pet_opacity=0.0)
-        factor = max(1, 512 // ct_grid.size[0])
-        picture = preview.upscale(np.concatenate([rgb, lung], axis=1), factor)
-        written.append(preview.write_png(folder / f"axial_lesion{label}_slice{k + 1}.png", picture, overwrite))
-    pet = sitk.GetArrayViewFromImage(pet_suv)
-    mip = preview.coronal_mip_rgb(pet, found.pet_grid, lesion_labels=found.lesion_map)
-    written.append(preview.write_png(folder / "pet_mip_coronal.png", preview.upscale(mip, 2), overwrite))
+    """A fused axial picture of every lesion (the smallest on contact sheets past ``preview.AXIAL_PICTURES``),
+    named by the CT slice's InstanceNumber, and the coronal PET MIP with every lesion numbered (see
+    :mod:`preview`). A lesion the CT does not reach is on the MIP only, which ``notes`` says."""
+    ct_series = loaded.ct_series
+    pictures = preview.StudyPictures(
+        ct_hu=sitk.GetArrayViewFromImage(loaded.ct),
+        ct_grid=Grid.from_sitk(loaded.ct),
+        numbering=preview.SliceNumbering(ct_series.slice_instance_numbers, ct_series.slice_frame_numbers),
+        pet_suv=loaded.pet_suv,
+        lesion_map=found.lesion_map,
+        lesions=found.lesions,
+        lesion_map_ct=lesion_map_ct,
+        boxes=boxes,
+    )
+    written, picture_notes = pictures.write(folder, overwrite)
+    if notes is not None:
+        notes.extend(f"pictures: {note}" for note in picture_notes)
     return written

@@ -91,6 +91,12 @@ class SeriesInfo:
     # SOPInstanceUID of the file behind each image slice k (the link VOC annotations use);
     # empty when slices were interpolated and no file matches a slice exactly.
     slice_sop_instance_uids: List[str] = field(default_factory=list)
+    # What a DICOM viewer numbers each image slice k by, for pictures and tables a reader finds the
+    # slice with: the InstanceNumber of its file (empty when a slice has no file of its own, or the
+    # files give no distinct numbers), or for the frames of one multi-frame file (Enhanced CT) the
+    # frame number, from 1 (empty otherwise). Both empty: only the slice's position identifies it.
+    slice_instance_numbers: List[int] = field(default_factory=list)
+    slice_frame_numbers: List[int] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -148,7 +154,28 @@ class SeriesInfo:
                 and not series.uid_clashes
                 else []  # VOC files are named after their slice's instance: a resampled or multi-frame CT has none
             ),
+            slice_instance_numbers=_slice_instance_numbers(geometry),
+            slice_frame_numbers=_slice_frame_numbers(geometry),
         )
+
+
+def _slice_instance_numbers(geometry: Optional[SeriesGeometry]) -> List[int]:
+    """InstanceNumber of each slice's own file, when every slice is a file with a number of its own."""
+    if geometry is None or geometry.resampled or any(h.frame is not None for h in geometry.headers):
+        return []
+    numbers = [h.instance_number for h in geometry.headers]
+    if any(n is None for n in numbers) or len(set(numbers)) != len(numbers):
+        return []  # InstanceNumber is type 2 (may be empty); repeated numbers would name two slices alike
+    return [int(n) for n in numbers if n is not None]
+
+
+def _slice_frame_numbers(geometry: Optional[SeriesGeometry]) -> List[int]:
+    """Frame number (from 1) of each slice, when every slice is a frame of one multi-frame file."""
+    if geometry is None or geometry.resampled or any(h.frame is None for h in geometry.headers):
+        return []
+    if len({h.instance_key[0] for h in geometry.headers}) != 1:
+        return []  # frames of several files: a frame number alone does not say which image
+    return [h.frame + 1 for h in geometry.headers if h.frame is not None]
 
 
 # A PET/CT pairing as the study report shows it: the scan's pairing over series summaries.

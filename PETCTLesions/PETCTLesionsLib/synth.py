@@ -11,8 +11,10 @@ publish theirs, so every reader in the project is exercised on real file formats
 - ``truth/<case id>.json``: the lesions as generated (site, centre, size, uptake, voxel counts).
 
 Flavours: ``lung`` = Lung-PET-CT-Dx-like chest study (Patient ID ``Lung_Dx-<A|B|E|G><nnnn>``);
-``autopet`` = whole-body FDG study with autoPET-like identifiers (``PETCT_<hex>``, case ids
-with spaces). Case ``i`` of a run with seed ``S`` uses phantom seed ``S * 1000 + i``.
+``autopet`` = whole-body FDG study with autoPET-like identifiers (Patient ID ``PETCT_<hex>``, study
+folders with spaces). In both flavours the case id (nnU-Net files, truth table) is the one ``predict``
+gives the study from its DICOM (:func:`nnunet.case_id_for_study`), so ``evaluate`` pairs the ground
+truth with the prediction. Case ``i`` of a run with seed ``S`` uses phantom seed ``S * 1000 + i``.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -32,6 +34,7 @@ from .dicom_writer import (
     PetAcquisition,
     SeriesWriteResult,
     StudyInfo,
+    ct_series_description,
     make_uid,
     write_ct_series,
     write_pet_series,
@@ -96,10 +99,10 @@ def _identity(flavour: str, seed: int, index: int) -> _Identity:
         description = "PET-CT Ganzkoerper  primaer mit KM"  # autoPET descriptions carry double spaces
     study_uid = make_uid("study", flavour, seed, index)
     study_folder = f"{study_date:%m-%d-%Y}-NA-{description}-{study_uid[-5:]}"
-    if flavour == "lung":  # the id predict and convert give the study from its DICOM: evaluate pairs them by it
-        case_id = nnunet.case_id_for_study(patient_id, study_uid, f"{study_date:%Y%m%d}")
-    else:  # autoPET's own naming, spaces included, as the real download has it
-        case_id = f"fdg_{patient_id[6:]}_{study_folder}"
+    # The id predict and convert give the study from its DICOM (both flavours): evaluate pairs the
+    # ground truth with predict's result by it. (autoPET's own ids, "fdg_<hex>_<study folder>" with
+    # spaces, name no DICOM study predict could read back.)
+    case_id = nnunet.case_id_for_study(patient_id, study_uid, f"{study_date:%Y%m%d}")
     patient = PatientInfo(patient_id=patient_id, patient_name=patient_id, sex=sex, age_years=age, weight_kg=weight_kg)
     study = StudyInfo(
         patient=patient,
@@ -128,18 +131,14 @@ def write_synthetic_case(
         raise ValueError(f"unknown flavour {flavour!r}; choose one of {', '.join(FLAVOURS)}")
     out_dir = Path(out_dir)
     identity = _identity(flavour, seed, index)
-    study_dir = out_dir / COLLECTION_FOLDERS[flavour] / identity.patient.patient_id / identity.study_folder
-
-    dataset_dir = out_dir / "nnUNet_raw" / DATASET_FOLDER
-    truth_path = out_dir / "truth" / f"{identity.case_id}.json"
+    study_dir, truth_path, dataset_dir = _output_places(out_dir, flavour, identity)
     # Refused before anything is written: a refused run leaves the folder as it was.
-    earlier = (study_dir, truth_path, *nnunet.case_paths(dataset_dir, identity.case_id).values())
-    refuse_overwriting(earlier, overwrite)
+    refuse_overwriting(_case_outputs(out_dir, flavour, identity), overwrite)
 
     # Series folders are named after their UIDs, which the writer derives; write into a
     # staging folder beside the study first (removed if anything fails), then move the series
     # into the study folder under their NBIA-style names.
-    ct_description, pet_description = "CT 3mm", "PET WB AC"
+    ct_description, pet_description = ct_series_description(study.ct_grid), "PET WB AC"
     study_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".staging-", dir=study_dir.parent) as staging:
         ct_tmp, pet_tmp = Path(staging) / "ct", Path(staging) / "pet"
@@ -180,6 +179,24 @@ def write_synthetic_case(
         voc_files=voc_files,
         truth_file=truth_file,
     )
+
+
+def _output_places(out_dir: Path, flavour: str, identity: _Identity) -> Tuple[Path, Path, Path]:
+    """Where a case goes: its DICOM study folder, its truth table and the nnU-Net dataset."""
+    study_dir = out_dir / COLLECTION_FOLDERS[flavour] / identity.patient.patient_id / identity.study_folder
+    return study_dir, out_dir / "truth" / f"{identity.case_id}.json", out_dir / "nnUNet_raw" / DATASET_FOLDER
+
+
+def _case_outputs(out_dir: Path, flavour: str, identity: _Identity) -> List[Path]:
+    """The files and folders of a case whose names do not depend on the generated images: an earlier run's."""
+    study_dir, truth_path, dataset_dir = _output_places(out_dir, flavour, identity)
+    return [study_dir, truth_path, *nnunet.case_paths(dataset_dir, identity.case_id).values()]
+
+
+def refuse_earlier_cases(out_dir: Path, flavour: str, seed: int, cases: int, overwrite: bool = False) -> None:
+    """Refuse before any phantom is generated (seconds each) when an earlier run's case is in the way."""
+    for index in range(cases):
+        refuse_overwriting(_case_outputs(Path(out_dir), flavour, _identity(flavour, seed, index)), overwrite)
 
 
 def _move_series(result: SeriesWriteResult, staging: Path, final: Path, overwrite: bool) -> SeriesWriteResult:
@@ -274,6 +291,7 @@ def generate_dataset(
         raise ValueError(f"unknown flavour {flavour!r}; choose one of {', '.join(FLAVOURS)}")
     if cases < 1:
         raise ValueError("cases must be at least 1")
+    refuse_earlier_cases(out_dir, flavour, seed, cases, overwrite)
     body = "torso" if flavour == "lung" else "wholebody"
     written = []
     for index in range(cases):

@@ -735,7 +735,7 @@ def test_results_on_another_file_system_than_the_output_folder_are_copied_into_p
         assert main([*arguments, *again]) == 0, capsys.readouterr().out
         assert "NOT processed" not in capsys.readouterr().out
         table = out / case.case_id / "lesions.csv"
-        assert table.read_text().startswith("label,voxels,")
+        assert table.read_text().startswith("case_id,patient_id,")
         assert nnunet.read_dataset_json(out / "nnUNet_raw" / PREDICTED_DATASET)["numTraining"] == 1
         assert not list(out.rglob(".*"))  # no copy, set-aside file or staging folder left
 

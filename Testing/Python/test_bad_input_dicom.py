@@ -172,12 +172,12 @@ def test_a_ct_covering_a_sliver_of_the_pet_is_refused_naming_both_series(tmp_pat
     report = info_report([tmp_path])
     (pair,) = report["studies"][0]["pet_ct_pairs"]
     assert pair["ct_coverage"] == pytest.approx(2.5 / 60.0)
-    assert f"CT series 2 'CT 3mm' ({ct.series_uid}) covers 2.5 mm of the 60.0 mm of PT series 3" in pair["error"]
+    assert f"CT series 2 'CT 2.5mm' ({ct.series_uid}) covers 2.5 mm of the 60.0 mm of PT series 3" in pair["error"]
     assert pet.series_uid in pair["error"] and "(4%), under 50%" in pair["error"]
     text = format_info(report)
     assert "the CT covers 4% of the PET's length along its slice axis" in text
-    assert "      cannot be loaded: CT series 2 'CT 3mm'" in text
-    with pytest.raises(StudyLoadError, match=f"CT series 2 'CT 3mm' \\({ct.series_uid}\\) covers 2.5 mm"):
+    assert "      cannot be loaded: CT series 2 'CT 2.5mm'" in text
+    with pytest.raises(StudyLoadError, match=f"CT series 2 'CT 2.5mm' \\({ct.series_uid}\\) covers 2.5 mm"):
         load_study([tmp_path])
 
 

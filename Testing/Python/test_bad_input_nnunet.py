@@ -289,11 +289,11 @@ def test_predict_reads_swapped_channels_that_dataset_json_names(dataset, generat
     with open(out / f"{_case_id(dataset)}_lesions.csv", newline="") as table:
         found = list(csv.DictReader(table))
     for lesion in found:  # measured on the PET: SUVs within the PET's own range
-        assert 0.0 < float(lesion["suv_peak"]) <= float(lesion["suv_max"]) <= pet_max
+        assert 0.0 < float(lesion["suvbw_peak_g_ml"]) <= float(lesion["suvbw_max_g_ml"]) <= pet_max
     # The largest generated lesion is found, with the SUVmax the generator put into it.
     (truth_file,) = (generated / "truth").glob("*.json")
     largest = max(json.loads(truth_file.read_text())["lesions"], key=lambda lesion: lesion["pet_voxels"])
-    assert any(abs(float(lesion["suv_max"]) - largest["suv_max"]) < 1e-3 for lesion in found)
+    assert any(abs(float(lesion["suvbw_max_g_ml"]) - largest["suv_max"]) < 1e-3 for lesion in found)
 
 
 def test_swapped_channels_that_dataset_json_does_not_name_are_refused(dataset):

@@ -90,9 +90,9 @@ def test_evaluate_lists_the_first_missing_predictions_and_counts_the_rest(tmp_pa
 def test_evaluate_partial_evaluates_the_cases_present_and_names_the_others(tmp_path, capsys):
     ref, pred = _evaluate_folders(tmp_path)
     assert main(["evaluate", "--pred", str(pred), "--ref", str(ref), "--partial", "--json"]) == 0
-    out = capsys.readouterr().out
-    table, _, as_json = out.partition("\n{")
-    summary = json.loads("{" + as_json)
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)  # --json: stdout is the JSON alone, the table and notes are on stderr
+    table = captured.err
     assert summary["cases"] == 2.0
     assert summary["dice"] == (1.0 + 2 / 3) / 2
     assert summary["fnv_ml"] == 0.0 and summary["fpv_ml"] == 0.0

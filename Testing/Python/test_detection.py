@@ -72,6 +72,7 @@ def test_detections_become_segments_and_boxes_beside_the_users_own_segment(mrml_
     measured = segment_measurements(first)
     assert measured["suv_max"] == pytest.approx(found.lesions[0].suv_max, rel=1e-5)
     assert measured["mtv_ml"] == pytest.approx(found.lesions[0].mtv_ml, rel=1e-5)
+    assert measured["probability_mean"] == pytest.approx(found.lesions[0].probability_mean, rel=1e-5)
     assert segment_measurements(content.GetNthSegment(1)) == {}  # the user's note has none
     # The detections are on the PET grid voxel for voxel; the user's segment is untouched.
     on_pet, order = lesion_map_on(user, pet)
@@ -120,11 +121,12 @@ def test_detections_get_voc_boxes_on_the_ct_slices_of_a_lung_dx_patient(mrml_sce
 def test_demo_detects_the_lesions_and_writes_table_pictures_nnunet_and_voc(tmp_path, capsys, monkeypatch):
     assert main(["demo", "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
-    assert "true lesion(s)" in printed and "Against the ground truth: Dice" in printed
+    assert " true lesion" in printed and "Against the ground truth: Dice" in printed
     (case_dir,) = [p for p in (tmp_path / "predicted").iterdir() if p.is_dir() and p.name.startswith("Lung_Dx-")]
     with open(case_dir / "lesions.csv", newline="") as stream:
         rows = list(csv.DictReader(stream))
-    assert rows and float(rows[0]["mtv_ml"]) > 0 and float(rows[0]["suv_max"]) >= float(rows[0]["suv_peak"]) > 0
+    assert rows and float(rows[0]["mtv_ml"]) > 0
+    assert float(rows[0]["suvbw_max_g_ml"]) >= float(rows[0]["suvbw_peak_g_ml"]) > 0
     pictures = sorted(p.name for p in (case_dir / "pictures").glob("*.png"))
     assert "pet_mip_coronal.png" in pictures and any(name.startswith("axial_lesion1_") for name in pictures)
     axial = sitk.GetArrayFromImage(sitk.ReadImage(str(next((case_dir / "pictures").glob("axial_lesion1_*.png")))))
@@ -133,7 +135,7 @@ def test_demo_detects_the_lesions_and_writes_table_pictures_nnunet_and_voc(tmp_p
     outline = (left[..., 1] > 200) & (left[..., 0] < 100) & (left[..., 2] < 120)  # lesion contour
     assert heat.sum() > 50 and outline.sum() > 10
     label = next((tmp_path / "predicted" / "nnUNet_raw").glob("*/labelsTr/*.nii.gz"))
-    assert sitk.GetArrayFromImage(sitk.ReadImage(str(label))).sum() == sum(int(r["voxels"]) for r in rows)
+    assert sitk.GetArrayFromImage(sitk.ReadImage(str(label))).sum() == sum(int(r["pet_voxels"]) for r in rows)
     assert list((tmp_path / "predicted" / "Annotation").glob("*/*.xml"))
     # The prediction is named as the ground truth case, so evaluate pairs the two.
     truth_labels = next((tmp_path / "nnUNet_raw").glob("*/labelsTr"))
@@ -148,14 +150,19 @@ def test_demo_detects_the_lesions_and_writes_table_pictures_nnunet_and_voc(tmp_p
     assert main(["predict", str(tmp_path / "Lung-PET-CT-Dx"), "--out", str(tmp_path / "predicted")]) == 1
     assert f"{case_dir / 'lesions.csv'}: already exists (an earlier run's result)" in capsys.readouterr().out
     # The same detections as Slicer's own axial and coronal views draw them (slicer-core, offscreen).
+    from PETCTLesionsLib.mrml.boxes import BOX_FILL_OPACITY, box_colour
     from PETCTLesionsLib.mrml.segmentations import lesion_colour
 
     segment_colour = np.array(lesion_colour(1)) * 255.0
+    # In the axial view the outline runs inside the lesion's box, under the box's faint fill.
+    box_rgb = np.array(box_colour(lesion_colour(1))) * 255.0
+    under_box = (1 - BOX_FILL_OPACITY) * segment_colour + BOX_FILL_OPACITY * box_rgb
     for name in ("slicer_axial_fused.png", "slicer_coronal_fused.png"):
         view = sitk.GetArrayFromImage(sitk.ReadImage(str(case_dir / name))).astype(float)
         assert view.shape == (512, 512, 3) and f"Slicer view: {case_dir / name}" in printed
         assert ((view[..., 0] > 150) & (view[..., 0] > view[..., 2] + 80)).sum() > 50  # PET colours
-        assert np.all(np.abs(view - segment_colour) <= 3, axis=-1).sum() > 20  # lesion 1's outline
+        outline = [np.all(np.abs(view - colour) <= 3, axis=-1) for colour in (segment_colour, under_box)]
+        assert (outline[0] | outline[1]).sum() > 20  # lesion 1's outline
 
 
 def test_predict_on_an_nnunet_dataset_then_evaluate_against_its_labels(tmp_path, capsys, monkeypatch):
@@ -179,8 +186,8 @@ def test_predict_on_an_nnunet_dataset_then_evaluate_against_its_labels(tmp_path,
     error = capsys.readouterr().err
     assert error.startswith(f"petct-lesions predict: error: {missing}") and "Traceback" not in error
     assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(dataset / "labelsTr"), "--json"]) == 0
-    printed = capsys.readouterr().out
-    assert "mean over 1 studies" in printed and '"box_map50"' in printed
+    printed = capsys.readouterr()  # --json: the JSON alone on stdout, the table on stderr
+    assert "mean over 1 studies" in printed.err and '"box_map50"' in printed.out
     # The same label against itself: perfect scores.
     label = next((dataset / "labelsTr").glob("*.nii.gz"))
     assert main(["evaluate", "--pred", str(label), "--ref", str(label), "--json"]) == 0

@@ -1,6 +1,8 @@
 """What the user sees, checked as a picture: Slicer's slice logic and its 2D displayable managers
 render the fused axial (Red) and coronal (Green) views offscreen, and the pixels show the CT
-window, the PET colours, the lesion's outline where the lesion is and the VOC box where it lies.
+window, the PET colours, the lesion's outline where the lesion is and the VOC box where it lies;
+the study pictures (`slicer_*_fused.png`) show the whole body, boxes apart from outlines, and
+the slice position, windows, orientation letters and the SUV colour bar.
 
 Expected pixel values are derived from the data, not from a reference picture: each picture
 pixel is mapped through the slice node's XY-to-RAS matrix onto the CT and PET voxels under it.
@@ -276,8 +278,8 @@ def test_box_outline_is_drawn_around_the_box(fused, view_name, size):
     rows, columns = np.nonzero(box_pixels)
     assert len(rows) > 20
     low, high = _box_rectangle(fused, view_name)
-    # Slicer draws the ROI's section as a rectangle, with its centre point as a disc: every
-    # box-coloured pixel is on the rectangle's edges or on that disc (3 % of the view's height).
+    # Slicer draws the ROI's section as a rectangle, with its centre point as a cross: every
+    # box-coloured pixel is on the rectangle's edges or within that glyph (3 % of the view's height).
     edge = np.minimum.reduce(
         [np.abs(columns - low[0]), np.abs(columns - high[0]), np.abs(rows - low[1]), np.abs(rows - high[1])]
     )
@@ -347,3 +349,239 @@ def test_unknown_view_is_refused(mrml_scene):
 
     with pytest.raises(ValueError, match="Purple"):
         render_slice_view("Purple")
+
+
+# ------------------------------------------------------------------ the study pictures (demo, predict)
+
+
+@pytest.fixture(scope="module")
+def study_views(tmp_path_factory, rendering_available):
+    """A generated Lung-PET-CT-Dx study (DICOM) and its true lesions as a detection, drawn by
+    ``write_detection_views`` as the demo draws its detections; what the checks need is kept
+    from the scene before it is cleared."""
+    import slicer
+
+    from PETCTLesionsLib import detection
+    from PETCTLesionsLib.geometry import lps_to_ras
+    from PETCTLesionsLib.measurements import measure_lesions
+    from PETCTLesionsLib.mrml import headless
+    from PETCTLesionsLib.mrml.boxes import roi_nodes
+    from PETCTLesionsLib.mrml.rendering import STUDY_VIEWS, slice_logic, view_annotations, write_detection_views
+    from PETCTLesionsLib.study import load_study
+    from PETCTLesionsLib.synth import generate_dataset
+
+    root = tmp_path_factory.mktemp("study_views")
+    # Seed 4: the largest lesion lies in the right lung, far off the body's centre.
+    (case,) = generate_dataset(root / "data", cases=1, seed=4, size="small", flavour="lung", n_lesions=3)
+    loaded = load_study([case.study_dir])
+    pet_grid = detection.Grid.from_sitk(loaded.pet_suv)
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(case.nnunet_files["label"])))
+    lesion_map, count = detection.lesions_from_probability(truth.astype(np.float32), 0.5, 0.0, pet_grid.voxel_volume_ml)
+    suv = sitk.GetArrayFromImage(loaded.pet_suv)
+    found = detection.Detection(
+        pet_grid, truth.astype(np.float32), lesion_map, measure_lesions(lesion_map, count, suv, pet_grid), 0.5, 0.0
+    )
+    headless.reset_scene()
+    try:
+        paths = write_detection_views(case.study_dir, found, root / "views")
+        views = {}
+        for (view_name, file_name), path in zip(STUDY_VIEWS, paths):
+            assert path.name == file_name
+            logic = slice_logic(view_name)
+            views[view_name] = {
+                "picture": sitk.GetArrayFromImage(sitk.ReadImage(str(path))),
+                "xy_to_ras": slicer.util.arrayFromVTKMatrix(logic.GetSliceNode().GetXYToRAS()),
+                "offset": logic.GetSliceOffset(),
+                "annotations": view_annotations(view_name),
+            }
+        axial_z = views["Red"]["offset"]
+        boxes = []
+        for node in roi_nodes(slicer.mrmlScene):
+            bounds = [0.0] * 6
+            node.GetRASBounds(bounds)
+            if bounds[4] <= axial_z <= bounds[5]:  # cut by the axial view's slice
+                centre = [0.0] * 3
+                node.GetCenterWorld(centre)
+                boxes.append({"bounds": bounds, "centre": centre, "colour": node.GetDisplayNode().GetColor()})
+        legend = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLColorLegendDisplayNode")
+        pet_colours = legend.GetPrimaryDisplayNode().GetColorNode().GetLookupTable()
+        return {
+            "views": views,
+            "ct_grid": detection.Grid.from_sitk(loaded.ct),
+            "ct_hu": sitk.GetArrayFromImage(loaded.ct),
+            "largest_ras": np.array(lps_to_ras(found.lesions[0].centroid_lps)),
+            "boxes": boxes,
+            "legend_frame": (legend.GetPosition(), legend.GetSize()),
+            "pet_colours": np.array(
+                [pet_colours.GetTableValue(n)[:3] for n in range(pet_colours.GetNumberOfTableValues())]
+            ),
+        }
+    finally:
+        headless.reset_scene()
+
+
+def _picture_xy(xy_to_ras: np.ndarray, ras: np.ndarray, height: int) -> np.ndarray:
+    """(column, row) in the picture (row 0 at the top) of RAS points ``ras`` (N, 3)."""
+    xy = (np.linalg.inv(xy_to_ras) @ np.c_[ras, np.ones(len(ras))].T)[:2].T
+    return np.c_[xy[:, 0], height - 1 - xy[:, 1]]
+
+
+def _ct_corners_ras(grid, k: float) -> np.ndarray:
+    """RAS of the outer corners (voxel edges, not centres) of CT slice ``k``."""
+    i_edges, j_edges = (-0.5, grid.size[0] - 0.5), (-0.5, grid.size[1] - 0.5)
+    corners = np.array([[i, j, k, 1.0] for i in i_edges for j in j_edges])
+    return (grid.ijk_to_ras() @ corners.T)[:3].T
+
+
+def test_study_views_show_the_whole_ct_with_the_body_centred(study_views):
+    """The axial picture is the CT's whole field of view, patient and table centred in it: not
+    panned to the lesion (which pushed the body aside, cut the table and left bands outside the
+    CT), but moved only through-plane onto the CT slice through the largest lesion."""
+    grid, hu = study_views["ct_grid"], study_views["ct_hu"]
+    axial = study_views["views"]["Red"]
+    height, width = axial["picture"].shape[:2]
+    ras_to_ijk = np.linalg.inv(grid.ijk_to_ras())
+    lesion_k = (ras_to_ijk @ np.r_[study_views["largest_ras"], 1.0])[2]
+    k = (ras_to_ijk @ (axial["xy_to_ras"] @ np.array([width / 2, height / 2, 0.0, 1.0])))[2]
+    # A CT slice itself (snapped), the one nearest the largest lesion's centre.
+    assert k == pytest.approx(round(k), abs=1e-3) and abs(k - lesion_k) <= 0.5 + 1e-3
+    k = int(round(k))
+    # The CT slice's outer corners are the picture's corners: no band outside the CT on any side.
+    corners = _picture_xy(axial["xy_to_ras"], _ct_corners_ras(grid, k), height)
+    assert sorted(map(tuple, np.round(corners + 0.5).astype(int))) == [(0, 0), (0, height), (width, 0), (width, height)]
+    # Everything that is not air on that slice (the body and the table under it) is in the picture,
+    # and the body is centred left to right.
+    rows, columns = np.nonzero(hu[k] > -500)
+    voxels = np.c_[columns, rows, np.full(len(rows), k), np.ones(len(rows))]
+    tissue = _picture_xy(axial["xy_to_ras"], (grid.ijk_to_ras() @ voxels.T)[:3].T, height)
+    assert tissue.min() >= 0 and tissue[:, 0].max() <= width - 1 and tissue[:, 1].max() <= height - 1
+    assert abs((tissue[:, 0].min() + tissue[:, 0].max()) / 2 - (width - 1) / 2) <= 0.05 * width
+    # The coronal view too: the CT's width fills the picture, through the largest lesion.
+    coronal = study_views["views"]["Green"]
+    centre_ras = coronal["xy_to_ras"] @ np.array([width / 2, height / 2, 0.0, 1.0])
+    assert abs(centre_ras[1] - study_views["largest_ras"][1]) <= grid.spacing[1] / 2 + 1e-3
+    corners = _picture_xy(coronal["xy_to_ras"], _ct_corners_ras(grid, (grid.size[2] - 1) / 2), height)
+    assert sorted(np.round(corners[:, 0] + 0.5).astype(int)) == [0, 0, width, width]
+
+
+def _colour_mask(picture: np.ndarray, rgb, tolerance: float = 3.0) -> np.ndarray:
+    return np.all(np.abs(picture.astype(float) - np.array(rgb) * 255.0) <= tolerance, axis=-1)
+
+
+def test_study_views_tell_box_from_outline_and_the_box_handle_is_no_disc(study_views):
+    """The box is drawn in a pale tint of its lesion's colour, the segment outline in the colour itself;
+    the box's centre handle is a thin cross, not a filled disc that would read as a focus of uptake."""
+    from PETCTLesionsLib.mrml.boxes import BOX_FILL_OPACITY, box_colour
+    from PETCTLesionsLib.mrml.segmentations import lesion_colour
+
+    axial = study_views["views"]["Red"]
+    picture = axial["picture"]
+    height = picture.shape[0]
+    outline_rgb, box_rgb = lesion_colour(1), box_colour(lesion_colour(1))
+    assert max(abs(a - b) for a, b in zip(outline_rgb, box_rgb)) * 255 >= 60  # far apart, not a shade
+    # The box of lesion 1 on the slice shown: its node has that colour, and the picture has both.
+    (box,) = [box for box in study_views["boxes"] if np.allclose(box["colour"], box_rgb, atol=1e-6)]
+    # The outline runs inside the box, under its faint fill.
+    under_fill = (1 - BOX_FILL_OPACITY) * np.array(outline_rgb) + BOX_FILL_OPACITY * np.array(box_rgb)
+    outline = _colour_mask(picture, outline_rgb) | _colour_mask(picture, under_fill)
+    box_pixels = _colour_mask(picture, box_rgb)
+    assert outline.sum() > 10 and box_pixels.sum() > 40
+    bounds = box["bounds"]
+    corners = np.array([(x, y, box["centre"][2]) for x in bounds[0:2] for y in bounds[2:4]])
+    corners = _picture_xy(axial["xy_to_ras"], corners, height)
+    low, high = corners.min(axis=0), corners.max(axis=0)
+    rows, columns = np.nonzero(box_pixels)
+    assert np.all((columns >= low[0] - 3) & (columns <= high[0] + 3) & (rows >= low[1] - 3) & (rows <= high[1] + 3))
+    # Around the box's centre, inside its edges, no 5 x 5 patch is all box colour: the handle is
+    # strokes 3 pixels wide, not a disc (Slicer's default handle: 3 % of the view's height across).
+    centre = np.round(_picture_xy(axial["xy_to_ras"], np.array([box["centre"]]), height)[0]).astype(int)
+    reach = int(min((high - low) / 2)) - 4  # the edges are drawn 3 pixels wide
+    assert reach >= 0.03 * height / 2
+    near = box_pixels[centre[1] - reach : centre[1] + reach + 1, centre[0] - reach : centre[0] + reach + 1]
+    assert near.sum() > 0  # the handle is there...
+    assert not np.lib.stride_tricks.sliding_window_view(near, (5, 5)).all(axis=(-2, -1)).any()  # ... and thin
+
+
+def test_study_views_carry_slice_position_windows_orientation_and_suv_colour_bar(study_views):
+    views = study_views["views"]
+    upper_left, left, right, top, bottom = 2, 6, 5, 7, 4  # vtkCornerAnnotation's positions
+    for view_name, orientation, axis, letters in (
+        ("Red", "Axial", "S", ("R", "L", "A", "P")),
+        ("Green", "Coronal", "A", ("R", "L", "S", "I")),
+    ):
+        view = views[view_name]
+        text = view["annotations"]
+        assert text[upper_left].split("\n") == [
+            f"{orientation} {axis}: {view['offset']:.1f} mm",
+            "F: PET (50%) PET-Heat SUVbw 0-10",
+            "B: CT W 350 L 40 (Mediastinum)",
+        ]
+        assert (text[left], text[right], text[top], text[bottom]) == letters
+    # The axial slice's position is the largest lesion's S coordinate, to half a CT slice.
+    assert abs(views["Red"]["offset"] - study_views["largest_ras"][2]) <= study_views["ct_grid"].spacing[2] / 2 + 1e-3
+
+    picture = views["Red"]["picture"].astype(int)
+    height, width = picture.shape[:2]
+    white = np.all(picture >= 200, axis=-1)  # the text is white (shadowed); air around the body is black
+    assert white[:45, :230].sum() > 150  # three lines, upper left
+    middle = slice(height // 2 - 12, height // 2 + 12)
+    assert white[middle, :16].sum() > 5 and white[middle, -16:].sum() > 5  # R and L at the edges
+    assert white[:16, width // 2 - 12 : width // 2 + 12].sum() > 5  # A
+    assert white[-16:, width // 2 - 12 : width // 2 + 12].sum() > 5  # P
+    # The SUV colour bar: PET-Heat's own colours, from black at the bottom to white at the top
+    # (SUV 0 to 10), in the legend's frame in the top right corner, with its text beside it.
+    (x, y), (frame_width, frame_height) = study_views["legend_frame"]
+    left_edge, bottom_edge = x * (1 - frame_width) * width, y * (1 - frame_height) * height
+    frame = picture[
+        int(height - bottom_edge - frame_height * height) : int(height - bottom_edge),
+        int(left_edge) : int(left_edge + frame_width * width) + 1,
+    ]
+    colours = study_views["pet_colours"] * 255.0
+    distance = np.abs(frame[:, :, None, :] - colours[None, None]).max(axis=-1)
+    index = distance.argmin(axis=-1)
+    on_bar = (distance.min(axis=-1) <= 2) & (frame[..., 0] - frame[..., 2] > 60)  # coloured, not grey text
+    assert len(np.unique(index[on_bar])) > 40
+    rows = np.nonzero(on_bar)[0]
+    assert np.median(rows[index[on_bar] > 192]) < np.median(rows[index[on_bar] < 64])  # SUV goes up
+    assert white[: int(height - bottom_edge), int(left_edge) :].sum() > 100  # labels and the title
+
+
+def test_suv_colour_bar_follows_the_pet_window_and_colour_table(fused):
+    """Slicer's colour legend of the PET display node: its range is the SUV window, its colours the
+    PET's colour table, in every view that shows the PET, and the view's text follows the window too."""
+    from PETCTLesionsLib.mrml.display import SUV_LEGEND_TITLE, set_pet_colormap, set_suv_window
+    from PETCTLesionsLib.mrml.rendering import OffscreenSliceView, view_annotations
+
+    legends = fused.slicer.mrmlScene.GetNodesByClass("vtkMRMLColorLegendDisplayNode")
+    assert legends.GetNumberOfItems() == 1
+    legend = legends.GetItemAsObject(0)
+    assert legend.GetPrimaryDisplayNode() is fused.pet.GetDisplayNode()
+    assert fused.pet.GetDisplayNode() is fused.pet.GetNthDisplayNode(0)  # still the volume's display node
+
+    def legend_actor(view):
+        (manager,) = [
+            view.displayable_managers.GetNthDisplayableManager(n)
+            for n in range(view.displayable_managers.GetDisplayableManagerCount())
+            if view.displayable_managers.GetNthDisplayableManager(n).GetClassName()
+            == "vtkMRMLColorLegendDisplayableManager"
+        ]
+        return manager.GetColorLegendActor(legend)
+
+    with OffscreenSliceView("Green", GREEN_SIZE) as view:
+        view.render()
+        actor = legend_actor(view)
+        assert actor.GetVisibility() and actor.GetTitle() == SUV_LEGEND_TITLE
+        assert actor.GetLookupTable().GetRange() == pytest.approx((0.0, 10.0))
+        set_suv_window(fused.pet, 2.0, 6.0)
+        set_pet_colormap(fused.pet, "PET-Rainbow2")
+        view.render()
+        actor = legend_actor(view)
+        assert actor.GetLookupTable().GetRange() == pytest.approx((2.0, 6.0))
+        rainbow = fused.slicer.mrmlScene.GetFirstNodeByName("PET-Rainbow2").GetLookupTable()
+        assert actor.GetLookupTable().GetTableValue(200) == pytest.approx(rainbow.GetTableValue(200))
+    assert view_annotations("Green")[2].split("\n")[1] == "F: PET (50%) PET-Rainbow2 SUVbw 2-6"
+    # Shown again, the study keeps one legend.
+    from PETCTLesionsLib.mrml.display import show_fused_study
+
+    show_fused_study(fused.ct, fused.pet)
+    assert fused.slicer.mrmlScene.GetNodesByClass("vtkMRMLColorLegendDisplayNode").GetNumberOfItems() == 1

@@ -226,9 +226,9 @@ def test_info_report_is_json_and_text(tmp_path):
     text = format_info(report)
     assert "Scanned 25 files: 23 DICOM images, 1 skipped, 1 unreadable" in text
     assert f"UNREADABLE {broken}: the file is truncated" in text
-    assert "CT series 2 'CT 3mm': 14 files, size 36 x 30 x 14, spacing 0.900 x 0.950 x 2.500 mm" in text
+    assert "CT series 2 'CT 2.5mm': 14 files, size 36 x 30 x 14, spacing 0.900 x 0.950 x 2.500 mm" in text
     assert f"SUVbw factor {pet_entry['suv']['factor']:.6g} (units BQML, weight 65.5 kg, dose 330 MBq" in text
-    assert "PET/CT pairing: PT series 3 'PET WB AC' -> CT series 2 'CT 3mm'" in text
+    assert "PET/CT pairing: PT series 3 'PET WB AC' -> CT series 2 'CT 2.5mm'" in text
 
 
 def test_real_lung_dx_ct_info_reports_no_pet_and_load_refuses():

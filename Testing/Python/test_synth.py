@@ -155,10 +155,12 @@ def test_generation_is_deterministic_and_refuses_to_overwrite(dataset, tmp_path)
         generate_dataset(tmp_path, cases=1, seed=SEED, size="small", flavour="lung")
 
 
-def test_autopet_flavour_has_whole_body_and_case_ids_with_spaces(tmp_path):
+def test_autopet_flavour_has_whole_body_and_autopet_like_names(tmp_path):
     cases = generate_dataset(tmp_path, cases=1, seed=4, size="small", flavour="autopet")
     case = cases[0]
-    assert case.case_id.startswith("fdg_") and "  " in case.case_id
+    # autoPET's Patient ID and study folder (spaces included); the case id is predict's (issue 19).
+    assert case.patient_id.startswith("PETCT_") and "  " in case.study_dir.name
+    assert case.case_id.startswith(f"{case.patient_id}_")
     assert case.voc_files == []  # no histology letter, so no Lung-PET-CT-Dx boxes
     loaded = nnunet.read_case(tmp_path / "nnUNet_raw" / DATASET_FOLDER, case.case_id)
     pet = sitk.GetArrayFromImage(loaded.pet)

@@ -9,6 +9,7 @@ left it: the slice under its centre and the pixels its edges enclose.
 
 from __future__ import annotations
 
+import colorsys
 import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -31,6 +32,13 @@ FLAG_ATTRIBUTES = ("VOC.pose", "VOC.truncated", "VOC.difficult")
 BOXES_FOLDER = "VOC boxes"
 AXIAL_VIEW_NODE_ID = "vtkMRMLSliceNodeRed"  # Slicer's axial view in every default layout
 BOX_FILL_OPACITY = 0.1
+# A box is drawn in a pale tint of its lesion's colour: the lesion's hue (which lesion it is), but
+# this saturation and full brightness, so that the segment's outline (saturated, drawn inside the
+# box along the lesion's edge) and the box are told apart in the slice views and the pictures.
+BOX_TINT_SATURATION = 0.4
+# The ROI's centre point is its drag handle. Slicer draws it as a filled disc (the Sphere3D glyph),
+# which in the lesion's centre reads as a focus of uptake; a thin cross marks it as a graphic.
+BOX_HANDLE_GLYPH = slicer.vtkMRMLMarkupsDisplayNode.Cross2D
 
 
 @dataclass
@@ -125,8 +133,15 @@ def add_box_node(
     return node
 
 
-def colour_box(node: slicer.vtkMRMLMarkupsROINode, rgb: Sequence[float]) -> None:
-    """Draw a box in its lesion's colour (selected and unselected alike)."""
+def box_colour(lesion_rgb: Sequence[float]) -> Tuple[float, float, float]:
+    """The colour of a box of the lesion coloured ``lesion_rgb``: a pale tint of it (same hue)."""
+    hue, _, _ = colorsys.rgb_to_hsv(*(float(value) for value in lesion_rgb[:3]))
+    return colorsys.hsv_to_rgb(hue, BOX_TINT_SATURATION, 1.0)
+
+
+def colour_box(node: slicer.vtkMRMLMarkupsROINode, lesion_rgb: Sequence[float]) -> None:
+    """Draw a box in a pale tint of its lesion's colour (:func:`box_colour`), selected and unselected alike."""
+    rgb = box_colour(lesion_rgb)
     display = node.GetDisplayNode()
     display.SetColor(*rgb)
     display.SetSelectedColor(*rgb)
@@ -150,6 +165,7 @@ def _box_node(box: VocBox, k: int, grid: Grid, uid: str, lesion: int) -> slicer.
     display.SetViewNodeIDs([AXIAL_VIEW_NODE_ID])
     display.SetPropertiesLabelVisibility(False)
     display.SetFillOpacity(BOX_FILL_OPACITY)
+    display.SetGlyphType(BOX_HANDLE_GLYPH)
     node.SetAndObserveObjectToNodeMatrix(matrix)
     node.SetSize((c1 - c0 + 1) * grid.spacing[0], (r1 - r0 + 1) * grid.spacing[1], grid.spacing[2])
     node.SetAttribute(CLASS_ATTRIBUTE, box.name)

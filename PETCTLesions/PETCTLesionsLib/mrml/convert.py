@@ -42,7 +42,7 @@ class ConvertOptions:
 def convert(dicom_paths: Sequence[Path], out_dir: Path, options: ConvertOptions) -> ExportReport:
     """Convert every study under ``dicom_paths`` (or only the nnU-Net case when no DICOM is given)."""
     ensure_scene()
-    report = ExportReport()
+    report = ExportReport(replace_hint="--overwrite replaces {}")  # as the other commands say it
     out_dir = Path(out_dir)
     if not dicom_paths:
         if options.nnunet_dataset is None or options.case_id is None:
@@ -99,7 +99,7 @@ def _nodes_from_dicom_study(
         report.notes.extend(loaded.warnings)
         ct, pet = add_study_nodes(loaded)
         case_id = nnunet.case_id_for_study(study.patient_id, study.study_uid, study.study_date)
-        result.append(StudyNodes(study.patient_id, case_id, ct, pet))
+        result.append(StudyNodes(study.patient_id, case_id, ct, pet, ct_series=loaded.ct_series.label))
         loaded_cts.add(loaded.ct_series.series_uid)
     for series in study.series_of("CT"):
         if series.series_uid in loaded_cts:
@@ -129,9 +129,10 @@ def _ct_only_nodes(study: IndexedStudy, series, report: ExportReport, annotated:
         else:
             report.skipped.append(f"{error} (no annotation on it, so nothing to export)")
         return None
-    ct = add_series_volume(image, info, study.patient_id, study.study_uid, f"{study.patient_id} CT")
+    # Named by its series: a patient's CT series (diagnostic, low dose) each give their own lines.
+    ct = add_series_volume(image, info, study.patient_id, study.study_uid, f"{study.patient_id} {info.label}")
     case_id = nnunet.case_id_for_study(study.patient_id, study.study_uid, study.study_date)
-    return StudyNodes(study.patient_id, case_id, ct, None)
+    return StudyNodes(study.patient_id, case_id, ct, None, ct_series=info.label)
 
 
 def _nodes_from_nnunet_case(options: ConvertOptions, report: ExportReport) -> StudyNodes:
@@ -191,7 +192,7 @@ class _PatientAnnotations:
         self.report.skipped.extend(imported.skipped)
         self.report.notes.extend(imported.notes)
         self.report.notes.append(
-            f"{nodes.patient_id}: {len(imported.nodes)} VOC boxes imported from {folder} onto {nodes.ct.GetName()}"
+            f"{nodes.patient_id}: {len(imported.nodes)} VOC boxes imported from {folder} onto {nodes.ct_label}"
         )
         self._placed.update((nodes.patient_id, annotation.sop_instance_uid) for annotation in mine)
 

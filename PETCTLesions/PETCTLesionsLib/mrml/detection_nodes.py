@@ -26,7 +26,7 @@ from .segmentations import SEGMENT_NAME, segment_ids, segmentation_from_mask
 from .study_nodes import is_suv_bw, patient_id_of, slice_sop_instance_uids, study_images
 from .volumes import grid_from_volume_node
 
-MEASUREMENT_TAGS = ("mtv_ml", "suv_max", "suv_mean", "suv_peak", "tlg", "score")
+MEASUREMENT_TAGS = ("mtv_ml", "suv_max", "suv_mean", "suv_peak", "tlg", "score", "probability_mean")
 TAG_PREFIX = "PETCTLesions."
 DETECTION_FILL_OPACITY = 0.15
 _LESION_NUMBER = re.compile(r"^Lesion (\d+)$")

@@ -1,7 +1,7 @@
 """Fused PET/CT display on Slicer nodes: CT window presets, PET colour map in SUV, slice views.
 
-One call, :func:`show_fused_study`, sets everything a reader expects when a study opens;
-the smaller functions serve the module's buttons and sliders.
+One call, :func:`show_fused_study`, sets everything a reader expects when a study opens
+(the SUV colour bar included); the smaller functions serve the module's buttons and sliders.
 """
 
 from __future__ import annotations
@@ -19,6 +19,16 @@ from ..display import (
     PET_COLORMAPS,
 )
 from .headless import application_logic
+
+# The PET's colour bar: Slicer's colour legend (a vtkMRMLColorLegendDisplayNode on the PET, drawn by
+# the Colors module's vtkMRMLColorLegendDisplayableManager in every view showing the PET; Slicer 5.0+).
+# It follows the PET display node: its colour table and its window as the range.
+SUV_LEGEND_TITLE = "SUVbw"
+# Vertical, near the views' top-right corner (fractions of the view; its title goes above the bar, so
+# not at the very top): beside the body in an axial view, and clear of the middle of the right edge,
+# where the slice pictures put their orientation letter.
+SUV_LEGEND_POSITION = (0.97, 0.9)
+SUV_LEGEND_SIZE = (0.12, 0.36)
 
 
 def _display_node(volume_node: slicer.vtkMRMLScalarVolumeNode) -> slicer.vtkMRMLScalarVolumeDisplayNode:
@@ -60,6 +70,27 @@ def set_suv_window(pet_node: slicer.vtkMRMLScalarVolumeNode, suv_min: float, suv
     display.SetWindowLevelMinMax(float(suv_min), float(suv_max))
 
 
+def show_suv_colour_legend(pet_node: slicer.vtkMRMLScalarVolumeNode) -> slicer.vtkMRMLColorLegendDisplayNode:
+    """The PET's SUV colour bar (Slicer's colour legend of its display node), shown; the existing one
+    is reused, so calling again adds nothing. Its range is the SUV window, its colours the PET's table."""
+    display = _display_node(pet_node)
+    # A static method of the Colors module logic (vtkSlicerColorLogic, Slicer 5.0+): the same node the
+    # Colors module's "Color legend" section and the Data module's "Show color legend" create.
+    legend = slicer.vtkSlicerColorLogic.AddDefaultColorLegendDisplayNode(display)
+    if legend is None:
+        raise ValueError(f"could not add a colour legend to PET volume {pet_node.GetName()!r}")
+    was_modifying = legend.StartModify()
+    try:
+        legend.SetTitleText(SUV_LEGEND_TITLE)
+        legend.SetOrientation(slicer.vtkMRMLColorLegendDisplayNode.Vertical)
+        legend.SetPosition(*SUV_LEGEND_POSITION)
+        legend.SetSize(*SUV_LEGEND_SIZE)
+        legend.SetVisibility(True)
+    finally:
+        legend.EndModify(was_modifying)
+    return legend
+
+
 def slice_composite_nodes(scene: slicer.vtkMRMLScene) -> List[slicer.vtkMRMLSliceCompositeNode]:
     return [
         scene.GetNthNodeByClass(i, "vtkMRMLSliceCompositeNode")
@@ -83,10 +114,12 @@ def show_fused_study(
     pet_colormap: str = DEFAULT_PET_COLORMAP,
     opacity: float = DEFAULT_PET_OPACITY,
 ) -> None:
-    """CT in a window preset behind the PET colour map in SUV, in every slice view, linked and fitted."""
+    """CT in a window preset behind the PET colour map in SUV with its colour bar, in every slice view,
+    linked and fitted."""
     apply_ct_preset(ct_node, preset)
     set_pet_colormap(pet_node, pet_colormap)
     set_suv_window(pet_node, *suv_window)
+    show_suv_colour_legend(pet_node)
     scene = ct_node.GetScene()
     for composite in slice_composite_nodes(scene):
         composite.SetBackgroundVolumeID(ct_node.GetID())

@@ -34,6 +34,8 @@ class ExportReport:
     skipped: List[str] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
     failed: List[str] = field(default_factory=list)  # exports that were due but could not be written, and why
+    # How a refusal to replace files says what to do: the Export panel's check box, or convert's --overwrite.
+    replace_hint: str = "allow overwriting to replace {}"
 
     def text(self) -> str:
         lines = [f"wrote {path}" for path in self.written]
@@ -52,6 +54,11 @@ class StudyNodes:
     ct: slicer.vtkMRMLScalarVolumeNode
     pet: Optional[slicer.vtkMRMLScalarVolumeNode]
     segmentation: Optional[slicer.vtkMRMLSegmentationNode] = None
+    ct_series: str = ""  # how messages name the CT series (SeriesInfo.label): a patient may have several
+
+    @property
+    def ct_label(self) -> str:
+        return self.ct_series or self.ct.GetName()
 
 
 def export_study(
@@ -102,7 +109,7 @@ def export_voc(
             with without_rejected(nodes.segmentation) as kept:
                 annotations = _merge(annotations, voc_from_segmentation(kept, nodes.ct, default_class))
     if not annotations:
-        report.skipped.append(f"{nodes.patient_id}: no VOC boxes to write")
+        report.skipped.append(f"{nodes.patient_id}: no VOC boxes to write from {nodes.ct_label}")
         return
     folder = Path(annotation_root) / voc.patient_folder_name(nodes.patient_id)
     for annotation in annotations:
@@ -110,12 +117,12 @@ def export_voc(
     try:
         written = voc.write_voc_folder(annotations, folder, overwrite=overwrite)
     except OutputExistsError as error:
-        report.skipped.append(f"{error} (allow overwriting to replace them)")
+        report.skipped.append(f"{error} ({report.replace_hint.format('them')})")
         return
     except (OSError, voc.VocError) as error:  # e.g. a full disk, a slice UID that cannot name a file
         report.failed.append(str(error))
         return
-    report.written.append(f"{folder}/ ({len(written)} VOC XML files)")
+    report.written.append(f"{folder}/ ({len(written)} VOC XML files from {nodes.ct_label})")
 
 
 def _kept_boxes(nodes: StudyNodes) -> Iterator[slicer.vtkMRMLMarkupsROINode]:
@@ -144,7 +151,7 @@ def export_nnunet(
 ) -> None:
     """The study as case ``nodes.case_id`` of the nnU-Net dataset ``dataset_dir`` (CT on the PET grid, SUV, label)."""
     if nodes.pet is None:
-        report.skipped.append(f"{nodes.patient_id}: CT only, no nnU-Net case (it needs the PET)")
+        report.skipped.append(f"{nodes.patient_id}: CT only, no nnU-Net case from {nodes.ct_label} (it needs the PET)")
         return
     if nodes.segmentation is not None:
         with without_rejected(nodes.segmentation) as kept:
@@ -167,7 +174,7 @@ def export_nnunet(
         if "already exists" not in str(error):
             report.failed.append(str(error))  # e.g. a full disk
             return
-        report.skipped.append(f"{error} (allow overwriting to replace it)")
+        report.skipped.append(f"{error} ({report.replace_hint.format('it')})")
         return
     except OSError as error:  # dataset.json, written after the case's files (e.g. a full disk there)
         report.failed.append(

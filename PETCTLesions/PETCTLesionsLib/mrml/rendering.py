@@ -7,13 +7,17 @@ A slice view in Slicer is two things drawn in one VTK renderer (``qMRMLSliceView
   ``vtkImageMapper`` with window 255 / level 127.5 (the CTK light box view does the same);
 - Slicer's 2D displayable managers, instantiated for that renderer by the slice view
   displayable manager factory: segment outlines and fill
-  (``vtkMRMLSegmentationsDisplayableManager2D``) and markups such as VOC box ROIs
-  (``vtkMRMLMarkupsDisplayableManager``), drawn as the nodes' display nodes say.
+  (``vtkMRMLSegmentationsDisplayableManager2D``), markups such as VOC box ROIs
+  (``vtkMRMLMarkupsDisplayableManager``) and colour legends such as the PET's SUV colour bar
+  (``vtkMRMLColorLegendDisplayableManager``), drawn as the nodes' display nodes say;
+- a corner annotation (``vtkCornerAnnotation``, the actor Slicer's DataProbe writes its layer
+  lines into), here with what Slicer shows around the view rather than in it: the slice
+  position (the slice controller's offset), the layers' windows, and orientation letters.
 
 :class:`OffscreenSliceView` builds exactly that around an offscreen ``vtkRenderWindow`` instead
 of a Qt widget, so the same pixels come out inside Slicer and headless (slicer-core, VTK's
-EGL window on Mesa, no X server). Nothing here draws by itself: outlines, boxes, colours
-and windowing are Slicer's own.
+EGL window on Mesa, no X server). Nothing here draws by itself: outlines, boxes, colours,
+the colour bar and windowing are Slicer's own; only the annotation's text is composed here.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -29,18 +33,25 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
+from ..display import CT_WINDOW_PRESETS
 from ..fileio import atomic_output
 from ..geometry import lps_to_ras
 from .headless import application_logic, ensure_scene, in_slicer_application
 
 # The displayable managers a slice view needs for what this project shows. In Slicer the
-# Segmentations and Markups modules register them with the slice view factory in their
+# Segmentations, Markups and Colors modules register them with the slice view factory in their
 # setup(); headless there are no modules, so this module does the registering.
 SLICE_VIEW_DISPLAYABLE_MANAGERS = (
     "vtkMRMLSegmentationsDisplayableManager2D",
     "vtkMRMLMarkupsDisplayableManager",
+    "vtkMRMLColorLegendDisplayableManager",
 )
 DEFAULT_SIZE = (512, 512)
+# The corner annotation's text as Slicer's DataProbe draws it by default: Times 14 px with a shadow.
+ANNOTATION_FONT_SIZE = 14
+# A slice axis within this angle of a patient axis gets that axis' letter (R, L, A, P, S, I);
+# further off, Slicer's label names the two or three axes it lies between (e.g. "RA").
+ORIENTATION_LABEL_TOLERANCE_DEG = 30.0
 
 
 class OffscreenRenderingError(RuntimeError):
@@ -78,6 +89,89 @@ def view_pixel_of_ras(view_name: str, ras_point: Sequence[float]) -> Tuple[float
     height = node.GetDimensions()[1]
     # XY has its origin at the bottom-left pixel centre; picture rows count from the top.
     return x, height - 1 - y
+
+
+def _window_preset_name(width: float, level: float) -> Optional[str]:
+    for name, (preset_width, preset_level) in CT_WINDOW_PRESETS.items():
+        if abs(width - preset_width) < 0.5 and abs(level - preset_level) < 0.5:
+            return name
+    return None
+
+
+def _layer_line(prefix: str, volume: Optional[slicer.vtkMRMLScalarVolumeNode], opacity: Optional[float]) -> str:
+    """One layer's line, as DataProbe's "F: name (50%)" / "B: name" with the layer's window added.
+
+    A PET in SUVbw is named "PET" and given its colour table and its window as an SUV range;
+    any other volume its DICOM modality (else its node name), window width and level, and the
+    name of the project's window preset they are."""
+    if volume is None:
+        return ""
+    from .study_nodes import dicom_attribute_above, is_suv_bw
+
+    display = volume.GetDisplayNode()
+    width, level = (display.GetWindow(), display.GetLevel()) if display is not None else (None, None)
+    share = f" ({opacity * 100:.0f}%)" if opacity is not None else ""
+    if is_suv_bw(volume):
+        line = f"{prefix}: PET{share}"
+        if display is not None:
+            colours = display.GetColorNode()
+            line += f" {colours.GetName()}" if colours is not None else ""
+            line += f" SUVbw {level - width / 2:.4g}-{level + width / 2:.4g}"
+        return line
+    modality = dicom_attribute_above(
+        volume, slicer.vtkMRMLSubjectHierarchyConstants.GetDICOMSeriesModalityAttributeName()
+    )
+    line = f"{prefix}: {modality or volume.GetName()}{share}"
+    if display is None:
+        return line
+    preset = _window_preset_name(width, level)
+    return f"{line} W {width:.4g} L {level:.4g}" + (f" ({preset})" if preset else "")
+
+
+def view_annotations(view_name: str) -> Dict[int, str]:
+    """The text around a slice view, by ``vtkCornerAnnotation`` position, from the scene as it is now.
+
+    - upper left: the view's orientation and slice position as Slicer's slice controller shows
+      it ("S: -42.5 mm": the slice offset along the positive axis of the slice normal), then
+      DataProbe's layer lines, foreground over background, each with its window (at the top,
+      where an axial view has air in front of the patient; the table lies at the bottom);
+    - the four edges: the patient direction each edge of the picture faces (R on the left of an
+      axial view seen from the feet, as radiologists read it).
+    """
+    logic = slice_logic(view_name)
+    node = logic.GetSliceNode()
+    composite = logic.GetSliceCompositeNode()
+    scene = logic.GetMRMLScene()
+    slice_to_ras = node.GetSliceToRAS()
+    axes = [[slice_to_ras.GetElement(row, column) for row in range(3)] for column in range(3)]
+
+    def label(axis: int, positive: bool) -> str:
+        return node.GetDirectionLabel(axes[axis], positive, ORIENTATION_LABEL_TOLERANCE_DEG)
+
+    lines = [
+        f"{node.GetOrientation()} {label(2, True)}: {logic.GetSliceOffset():.1f} mm",
+        _layer_line("F", scene.GetNodeByID(composite.GetForegroundVolumeID() or ""), composite.GetForegroundOpacity()),
+        _layer_line("B", scene.GetNodeByID(composite.GetBackgroundVolumeID() or ""), None),
+    ]
+    return {
+        vtk.vtkCornerAnnotation.UpperLeft: "\n".join(line for line in lines if line),
+        vtk.vtkCornerAnnotation.LeftEdge: label(0, False),
+        vtk.vtkCornerAnnotation.RightEdge: label(0, True),
+        vtk.vtkCornerAnnotation.UpperEdge: label(1, True),
+        vtk.vtkCornerAnnotation.LowerEdge: label(1, False),
+    }
+
+
+def _new_corner_annotation() -> vtk.vtkCornerAnnotation:
+    """A corner annotation styled as DataProbe styles the slice views' one (fixed size, shadowed)."""
+    annotation = vtk.vtkCornerAnnotation()
+    annotation.SetMaximumFontSize(ANNOTATION_FONT_SIZE)
+    annotation.SetMinimumFontSize(ANNOTATION_FONT_SIZE)
+    annotation.SetNonlinearFontScaleFactor(1)
+    text = annotation.GetTextProperty()
+    text.SetFontFamilyToTimes()
+    text.SetShadow(1)
+    return annotation
 
 
 def _new_render_window() -> vtk.vtkRenderWindow:
@@ -123,11 +217,33 @@ def _register_displayable_managers() -> slicer.vtkMRMLSliceViewDisplayableManage
     return factory
 
 
+def _catch_up_colour_legends(composite: slicer.vtkMRMLSliceCompositeNode) -> None:
+    """Let a new view's colour legend manager make the legends of nodes that are already in the scene.
+
+    ``vtkMRMLColorLegendDisplayableManager`` makes a legend's actor when the legend node is added,
+    or when the view's layers are changed (its ModifiedEvent with a layer flag set); a Qt view
+    exists before the user loads anything, this view is made afterwards. Announcing the layers as
+    changed replays what the manager missed. Not "interacting", so slice linking does not broadcast it.
+    """
+    layers = (
+        slicer.vtkMRMLSliceCompositeNode.ForegroundVolumeFlag
+        | slicer.vtkMRMLSliceCompositeNode.BackgroundVolumeFlag
+        | slicer.vtkMRMLSliceCompositeNode.LabelVolumeFlag
+    )
+    flags = composite.GetInteractionFlags()
+    composite.SetInteractionFlags(layers)
+    try:
+        composite.Modified()
+    finally:
+        composite.SetInteractionFlags(flags)
+
+
 class OffscreenSliceView:
     """A slice view without a widget: one renderer holding the slice logic's image and
-    Slicer's 2D displayable managers, in an offscreen render window of ``size`` pixels."""
+    Slicer's 2D displayable managers, in an offscreen render window of ``size`` pixels;
+    ``annotate`` adds the text around the view (:func:`view_annotations`)."""
 
-    def __init__(self, view_name: str = "Red", size: Tuple[int, int] = DEFAULT_SIZE) -> None:
+    def __init__(self, view_name: str = "Red", size: Tuple[int, int] = DEFAULT_SIZE, annotate: bool = False) -> None:
         width, height = (int(value) for value in size)
         if width < 1 or height < 1:
             raise ValueError(f"picture size must be positive, got {size!r}")
@@ -153,6 +269,10 @@ class OffscreenSliceView:
         self.renderer.AddViewProp(self.image_actor)
         self.displayable_managers = _register_displayable_managers().InstantiateDisplayableManagers(self.renderer)
         self.displayable_managers.SetMRMLDisplayableNode(self.logic.GetSliceNode())
+        _catch_up_colour_legends(self.logic.GetSliceCompositeNode())
+        self.annotation = _new_corner_annotation() if annotate else None
+        if self.annotation is not None:
+            self.renderer.AddViewProp(self.annotation)
         self._capture = vtk.vtkWindowToImageFilter()
         self._capture.SetInput(self.window)
         self._capture.SetInputBufferTypeToRGB()
@@ -177,6 +297,9 @@ class OffscreenSliceView:
             volume = self.logic.GetMRMLScene().GetNodeByID(background) if background else None
             if volume is not None:
                 self.logic.FitSliceToVolume(volume, width, height)
+        if self.annotation is not None:
+            for position, text in view_annotations(self.view_name).items():
+                self.annotation.SetText(position, text)
         self.window.Render()
         if not self.window.SupportsOpenGL():
             raise OffscreenRenderingError(
@@ -204,8 +327,11 @@ class OffscreenSliceView:
         self.close()
 
 
-def render_slice_view(view_name: str = "Red", size: Tuple[int, int] = DEFAULT_SIZE, fit: bool = False) -> np.ndarray:
-    """What the slice view ``view_name`` shows, at ``size`` (width, height) pixels: uint8 RGB, rows top-down.
+def render_slice_view(
+    view_name: str = "Red", size: Tuple[int, int] = DEFAULT_SIZE, fit: bool = False, annotate: bool = False
+) -> np.ndarray:
+    """What the slice view ``view_name`` shows, at ``size`` (width, height) pixels: uint8 RGB, rows top-down;
+    ``annotate`` writes the slice position, the windows and the orientation letters on it.
 
     Headless the slice node keeps the picture's dimensions afterwards (so :func:`view_pixel_of_ras`
     maps onto the picture). Inside Slicer the user's view is a real widget of another size, so its
@@ -214,7 +340,7 @@ def render_slice_view(view_name: str = "Red", size: Tuple[int, int] = DEFAULT_SI
     node = slice_logic(view_name).GetSliceNode()
     saved = _view_geometry(node) if in_slicer_application() else None
     try:
-        with OffscreenSliceView(view_name, size) as view:
+        with OffscreenSliceView(view_name, size, annotate=annotate) as view:
             return view.render(fit=fit)
     finally:
         if saved is not None:
@@ -242,10 +368,11 @@ def write_view_png(
     size: Tuple[int, int] = DEFAULT_SIZE,
     fit: bool = False,
     overwrite: bool = False,
+    annotate: bool = False,
 ) -> np.ndarray:
     """Render the view and write it as an 8-bit RGB PNG (atomically, never over an existing file
     unless ``overwrite``); returns the picture written."""
-    pixels = render_slice_view(view_name, size, fit=fit)
+    pixels = render_slice_view(view_name, size, fit=fit, annotate=annotate)
     image = sitk.GetImageFromArray(pixels, isVector=True)
     with atomic_output(Path(path), overwrite=overwrite) as tmp:
         sitk.WriteImage(image, str(tmp))
@@ -269,32 +396,48 @@ def offscreen_rendering_problem() -> Optional[str]:
 STUDY_VIEWS = (("Red", "slicer_axial_fused.png"), ("Green", "slicer_coronal_fused.png"))
 
 
+def frame_study_views(
+    ct_node: slicer.vtkMRMLScalarVolumeNode,
+    through_ras: Optional[Sequence[float]] = None,
+    size: Tuple[int, int] = DEFAULT_SIZE,
+) -> None:
+    """The study's views sized as the pictures and fitted to the whole CT (the patient and the table
+    centred, no part of the view outside the CT's field of view when the aspects agree), then each
+    moved along its normal only, onto the CT slice through ``through_ras``: not panned, since centring
+    on a lesion off the body's centre pushes the body to the side and the view past the CT's edge.
+    (The PET's wider field of view holds no anatomy, so the CT, not the PET, is fitted.)"""
+    for view_name, _ in STUDY_VIEWS:
+        node = slice_node(view_name)
+        logic = slice_logic(view_name)
+        node.SetDimensions(*size, 1)
+        logic.FitSliceToVolume(ct_node, *size)
+        if through_ras is not None:
+            node.JumpSliceByOffsetting(*(float(value) for value in through_ras[:3]))
+        logic.SnapSliceOffsetToIJK()  # a CT slice itself, as the user steps through them
+
+
 def write_detection_views(study_dir: Path, found, folder: Path, overwrite: bool = False) -> List[Path]:
     """A DICOM study and its detections as the module shows them, written as PNGs of the Slicer views.
 
     The study is loaded from ``study_dir`` into the (headless) scene, shown fused with the
-    mediastinum window, the detections (``found``, a ``detection.Detection`` on its PET grid)
-    added as segments and boxes, and the axial and coronal views centred on the largest lesion.
+    mediastinum window and the SUV colour bar, the detections (``found``, a ``detection.Detection``
+    on its PET grid) added as segments and boxes, and the axial and coronal views fitted to the CT
+    and moved to the slices through the largest lesion; each picture carries the view's text
+    (:func:`view_annotations`).
     """
     from ..study import load_study
     from .detection_nodes import add_detection_nodes
     from .display import show_fused_study
-    from .review import centre_views_on
     from .study_nodes import add_study_nodes
 
     ensure_scene()
     ct_node, pet_node = add_study_nodes(load_study([Path(study_dir)]))
     show_fused_study(ct_node, pet_node, preset="Mediastinum")
     add_detection_nodes(found, pet_node, ct_node)
-    # Views sized as the pictures and fitted to the CT (the PET's wider field of view holds no
-    # anatomy), then moved to the largest lesion (fitting would move them back to the centre).
-    for view_name, _ in STUDY_VIEWS:
-        slice_node(view_name).SetDimensions(*DEFAULT_SIZE, 1)
-        slice_logic(view_name).FitSliceToVolume(ct_node, *DEFAULT_SIZE)
-    if found.lesions:
-        centre_views_on(ct_node.GetScene(), lps_to_ras(found.lesions[0].centroid_lps))
+    largest = lps_to_ras(found.lesions[0].centroid_lps) if found.lesions else None
+    frame_study_views(ct_node, largest, DEFAULT_SIZE)
     written = []
     for view_name, file_name in STUDY_VIEWS:
-        write_view_png(Path(folder) / file_name, view_name, DEFAULT_SIZE, overwrite=overwrite)
+        write_view_png(Path(folder) / file_name, view_name, DEFAULT_SIZE, overwrite=overwrite, annotate=True)
         written.append(Path(folder) / file_name)
     return written
