@@ -867,8 +867,8 @@ class PETCTLesionsLogic(ScriptedLoadableModuleLogic):
 
     def exportAnnotations(self, parameterNode: PETCTLesionsParameterNode):
         """The kept lesions as an nnU-Net case and their boxes as VOC XML; returns what was written and skipped."""
+        from PETCTLesionsLib.formats.nnunet import check_dataset_folder_name
         from PETCTLesionsLib.mrml.export import export_study
-        from PETCTLesionsLib.nnunet import check_dataset_folder_name
 
         if not parameterNode.ctVolume:
             raise ValueError(_("Choose the CT and PET first (Study panel)."))
@@ -921,7 +921,7 @@ class PETCTLesionsTest(ScriptedLoadableModuleTest):
 
         import SimpleITK as sitk
 
-        from PETCTLesionsLib import nnunet, voc
+        from PETCTLesionsLib.formats import nnunet, voc
         from PETCTLesionsLib.mrml.study_nodes import patient_id_of, study_case_id
 
         self.delayDisplay("Detect, review and export on the demo study")

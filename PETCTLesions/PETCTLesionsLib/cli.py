@@ -88,7 +88,7 @@ def _print_progress(fraction: float, message: str) -> None:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from .synth import generate_dataset
+    from .synthetic.synth import generate_dataset
 
     start = time.perf_counter()
     cases = generate_dataset(
@@ -114,7 +114,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 def _cmd_info(args: argparse.Namespace) -> int:
     import json
 
-    from .study import format_info, info_report
+    from .info import format_info, info_report
 
     missing = [p for p in args.paths if not Path(p).exists()]
     if missing:
@@ -212,7 +212,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .model.training import TrainingSettings, train
+    from .training.train import TrainingSettings, train
 
     if args.dataset is not None and not Path(args.dataset).is_dir():
         raise FileNotFoundError(f"{args.dataset}: no such dataset folder")

@@ -14,10 +14,11 @@ from typing import Callable, Optional, Tuple
 
 import numpy as np
 
-from . import metrics, nnunet
-from .phantom import PhantomConfig, PhantomStudy, make_phantom
+from . import metrics
+from .formats import nnunet
 from .predict import PredictionOptions, StudyPrediction, predict
-from .synth import DATASET_FOLDER, SyntheticCase, case_seed, refuse_earlier_cases, write_synthetic_case
+from .synthetic.phantom import PhantomConfig, PhantomStudy, make_phantom
+from .synthetic.synth import DATASET_FOLDER, SyntheticCase, case_seed, refuse_earlier_cases, write_synthetic_case
 
 ProgressCallback = Callable[[float, str], None]
 

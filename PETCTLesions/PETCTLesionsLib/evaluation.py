@@ -206,7 +206,7 @@ def evaluate_label_files(pairs: Sequence[Tuple[str, Path, Path]]) -> Evaluation:
 
 
 def _read_label(path: Path):
-    from .nnunet import read_nifti
+    from .formats.nifti import read_nifti
 
     # Checked whole: SimpleITK alone reads a cut-short or damaged file, and NaN voxels as 0.
     return read_nifti(path)

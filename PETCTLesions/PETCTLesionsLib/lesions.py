@@ -1,4 +1,4 @@
-"""Lesions as connected components of a binary mask, and their VOC boxes on CT slices.
+"""Lesions as connected components of a binary mask, and their tight boxes slice by slice.
 
 A lesion is a 26-connected component of the mask (voxels touching by a face, an edge or a
 corner belong to one lesion; the autoPET evaluation counts lesions the same way, up to that
@@ -9,12 +9,10 @@ broken by position, so the numbering is deterministic.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import SimpleITK as sitk
-
-from .voc import VocAnnotation, VocBox
 
 
 class LabelError(ValueError):
@@ -92,62 +90,6 @@ def slice_boxes(lesion_map: np.ndarray) -> List[SliceBox]:
         SliceBox(int(lesion[s]), int(k[s]), int(a), int(b), int(c), int(d))
         for s, a, b, c, d in zip(starts, c0, r0, c1, r1)
     ]
-
-
-def voc_annotations_from_boxes(
-    boxes: Sequence[SliceBox],
-    slice_uids: Sequence[str],
-    width: int,
-    height: int,
-    class_name: str,
-    classes: Optional[Dict[int, str]] = None,
-) -> List[VocAnnotation]:
-    """One VOC annotation per slice with boxes, named by the slice's SOPInstanceUID.
-
-    ``classes`` gives a class per lesion number (default ``class_name`` for all).
-    """
-    by_slice: Dict[int, VocAnnotation] = {}
-    for box in boxes:
-        if not 0 <= box.k < len(slice_uids):
-            raise IndexError(f"box on slice {box.k} but the series has {len(slice_uids)} slices")
-        annotation = by_slice.get(box.k)
-        if annotation is None:
-            annotation = by_slice[box.k] = VocAnnotation(slice_uids[box.k], width=width, height=height)
-        name = (classes or {}).get(box.lesion, class_name)
-        annotation.boxes.append(VocBox.from_pixel_ranges(name, box.c0, box.r0, box.c1, box.r1))
-    return [by_slice[k] for k in sorted(by_slice)]
-
-
-def group_boxes_into_lesions(boxes: Sequence[Tuple[int, int, int, int, int]]) -> List[int]:
-    """Lesion number (1-based) for each box ``(k, c0, r0, c1, r1)``: boxes on adjacent slices
-    that overlap in plane belong to one lesion (VOC files carry no lesion identity)."""
-    parent = list(range(len(boxes)))
-
-    def root(index: int) -> int:
-        while parent[index] != index:
-            parent[index] = parent[parent[index]]
-            index = parent[index]
-        return index
-
-    by_slice: Dict[int, List[int]] = {}
-    for index, box in enumerate(boxes):
-        by_slice.setdefault(box[0], []).append(index)
-    for k, indices in by_slice.items():
-        for index in indices:
-            for other in by_slice.get(k + 1, []) + [o for o in indices if o > index]:
-                if _overlap(boxes[index], boxes[other]):
-                    parent[root(other)] = root(index)
-    numbers: Dict[int, int] = {}
-    result = []
-    for index in sorted(range(len(boxes)), key=lambda n: (boxes[n][0], n)):
-        numbers.setdefault(root(index), len(numbers) + 1)
-    for index in range(len(boxes)):
-        result.append(numbers[root(index)])
-    return result
-
-
-def _overlap(a: Tuple[int, int, int, int, int], b: Tuple[int, int, int, int, int]) -> bool:
-    return a[1] <= b[3] and b[1] <= a[3] and a[2] <= b[4] and b[2] <= a[4]
 
 
 def lesion_extents(lesion_map: np.ndarray, count: int) -> List[Optional[Tuple[slice, slice, slice]]]:

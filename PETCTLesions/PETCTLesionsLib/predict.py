@@ -38,11 +38,13 @@ from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Mapping, Optio
 import numpy as np
 import SimpleITK as sitk
 
-from . import nnunet, preview, voc
+from . import preview
 from .detection import Detection, detect_lesions, lesions_on_ct
 from .fileio import StagedOutputs, atomic_output, atomic_write_text, is_inside, refuse_overwriting
+from .formats import nifti, nnunet, voc
+from .formats.voc import voc_annotations_from_boxes
 from .geometry import Grid, lps_to_ras
-from .lesions import SliceBox, voc_annotations_from_boxes
+from .lesions import SliceBox
 from .measurements import LesionMeasurement
 from .resampling import resample_ct_to_pet
 
@@ -290,7 +292,7 @@ def refuse_output_inside_inputs(paths: Sequence[Path], out_dir: Path) -> None:
 
 
 def _predict_dicom(paths, out_dir: Path, model, options, report, cancel) -> List[StudyPrediction]:
-    from .dicom_index import scan_paths
+    from .dicom.index import scan_paths
     from .study import describe_scan, load_study
 
     scan = scan_paths(paths, cancel=cancel)
@@ -558,7 +560,7 @@ def _predict_dataset(dataset: Path, out_dir: Path, model, options, report, cance
             with StagedOutputs(out_dir, options.overwrite) as staging, _named_as_targets(staging):
                 staged_label = staging.path(label_path)
                 with atomic_output(staged_label) as temporary:
-                    nnunet.write_nifti_gz(pet_grid.to_sitk(result.detection.mask), temporary)
+                    nifti.write_nifti_gz(pet_grid.to_sitk(result.detection.mask), temporary)
                 # No DICOM behind an nnU-Net case: its id names the rows, and its CT lies on the PET grid.
                 lesions = result.detection.lesions
                 table = lesion_table_csv(lesions, StudyIdentity(case_id), lesion_slices_on_grid(lesions, pet_grid))

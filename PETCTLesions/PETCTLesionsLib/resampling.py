@@ -2,7 +2,7 @@
 
 The model and the nnU-Net/autoPET export work on the PET grid: CT is resampled onto it
 with linear interpolation, and voxels outside the CT's field of view are air. How much of the
-PET the CT covers is checked when the two are paired (``dicom_index``: a warning under
+PET the CT covers is checked when the two are paired (``dicom.pairing``: a warning under
 ``CT_COVERAGE_WARN_FRACTION`` of the PET's length, a refusal under ``CT_COVERAGE_REFUSE_FRACTION``),
 before anything is resampled.
 """

@@ -26,7 +26,7 @@ from typing import Dict, List
 import numpy as np
 import SimpleITK as sitk
 
-from PETCTLesionsLib import nnunet, voc
+from PETCTLesionsLib.formats import nifti, nnunet, voc
 from PETCTLesionsLib.geometry import Grid
 from PETCTLesionsLib.mrml import headless
 
@@ -44,10 +44,10 @@ def _best(repeats: int, run, setup=None) -> float:
 def bench_voc(repeats: int, work: Path) -> None:
     import slicer
 
-    from PETCTLesionsLib.dicom_writer import make_uid
     from PETCTLesionsLib.mrml.boxes import add_box_nodes, box_nodes_of, voc_from_box_nodes
     from PETCTLesionsLib.mrml.study_nodes import INSTANCE_UIDS_ATTRIBUTE
     from PETCTLesionsLib.mrml.volumes import volume_node_from_image
+    from PETCTLesionsLib.synthetic.dicom_writer import make_uid
 
     grid = Grid(size=(512, 512, 1000), spacing=(0.7, 0.7, 1.0), origin=(-180.0, -180.0, -500.0))
     uids = [make_uid("benchmark slice", k) for k in range(1000)]
@@ -101,8 +101,8 @@ def _autopet_like_case(seed: int = 7, lesions: int = 60):
     phantom's grid (seed 7: 512x512x374, 0.98 x 0.98 x 2.5 mm), so the export resamples it.
     Noise drawn at random in every voxel (this benchmark's former data) compresses worse than PET.
     """
-    from PETCTLesionsLib.phantom import PhantomConfig, make_phantom
     from PETCTLesionsLib.resampling import resample_to_grid
+    from PETCTLesionsLib.synthetic.phantom import PhantomConfig, make_phantom
 
     study = make_phantom(PhantomConfig(seed=seed, size="full", body="wholebody", n_lesions=lesions))
     size, spacing = np.array((400, 400, 326)), np.array((2.0364, 2.0364, 3.0))
@@ -171,7 +171,7 @@ def bench_nnunet(repeats: int, work: Path) -> None:
         alone = work / f"alone {path.name}"
         for _ in range(repeats):
             alone.unlink(missing_ok=True)
-            _timed(export_times, f"  {channel} file alone", nnunet.write_nifti_gz, image, alone)
+            _timed(export_times, f"  {channel} file alone", nifti.write_nifti_gz, image, alone)
 
     import_times: Dict[str, List[float]] = {}
     for _ in range(repeats):

@@ -1,7 +1,7 @@
 """Benchmark: load a PET/CT study with PETCTLesionsLib.study.load_study against pydicom alone.
 
 Writes (once) a synthetic study of 300 CT slices 512x512 and 300 PET slices 200x200 with
-PETCTLesionsLib.dicom_writer, then prints:
+PETCTLesionsLib.synthetic.dicom_writer, then prints:
 
 - the study loader's time (header scan, sorting, geometry, SUV, pixel decoding, SimpleITK images),
 - the time pydicom alone takes to read and decode the same files (dcmread + pixel_array in a
@@ -62,7 +62,8 @@ def _synthetic_ct_slice(k: int, shape: tuple, rng: np.random.Generator) -> np.nd
 
 def write_study(folder: Path) -> None:
     """Write the synthetic CT and PET series into ``folder`` (ct/ and pet/)."""
-    from PETCTLesionsLib.dicom_writer import (
+    from PETCTLesionsLib.geometry import Grid
+    from PETCTLesionsLib.synthetic.dicom_writer import (
         PatientInfo,
         PetAcquisition,
         StudyInfo,
@@ -70,7 +71,6 @@ def write_study(folder: Path) -> None:
         write_ct_series,
         write_pet_series,
     )
-    from PETCTLesionsLib.geometry import Grid
 
     rng = np.random.default_rng(7)
     study = StudyInfo(
@@ -118,13 +118,14 @@ def _rounded(times: List[float]) -> List[float]:
 
 def loader_breakdown(folder: Path) -> List[Tuple[str, float]]:
     """Seconds spent in each step of one load (the steps load_study takes)."""
-    from PETCTLesionsLib.dicom_index import scan_paths
-    from PETCTLesionsLib.dicom_series import read_series_image, series_geometry
-    from PETCTLesionsLib.suv import suv_bw_factors
+    from PETCTLesionsLib.dicom.index import scan_paths
+    from PETCTLesionsLib.dicom.pairing import pair_pet_with_ct
+    from PETCTLesionsLib.dicom.series import read_series_image, series_geometry
+    from PETCTLesionsLib.dicom.suv import suv_bw_factors
 
     steps = []
     start = time.perf_counter()
-    pairing = scan_paths([folder]).pairings[0]
+    pairing = pair_pet_with_ct(scan_paths([folder]).studies)[0]
     steps.append(("header scan (pydicom, 600 files)", time.perf_counter() - start))
     start = time.perf_counter()
     pet_geometry, ct_geometry = series_geometry(pairing.pet), series_geometry(pairing.ct)

@@ -50,9 +50,9 @@ from PETCTLesionsLib.geometry import Grid  # noqa: E402
 from PETCTLesionsLib.hugepages import restart_with_huge_pages  # noqa: E402
 from PETCTLesionsLib.lesions import slice_boxes  # noqa: E402
 from PETCTLesionsLib.model import weights  # noqa: E402
-from PETCTLesionsLib.model.training_data import phantom_study_arrays  # noqa: E402
-from PETCTLesionsLib.phantom import PhantomConfig, make_phantom  # noqa: E402
 from PETCTLesionsLib.resampling import resample_ct_to_pet, resample_to_grid  # noqa: E402
+from PETCTLesionsLib.synthetic.phantom import PhantomConfig, make_phantom  # noqa: E402
+from PETCTLesionsLib.training.data import phantom_study_arrays  # noqa: E402
 
 AUTOPET_GRID_SIZE = (400, 400, 326)
 AUTOPET_SPACING = (2.0364, 2.0364, 3.0)

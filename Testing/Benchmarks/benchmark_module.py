@@ -40,7 +40,6 @@ def _median(values):
 
 def bench_gui_thread(repeats: int) -> None:
     from PETCTLesionsLib.detection import Detection
-    from PETCTLesionsLib.dicom_writer import make_uid
     from PETCTLesionsLib.lesions import label_lesions
     from PETCTLesionsLib.measurements import measure_lesions
     from PETCTLesionsLib.mrml import review
@@ -48,6 +47,7 @@ def bench_gui_thread(repeats: int) -> None:
     from PETCTLesionsLib.mrml.export import export_study
     from PETCTLesionsLib.mrml.study_nodes import INSTANCE_UIDS_ATTRIBUTE, mark_as_suv_bw
     from PETCTLesionsLib.mrml.volumes import volume_node_from_image
+    from PETCTLesionsLib.synthetic.dicom_writer import make_uid
 
     ct, pet, mask = _autopet_like_case()
     pet_grid = Grid.from_sitk(pet)
@@ -97,8 +97,8 @@ def bench_worker_overhead(repeats: int) -> None:
     from PETCTLesionsLib.demo import write_demo_study
     from PETCTLesionsLib.detection import detect_lesions
     from PETCTLesionsLib.detection_job import DetectionJob, DetectionSettings
-    from PETCTLesionsLib.model.training_data import phantom_study_arrays
     from PETCTLesionsLib.model.weights import load_model
+    from PETCTLesionsLib.training.data import phantom_study_arrays
 
     with tempfile.TemporaryDirectory() as folder:
         study, _ = write_demo_study(Path(folder), seed=1, size="small")

@@ -77,7 +77,7 @@ def copy_series(paths: Sequence[Path], folder: Path, tag: str, edit: Optional[Ca
     New UIDs: the series is ``make_uid("copied series", tag)``, so a test can name it; each
     instance gets its own. File names are kept.
     """
-    from PETCTLesionsLib.dicom_writer import make_uid
+    from PETCTLesionsLib.synthetic.dicom_writer import make_uid
 
     folder.mkdir(parents=True)
     copies = []

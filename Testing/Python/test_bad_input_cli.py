@@ -27,8 +27,9 @@ import pytest
 import SimpleITK as sitk
 from conftest import copy_series, save_dicom
 
-from PETCTLesionsLib import fileio, nnunet, voc
+from PETCTLesionsLib import fileio
 from PETCTLesionsLib.cli import main
+from PETCTLesionsLib.formats import nifti, nnunet, voc
 
 BUNDLED_MANIFEST = Path(__file__).resolve().parents[2] / "PETCTLesions" / "Resources" / "Models"
 BUNDLED_MANIFEST = BUNDLED_MANIFEST / "petct_lesions_unet_v1.json"
@@ -38,7 +39,7 @@ PREDICTED_DATASET = "Dataset902_PETCTLesionsPredicted"
 @pytest.fixture(scope="module")
 def lung_study(tmp_path_factory):
     """A small generated Lung-PET-CT-Dx study (its Patient ID has a histology letter: VOC files are written)."""
-    from PETCTLesionsLib.synth import generate_dataset
+    from PETCTLesionsLib.synthetic.synth import generate_dataset
 
     root = tmp_path_factory.mktemp("lung")
     (case,) = generate_dataset(root, cases=1, seed=3, size="small", flavour="lung")
@@ -250,7 +251,7 @@ def test_an_output_folder_inside_an_input_folder_is_refused_before_anything_is_r
 @pytest.mark.torch
 def test_pieces_of_an_nnunet_dataset_are_answered_with_what_predict_accepts(lung_study, tmp_path, capsys):
     """They used to read 'no DICOM image files found'."""
-    from PETCTLesionsLib.synth import DATASET_FOLDER
+    from PETCTLesionsLib.synthetic.synth import DATASET_FOLDER
 
     raw = tmp_path / "nnUNet_raw"
     shutil.copytree(lung_study[0].parent / "nnUNet_raw", raw)
@@ -285,7 +286,7 @@ def test_a_study_whose_files_cannot_all_be_written_leaves_none_and_a_rerun_succe
     nnU-Net case are in place, and takes them back. The run used to leave lesions.csv and the
     nnU-Net case, and the re-run refused them as an earlier run's result."""
     from PETCTLesionsLib import predict as predict_module
-    from PETCTLesionsLib.voc import patient_folder_name
+    from PETCTLesionsLib.formats.voc import patient_folder_name
 
     monkeypatch.setattr(predict_module, "detect_lesions", detection_once)
     dicom, case = lung_study
@@ -424,7 +425,7 @@ def test_a_nifti_that_itk_cuts_short_is_refused_by_name_and_leaves_nothing(tmp_p
         from pathlib import Path
         import numpy as np, SimpleITK as sitk
         from PETCTLesionsLib.fileio import atomic_output
-        from PETCTLesionsLib.nnunet import write_nifti_gz
+        from PETCTLesionsLib.formats.nifti import write_nifti_gz
         image = sitk.GetImageFromArray(np.random.default_rng(0).random((40, 64, 64), dtype=np.float32))  # 655 kB
         resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
         try:
@@ -527,7 +528,7 @@ def test_a_case_of_an_nnunet_dataset_is_written_whole_or_not_at_all(lung_study, 
     label, which the re-run refused."""
     from PETCTLesionsLib import detection
     from PETCTLesionsLib import predict as predict_module
-    from PETCTLesionsLib.synth import DATASET_FOLDER
+    from PETCTLesionsLib.synthetic.synth import DATASET_FOLDER
 
     dataset = lung_study[0].parent / "nnUNet_raw" / DATASET_FOLDER
     found = {}  # the model runs once: what is tested is the writing
@@ -876,7 +877,7 @@ def test_convert_exits_1_and_says_no_space_when_a_requested_export_was_not_writt
     lung_study, tmp_path, monkeypatch, capsys
 ):
     """The VOC files are written, the nnU-Net case is not: the disk fills up (simulated: the gzip
-    writer of nnunet raises ENOSPC). convert used to print 'skipped: ... No space left on device'
+    writer of nifti raises ENOSPC). convert used to print 'skipped: ... No space left on device'
     and exit 0."""
     dicom, case = lung_study
     annotation_root = case.voc_files[0].parent.parent
@@ -884,7 +885,7 @@ def test_convert_exits_1_and_says_no_space_when_a_requested_export_was_not_writt
     def full_disk(data, strategy, pool, path):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
-    monkeypatch.setattr(nnunet, "_write_gzip", full_disk)
+    monkeypatch.setattr(nifti, "_write_gzip", full_disk)
     out = tmp_path / "out"
     arguments = ["convert", "--dicom", str(dicom), "--voc", str(annotation_root), "--out", str(out)]
     assert main([*arguments, "--boxes-as-labels"]) == 1
@@ -930,7 +931,7 @@ def test_convert_skips_an_unreadable_ct_only_study_that_has_nothing_to_export(lu
     """Beside the annotated PET/CT study, a CT-only study of the same patient without annotations whose
     series misses a slice (unreadable: a gap). No export was due for it, yet it counted as an export NOT
     written and convert exited 1."""
-    from PETCTLesionsLib.dicom_writer import make_uid
+    from PETCTLesionsLib.synthetic.dicom_writer import make_uid
 
     dicom, case = lung_study
     copy = tmp_path / "dicom"

@@ -19,14 +19,19 @@ import pytest
 import SimpleITK as sitk
 from conftest import PYDICOM_3, save_dicom
 
-from PETCTLesionsLib.dicom_index import scan_paths
-from PETCTLesionsLib.dicom_series import (
+from PETCTLesionsLib.dicom.index import scan_paths
+from PETCTLesionsLib.dicom.pairing import pair_pet_with_ct
+from PETCTLesionsLib.dicom.series import (
     DicomSeriesError,
     MissingSlicesError,
     UnsupportedPixelDataError,
     series_geometry,
 )
-from PETCTLesionsLib.dicom_writer import (
+from PETCTLesionsLib.dicom.suv import HIGH_SUV_WARNING, SUVError
+from PETCTLesionsLib.geometry import Grid
+from PETCTLesionsLib.info import format_info, info_report
+from PETCTLesionsLib.study import StudyLoadError, load_pet_suv, load_study
+from PETCTLesionsLib.synthetic.dicom_writer import (
     PatientInfo,
     PetAcquisition,
     StudyInfo,
@@ -34,9 +39,6 @@ from PETCTLesionsLib.dicom_writer import (
     write_ct_series,
     write_pet_series,
 )
-from PETCTLesionsLib.geometry import Grid
-from PETCTLesionsLib.study import StudyLoadError, format_info, info_report, load_pet_suv, load_study
-from PETCTLesionsLib.suv import HIGH_SUV_WARNING, SUVError
 
 # A PET of 60 mm along z (20 slices of 3 mm) and a CT covering it (26 slices of 2.5 mm).
 PET_GRID = Grid(size=(12, 10, 20), spacing=(4.0, 4.0, 3.0), origin=(-22.0, -18.0, -30.0))
@@ -198,7 +200,7 @@ def test_a_ct_covering_three_quarters_of_the_pet_loads_with_the_fraction_in_a_wa
 
 def test_a_ct_covering_the_whole_pet_is_reported_without_a_warning(tmp_path):
     _write(tmp_path)
-    (pairing,) = scan_paths([tmp_path]).pairings
+    (pairing,) = pair_pet_with_ct(scan_paths([tmp_path]).studies)
     assert pairing.ct_coverage == pytest.approx(1.0) and pairing.error is None and pairing.warnings == []
     assert "the CT covers 100% of the PET's length along its slice axis" in format_info(info_report([tmp_path]))
 

@@ -28,10 +28,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from PETCTLesionsLib import nnunet, voc
 from PETCTLesionsLib.cli import main
-from PETCTLesionsLib.nnunet import NnUNetError
-from PETCTLesionsLib.synth import DATASET_FOLDER, generate_dataset
+from PETCTLesionsLib.formats import nifti, nnunet, voc
+from PETCTLesionsLib.formats.nifti import NiftiError
+from PETCTLesionsLib.formats.nnunet import NnUNetError
+from PETCTLesionsLib.synthetic.synth import DATASET_FOLDER, generate_dataset
 
 
 @pytest.fixture(scope="module")
@@ -119,16 +120,16 @@ def test_the_damages_say_exactly_what_is_wrong(dataset):
     i, j, k = sitk.ReadImage(str(paths["label"])).GetSize()
     _gzip_of_a_short_nifti(paths["label"])
     expected = 352 + i * j * k
-    with pytest.raises(NnUNetError, match="cut short") as refused:
-        nnunet.read_nifti(paths["label"])
+    with pytest.raises(NiftiError, match="cut short") as refused:
+        nifti.read_nifti(paths["label"])
     assert str(refused.value) == (
         f"{paths['label']}: the file is cut short: its NIfTI header describes {expected} bytes (352 + {i} x {j} x {k} "
         f"voxels of 1 byte(s)) but it holds {expected - 1000}; copy or export it again from its source"
     )
     size = paths["ct"].stat().st_size
     _cut_to_90_percent(paths["ct"])
-    with pytest.raises(NnUNetError) as refused:
-        nnunet.read_nifti(paths["ct"])
+    with pytest.raises(NiftiError) as refused:
+        nifti.read_nifti(paths["ct"])
     assert f"its gzip data stop after {int(size * 0.9)} bytes, before the end of the compressed stream" in str(
         refused.value
     )
@@ -138,14 +139,14 @@ def test_the_damages_say_exactly_what_is_wrong(dataset):
         data[position] ^= 0xFF
     header_damaged = paths["pet"].with_name("header damaged.nii.gz")
     header_damaged.write_bytes(bytes(data))
-    with pytest.raises(NnUNetError, match=r"header damaged\.nii\.gz: the file is damaged: its "):
-        nnunet.read_nifti(header_damaged)
+    with pytest.raises(NiftiError, match=r"header damaged\.nii\.gz: the file is damaged: its "):
+        nifti.read_nifti(header_damaged)
     # A flipped byte in the CRC-32 field itself: the data are whole but do not match their check.
     data = bytearray(paths["pet"].read_bytes())
     data[-8] ^= 0x01
     paths["pet"].write_bytes(bytes(data))
-    with pytest.raises(NnUNetError, match="the file is damaged: its data do not match their gzip CRC-32 check"):
-        nnunet.read_nifti(paths["pet"])
+    with pytest.raises(NiftiError, match="the file is damaged: its data do not match their gzip CRC-32 check"):
+        nifti.read_nifti(paths["pet"])
 
 
 def test_evaluate_refuses_damaged_labels_with_exit_2(dataset, tmp_path, capsys):
@@ -178,7 +179,7 @@ def test_convert_refuses_a_label_cut_short_and_writes_nothing(dataset, tmp_path,
 
 
 def test_the_training_reader_refuses_a_damaged_channel(dataset):
-    training_data = pytest.importorskip("PETCTLesionsLib.model.training_data")
+    training_data = pytest.importorskip("PETCTLesionsLib.training.data")
     path = _paths(dataset)["pet"]
     _flip_64_deflate_bytes(path)
     with pytest.raises(NnUNetError, match="the file is damaged") as refused:
@@ -216,7 +217,7 @@ def _label_with_a_nan_voxel(path: Path) -> None:
     values[10, 50, 60] = np.nan
     image = sitk.GetImageFromArray(values)
     image.CopyInformation(label)
-    nnunet.write_nifti_gz(image, path)
+    nifti.write_nifti_gz(image, path)
 
 
 def test_a_nan_voxel_in_a_label_is_refused_by_every_label_reader(dataset, tmp_path, capsys):
@@ -233,7 +234,7 @@ def test_a_nan_voxel_in_a_label_is_refused_by_every_label_reader(dataset, tmp_pa
     assert str(refused.value).startswith(expected)
     assert main(["evaluate", "--pred", str(path), "--ref", str(whole)]) == 2
     assert capsys.readouterr().err.startswith(f"petct-lesions evaluate: error: {expected}")
-    training_data = pytest.importorskip("PETCTLesionsLib.model.training_data")
+    training_data = pytest.importorskip("PETCTLesionsLib.training.data")
     with pytest.raises(NnUNetError, match="NaN or infinite"):
         training_data.nnunet_study(str(dataset), _case_id(dataset))
 
@@ -271,7 +272,7 @@ def test_channels_are_taken_in_the_order_dataset_json_gives(dataset, channel_nam
     np.testing.assert_array_equal(read_ct, ct)
     np.testing.assert_array_equal(read_pet, pet)
     assert nnunet.channel_suffixes(dataset) == {"pet": "_0000", "ct": "_0001"}
-    training_data = pytest.importorskip("PETCTLesionsLib.model.training_data")
+    training_data = pytest.importorskip("PETCTLesionsLib.training.data")
     study = training_data.nnunet_study(str(dataset), case_id)
     np.testing.assert_array_equal(study.pet_suv, pet)
     np.testing.assert_array_equal(study.ct_hu_on_pet, ct)
@@ -305,7 +306,7 @@ def test_swapped_channels_that_dataset_json_does_not_name_are_refused(dataset):
     message = str(refused.value)
     assert message.startswith(f"{paths['ct']}: read as the CT by channel_names in {dataset / 'dataset.json'}, but ")
     assert "of its voxels are below -100" in message and "the CT and PET files are swapped" in message
-    training_data = pytest.importorskip("PETCTLesionsLib.model.training_data")
+    training_data = pytest.importorskip("PETCTLesionsLib.training.data")
     with pytest.raises(NnUNetError, match="swapped"):
         training_data.nnunet_study(str(dataset), case_id)
 
@@ -508,7 +509,7 @@ def _rewrite(path: Path, change) -> np.ndarray:
     values = change(sitk.GetArrayFromImage(image).astype(np.float32)).astype(np.float32)
     changed = sitk.GetImageFromArray(values)
     changed.CopyInformation(image)
-    nnunet.write_nifti_gz(changed, path)
+    nifti.write_nifti_gz(changed, path)
     return values
 
 
@@ -576,8 +577,8 @@ def test_a_nan_in_a_float32_file_with_a_wrong_bitpix_is_still_found(dataset):
     path = _paths(dataset)["pet"]
     _rewrite(path, lambda pet: np.where(np.arange(pet.size).reshape(pet.shape) == 1234, np.nan, pet))
     _set_bitpix(path, 16)
-    with pytest.raises(NnUNetError, match=r"1 voxel\(s\) are NaN or infinite"):
-        nnunet.read_nifti(path)
+    with pytest.raises(NiftiError, match=r"1 voxel\(s\) are NaN or infinite"):
+        nifti.read_nifti(path)
 
 
 @pytest.mark.parametrize("compressed", [False, True])
@@ -602,8 +603,8 @@ def test_bytes_after_the_gzip_stream_are_still_refused(dataset):
         (b"\x1f\x8b", "the file is cut short: its gzip data stop after"),
     ]:
         path.write_bytes(whole + tail)
-        with pytest.raises(NnUNetError, match=problem):
-            nnunet.read_nifti(path)
+        with pytest.raises(NiftiError, match=problem):
+            nifti.read_nifti(path)
 
 
 # ----------------------------------------------------------------------------------------- NaN in images

@@ -17,11 +17,13 @@ import pydicom
 import pytest
 from conftest import REPO_ROOT, copy_series
 
-from PETCTLesionsLib import demo, synth, voc
+from PETCTLesionsLib import demo
 from PETCTLesionsLib.cli import build_parser, main
-from PETCTLesionsLib.dicom_writer import PatientInfo, StudyInfo, make_uid, write_ct_series
+from PETCTLesionsLib.formats import voc
 from PETCTLesionsLib.geometry import Grid
 from PETCTLesionsLib.metrics import case_metrics
+from PETCTLesionsLib.synthetic import synth
+from PETCTLesionsLib.synthetic.dicom_writer import PatientInfo, StudyInfo, make_uid, write_ct_series
 
 
 @pytest.fixture(scope="module")

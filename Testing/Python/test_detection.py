@@ -17,8 +17,8 @@ from PETCTLesionsLib import detection, metrics
 from PETCTLesionsLib.cli import main
 from PETCTLesionsLib.measurements import measure_lesions
 from PETCTLesionsLib.model import weights
-from PETCTLesionsLib.model.training_data import phantom_study_arrays
-from PETCTLesionsLib.phantom import PhantomConfig, make_phantom
+from PETCTLesionsLib.synthetic.phantom import PhantomConfig, make_phantom
+from PETCTLesionsLib.training.data import phantom_study_arrays
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,7 @@ def test_detections_get_voc_boxes_on_the_ct_slices_of_a_lung_dx_patient(mrml_sce
     from PETCTLesionsLib.mrml.detection_nodes import add_detection_nodes, undo_detection
     from PETCTLesionsLib.mrml.study_nodes import add_study_nodes
     from PETCTLesionsLib.study import load_study
-    from PETCTLesionsLib.synth import generate_dataset
+    from PETCTLesionsLib.synthetic.synth import generate_dataset
 
     (case,) = generate_dataset(tmp_path, cases=1, seed=4, size="small", flavour="lung", n_lesions=3)
     loaded = load_study([case.study_dir])
@@ -166,7 +166,7 @@ def test_demo_detects_the_lesions_and_writes_table_pictures_nnunet_and_voc(tmp_p
 
 
 def test_predict_on_an_nnunet_dataset_then_evaluate_against_its_labels(tmp_path, capsys, monkeypatch):
-    from PETCTLesionsLib.synth import DATASET_FOLDER, generate_dataset
+    from PETCTLesionsLib.synthetic.synth import DATASET_FOLDER, generate_dataset
 
     generate_dataset(tmp_path / "data", cases=1, seed=12, size="small", flavour="autopet")
     dataset = tmp_path / "data" / "nnUNet_raw" / DATASET_FOLDER

@@ -15,15 +15,11 @@ import pytest
 from conftest import save_dicom
 from pydicom.dataset import Dataset, FileMetaDataset
 
-from PETCTLesionsLib.dicom_index import (
-    PAIRING_RULE,
-    Cancelled,
-    NoImageError,
-    NotDicomError,
-    read_slice_header,
-    scan_paths,
-)
-from PETCTLesionsLib.dicom_writer import (
+from PETCTLesionsLib.dicom.index import Cancelled, scan_paths
+from PETCTLesionsLib.dicom.pairing import PAIRING_RULE, pair_pet_with_ct
+from PETCTLesionsLib.dicom.part10 import NoImageError, NotDicomError, read_slice_header
+from PETCTLesionsLib.geometry import Grid
+from PETCTLesionsLib.synthetic.dicom_writer import (
     PatientInfo,
     PetAcquisition,
     StudyInfo,
@@ -31,7 +27,6 @@ from PETCTLesionsLib.dicom_writer import (
     write_ct_series,
     write_pet_series,
 )
-from PETCTLesionsLib.geometry import Grid
 
 LUNG_DX_ROOT = Path(__file__).resolve().parents[1] / "Data" / "Lung-PET-CT-Dx"
 CT_GRID = Grid(size=(20, 16, 10), spacing=(1.5, 1.5, 3.0), origin=(-15.0, -12.0, -30.0))
@@ -77,7 +72,7 @@ def test_real_lung_dx_folder_is_one_ct_study_with_no_pet():
     assert [(s.modality, s.series_number, s.description, len(s.headers)) for s in study.series] == [
         ("CT", 2, "5mm", 11)
     ]
-    assert scan.pairings == []
+    assert pair_pet_with_ct(scan.studies) == []
 
 
 def test_two_studies_mixed_into_one_shuffled_flat_folder_are_told_apart(tmp_path):
@@ -98,11 +93,14 @@ def test_two_studies_mixed_into_one_shuffled_flat_folder_are_told_apart(tmp_path
             ("CT", ct.series_uid, 10),
             ("PT", pet.series_uid, 6),
         }
-    assert [(p.pet.series_uid, p.ct.series_uid) for p in scan.pairings] == [
+    pairings = pair_pet_with_ct(scan.studies)
+    assert [(p.pet.series_uid, p.ct.series_uid) for p in pairings] == [
         (written[0][2].series_uid, written[0][1].series_uid),
         (written[1][2].series_uid, written[1][1].series_uid),
     ]
-    assert scan.pairings[0].rule.startswith("the only CT series (same study)")
+    assert pairings[0].rule.startswith("the only CT series (same study)")
+    # One study's pairings alone are those the whole run gives it.
+    assert pair_pet_with_ct(scan.studies, written[1][0].study_uid) == pairings[1:]
 
 
 def test_files_and_folders_can_be_mixed_and_named_twice(tmp_path):
@@ -206,7 +204,7 @@ def test_several_ct_candidates_are_ranked_by_the_documented_rule(tmp_path):
     twin = write_ct_series(rng.integers(-900, 900, CT_GRID.shape), CT_GRID, study, tmp_path / "d", series_number=9)
     pet = write_pet_series(rng.gamma(2.0, 1.0, PET_GRID.shape), PET_GRID, study, _acquisition(3), tmp_path / "pt")
 
-    (pairing,) = scan_paths([tmp_path]).pairings
+    (pairing,) = pair_pet_with_ct(scan_paths([tmp_path]).studies)
 
     assert pairing.pet.series_uid == pet.series_uid
     assert pairing.ct.series_uid == covering.series_uid
@@ -234,13 +232,13 @@ def test_pet_without_ct_in_its_study_uses_a_ct_sharing_its_frame_of_reference(tm
     ct = write_ct_series(rng.integers(-900, 900, CT_GRID.shape), CT_GRID, ct_study, tmp_path / "ct")
     write_pet_series(rng.gamma(2.0, 1.0, PET_GRID.shape), PET_GRID, pet_study, _acquisition(4), tmp_path / "pt")
 
-    (pairing,) = scan_paths([tmp_path]).pairings
+    (pairing,) = pair_pet_with_ct(scan_paths([tmp_path]).studies)
     assert pairing.ct.series_uid == ct.series_uid
     assert pairing.rule.startswith(
         "the only CT series (another study of the patient with the same FrameOfReferenceUID)"
     )
 
-    (alone,) = scan_paths([tmp_path / "pt"]).pairings
+    (alone,) = pair_pet_with_ct(scan_paths([tmp_path / "pt"]).studies)
     assert alone.ct is None
     assert alone.rule == "no CT series in the study (nor one sharing the PET's FrameOfReferenceUID)"
 

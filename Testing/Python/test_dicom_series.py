@@ -17,8 +17,9 @@ import SimpleITK as sitk
 from conftest import HTJ2K_LOSSLESS, LUNG_DX_CT_SERIES, LUNG_DX_ROOT, PYDICOM_3, save_dicom
 from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEG2000Lossless, JPEGLosslessSV1, JPEGLSLossless, RLELossless
 
-from PETCTLesionsLib.dicom_index import read_slice_header, scan_paths
-from PETCTLesionsLib.dicom_series import (
+from PETCTLesionsLib.dicom.index import scan_paths
+from PETCTLesionsLib.dicom.part10 import read_slice_header
+from PETCTLesionsLib.dicom.series import (
     DicomSeriesError,
     MissingSlicesError,
     UnsupportedPixelDataError,
@@ -26,7 +27,10 @@ from PETCTLesionsLib.dicom_series import (
     read_series_image,
     series_geometry,
 )
-from PETCTLesionsLib.dicom_writer import (
+from PETCTLesionsLib.dicom.suv import suv_bw_factors
+from PETCTLesionsLib.geometry import Grid
+from PETCTLesionsLib.info import info_report
+from PETCTLesionsLib.synthetic.dicom_writer import (
     PatientInfo,
     PetAcquisition,
     StudyInfo,
@@ -34,9 +38,6 @@ from PETCTLesionsLib.dicom_writer import (
     write_ct_series,
     write_pet_series,
 )
-from PETCTLesionsLib.geometry import Grid
-from PETCTLesionsLib.study import info_report
-from PETCTLesionsLib.suv import suv_bw_factors
 
 LUNG_DX_CT = LUNG_DX_CT_SERIES
 CT_GRID = Grid(size=(40, 32, 12), spacing=(0.8417, 0.9123, 3.27), origin=(-120.53, -88.241, -301.7))
@@ -474,13 +475,13 @@ def _header_fields(header) -> dict:
 
 
 def test_native_header_fast_path_reads_what_dcmread_reads(tmp_path, monkeypatch):
-    from PETCTLesionsLib import dicom_index
+    from PETCTLesionsLib.dicom import part10
 
     write_pet_series(np.ones(PET_GRID.shape), PET_GRID, STUDY, ACQUISITION, tmp_path / "pt")
     _write_ct(tmp_path / "ct")
     paths = [LUNG_DX_CT / "1-13.dcm", sorted((tmp_path / "ct").iterdir())[1], *sorted((tmp_path / "pt").iterdir())[:2]]
     fast = [read_slice_header(path) for path in paths]
-    monkeypatch.setattr(dicom_index, "_read_native_part10", lambda data, buffer: None)
+    monkeypatch.setattr(part10, "_read_native_part10", lambda data, buffer: None)
     general = [read_slice_header(path) for path in paths]
 
     syntaxes = [pydicom.uid.ImplicitVRLittleEndian, pydicom.uid.ExplicitVRLittleEndian]
@@ -532,7 +533,7 @@ def test_suv_factors_from_scanned_headers_equal_fully_converted_datasets(tmp_pat
 
 @pytest.mark.parametrize("what", ["PatientWeight", "RadionuclideTotalDose"])
 def test_a_series_value_differing_on_one_slice_is_refused_naming_that_file(tmp_path, what):
-    from PETCTLesionsLib.suv import SUVError
+    from PETCTLesionsLib.dicom.suv import SUVError
 
     write_pet_series(np.ones(PET_GRID.shape), PET_GRID, STUDY, ACQUISITION, tmp_path / "pt")
     odd = sorted((tmp_path / "pt").iterdir())[3]

@@ -14,7 +14,10 @@ import pytest
 import SimpleITK as sitk
 from pydicom.uid import UID
 
-from PETCTLesionsLib.dicom_writer import (
+from PETCTLesionsLib.dicom.suv import suv_bw_factors
+from PETCTLesionsLib.fileio import OutputExistsError
+from PETCTLesionsLib.geometry import Grid
+from PETCTLesionsLib.synthetic.dicom_writer import (
     CT_IMAGE_STORAGE,
     PET_IMAGE_STORAGE,
     PatientInfo,
@@ -26,9 +29,6 @@ from PETCTLesionsLib.dicom_writer import (
     write_ct_series,
     write_pet_series,
 )
-from PETCTLesionsLib.fileio import OutputExistsError
-from PETCTLesionsLib.geometry import Grid
-from PETCTLesionsLib.suv import suv_bw_factors
 
 F18_HALF_LIFE_S = 6586.2
 

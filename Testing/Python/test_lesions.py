@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from PETCTLesionsLib.lesions import LabelError, group_boxes_into_lesions, label_lesions, slice_boxes
-from PETCTLesionsLib.nnunet import case_id_for_study
-from PETCTLesionsLib.voc import tight_box
+from PETCTLesionsLib.formats.nnunet import case_id_for_study
+from PETCTLesionsLib.formats.voc import tight_box
+from PETCTLesionsLib.lesions import LabelError, label_lesions, slice_boxes
 
 
 def test_lesions_are_26_connected_components_numbered_largest_first():
@@ -34,16 +34,6 @@ def test_slice_boxes_equal_brute_force_tight_boxes():
             if box is not None:
                 slow[(k, lesion)] = box.to_pixel_ranges()
     assert fast == slow and len(fast) > 20
-
-
-def test_boxes_on_adjacent_slices_that_overlap_form_one_lesion():
-    boxes = [
-        (3, 10, 10, 20, 20),
-        (4, 15, 15, 25, 25),  # overlaps the first, next slice
-        (5, 100, 100, 110, 110),  # elsewhere
-        (7, 16, 16, 18, 18),  # same place but a slice gap: another lesion
-    ]
-    assert group_boxes_into_lesions(boxes) == [1, 1, 2, 3]
 
 
 def test_case_id_is_deterministic_file_safe_and_names_the_study():

@@ -96,7 +96,7 @@ def _parameter_node(module, **values) -> types.SimpleNamespace:
 def test_each_button_of_the_module_through_its_logic(slicer_module, mrml_scene, tmp_path, monkeypatch):
     import slicer
 
-    from PETCTLesionsLib import nnunet, voc
+    from PETCTLesionsLib.formats import nnunet, voc
     from PETCTLesionsLib.mrml.study_nodes import patient_id_of, study_case_id
 
     # PythonSlicer's launcher environment exists only in the application: the worker gets ours.

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from PETCTLesionsLib import nnunet, voc
 from PETCTLesionsLib.demo import write_demo_study
 from PETCTLesionsLib.detection_job import DetectionJob, DetectionSettings, JobStatus
+from PETCTLesionsLib.formats import nnunet, voc
 from PETCTLesionsLib.study import load_study
 
 
@@ -174,7 +174,7 @@ def slicer_array(image) -> np.ndarray:
 @pytest.mark.torch
 def test_a_cancelled_detection_leaves_nothing_behind(demo_case, tmp_path):
     study, _ = demo_case
-    from PETCTLesionsLib.model.training_data import phantom_study_arrays
+    from PETCTLesionsLib.training.data import phantom_study_arrays
 
     arrays = phantom_study_arrays(study)
     job = DetectionJob(
@@ -192,7 +192,7 @@ def test_a_cancelled_detection_leaves_nothing_behind(demo_case, tmp_path):
 @pytest.mark.skipif(os.name != "posix", reason="the stand-in launcher is a POSIX shell script")
 def _job_behind_launcher(study, launcher: Path, script: str, environment: dict, **options) -> DetectionJob:
     """A CPU detection job started through ``launcher``, a shell script standing in for PythonSlicer."""
-    from PETCTLesionsLib.model.training_data import phantom_study_arrays
+    from PETCTLesionsLib.training.data import phantom_study_arrays
 
     launcher.write_text(script)
     launcher.chmod(0o755)
@@ -255,7 +255,7 @@ def test_the_worker_runs_the_model_with_huge_pages(demo_case, tmp_path):
 @pytest.mark.torch
 def test_a_failing_detection_reports_the_workers_message(demo_case, tmp_path):
     study, _ = demo_case
-    from PETCTLesionsLib.model.training_data import phantom_study_arrays
+    from PETCTLesionsLib.training.data import phantom_study_arrays
 
     arrays = phantom_study_arrays(study)
     missing = tmp_path / "no-such-model.json"

@@ -13,9 +13,9 @@ import pytest
 import SimpleITK as sitk
 from conftest import LUNG_DX_ANNOTATIONS, LUNG_DX_CT_SERIES, LUNG_DX_ROOT, copy_series
 
-from PETCTLesionsLib import nnunet, voc
 from PETCTLesionsLib.cli import main
-from PETCTLesionsLib.dicom_index import scan_paths
+from PETCTLesionsLib.dicom.index import scan_paths
+from PETCTLesionsLib.formats import nnunet, voc
 from PETCTLesionsLib.geometry import Grid
 from PETCTLesionsLib.lesions import LabelError, label_lesions
 from PETCTLesionsLib.study import load_series_image
@@ -258,7 +258,7 @@ def test_convert_nnunet_case_round_trip_keeps_label_and_a_valid_dataset_json(tmp
 
 @pytest.fixture(scope="module")
 def synthetic_lung_study(tmp_path_factory):
-    from PETCTLesionsLib.synth import generate_dataset
+    from PETCTLesionsLib.synthetic.synth import generate_dataset
 
     root = tmp_path_factory.mktemp("synth")
     (case,) = generate_dataset(root, cases=1, seed=4, size="small", flavour="lung", n_lesions=5)
@@ -269,9 +269,9 @@ def test_segmentation_to_voc_boxes_equals_the_generators_boxes(mrml_scene, synth
     from PETCTLesionsLib.mrml.boxes import voc_from_segmentation
     from PETCTLesionsLib.mrml.segmentations import segmentation_from_mask
     from PETCTLesionsLib.mrml.study_nodes import add_study_nodes
-    from PETCTLesionsLib.phantom import PhantomConfig, make_phantom
     from PETCTLesionsLib.study import load_study
-    from PETCTLesionsLib.synth import case_seed
+    from PETCTLesionsLib.synthetic.phantom import PhantomConfig, make_phantom
+    from PETCTLesionsLib.synthetic.synth import case_seed
 
     root, case = synthetic_lung_study
     loaded = load_study([case.study_dir])

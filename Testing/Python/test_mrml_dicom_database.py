@@ -18,7 +18,9 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from PETCTLesionsLib.dicom_writer import (
+from PETCTLesionsLib.geometry import Grid
+from PETCTLesionsLib.study import StudyLoadError
+from PETCTLesionsLib.synthetic.dicom_writer import (
     PatientInfo,
     PetAcquisition,
     StudyInfo,
@@ -26,8 +28,6 @@ from PETCTLesionsLib.dicom_writer import (
     write_ct_series,
     write_pet_series,
 )
-from PETCTLesionsLib.geometry import Grid
-from PETCTLesionsLib.study import StudyLoadError
 
 pytestmark = pytest.mark.slicer  # skipped where slicer-core is not installed (Slicer 5.6's stack in CI)
 

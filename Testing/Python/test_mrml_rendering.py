@@ -15,7 +15,7 @@ import pytest
 import SimpleITK as sitk
 
 from PETCTLesionsLib.display import CT_WINDOW_PRESETS, DEFAULT_PET_OPACITY, window_to_unit
-from PETCTLesionsLib.phantom import PhantomConfig, make_phantom
+from PETCTLesionsLib.synthetic.phantom import PhantomConfig, make_phantom
 
 pytestmark = pytest.mark.slicer  # skipped where slicer-core is not installed (Slicer 5.6's stack in CI)
 
@@ -48,12 +48,12 @@ class FusedScene:
     def __init__(self, study) -> None:
         import slicer
 
+        from PETCTLesionsLib.formats.voc import VocAnnotation, VocBox
         from PETCTLesionsLib.mrml.boxes import add_box_nodes
         from PETCTLesionsLib.mrml.display import show_fused_study
         from PETCTLesionsLib.mrml.review import centre_views_on
         from PETCTLesionsLib.mrml.segmentations import lesion_colour, segmentation_from_mask
         from PETCTLesionsLib.mrml.study_nodes import INSTANCE_UIDS_ATTRIBUTE, add_phantom_volumes
-        from PETCTLesionsLib.voc import VocAnnotation, VocBox
 
         self.study = study
         self.ct, self.pet = add_phantom_volumes(study, "Phantom")
@@ -368,7 +368,7 @@ def study_views(tmp_path_factory, rendering_available):
     from PETCTLesionsLib.mrml.boxes import roi_nodes
     from PETCTLesionsLib.mrml.rendering import STUDY_VIEWS, slice_logic, view_annotations, write_detection_views
     from PETCTLesionsLib.study import load_study
-    from PETCTLesionsLib.synth import generate_dataset
+    from PETCTLesionsLib.synthetic.synth import generate_dataset
 
     root = tmp_path_factory.mktemp("study_views")
     # Seed 4: the largest lesion lies in the right lung, far off the body's centre.

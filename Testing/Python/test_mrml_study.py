@@ -14,7 +14,9 @@ pytest.importorskip("slicer", reason="needs slicer-core (Slicer's MRML libraries
 
 import vtk
 
-from PETCTLesionsLib.dicom_writer import (
+from PETCTLesionsLib.geometry import Grid, lps_to_ras_matrix
+from PETCTLesionsLib.study import load_study
+from PETCTLesionsLib.synthetic.dicom_writer import (
     PatientInfo,
     PetAcquisition,
     StudyInfo,
@@ -22,8 +24,6 @@ from PETCTLesionsLib.dicom_writer import (
     write_ct_series,
     write_pet_series,
 )
-from PETCTLesionsLib.geometry import Grid, lps_to_ras_matrix
-from PETCTLesionsLib.study import load_study
 
 CT_GRID = Grid(
     size=(40, 32, 12),
@@ -137,7 +137,7 @@ def test_real_lung_dx_ct_slices_keep_their_sop_instance_uids_in_slice_order():
     import pydicom
     from conftest import LUNG_DX_CT_SERIES
 
-    from PETCTLesionsLib.dicom_index import scan_paths
+    from PETCTLesionsLib.dicom.index import scan_paths
     from PETCTLesionsLib.study import SeriesInfo
 
     index = scan_paths([LUNG_DX_CT_SERIES])

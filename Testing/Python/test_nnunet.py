@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from PETCTLesionsLib import nnunet
-from PETCTLesionsLib.nnunet import NnUNetCase, NnUNetError
+from PETCTLesionsLib.formats import nifti, nnunet
+from PETCTLesionsLib.formats.nnunet import NnUNetCase, NnUNetError
 
 SPACED_ID = "fdg_0a1b2c3d4e_06-20-2003  PET-CT"  # autoPET FDG ids carry runs of spaces
 PLAIN_ID = "psma_0f1e2d3c4b5a6978_2019-03-21"
@@ -430,9 +430,9 @@ def test_nifti_gz_is_one_gzip_member_holding_exactly_simpleitks_nifti(tmp_path, 
     sitk.WriteImage(image, str(tmp_path / "reference.nii"), useCompression=False)
     expected = (tmp_path / "reference.nii").read_bytes()
     # Small chunks: many of them, the last one partial, as a 400x400x326 PET in 4 MiB chunks.
-    monkeypatch.setattr(nnunet, "_DEFLATE_CHUNK_BYTES", 7001)
+    monkeypatch.setattr(nifti, "_DEFLATE_CHUNK_BYTES", 7001)
 
-    path = nnunet.write_nifti_gz(image, tmp_path / "case_0001.nii.gz")
+    path = nifti.write_nifti_gz(image, tmp_path / "case_0001.nii.gz")
 
     data = path.read_bytes()
     stream = zlib.decompressobj(wbits=31)  # exactly one gzip member, nothing after it
@@ -453,21 +453,21 @@ def test_nifti_gz_of_a_chunk_multiple_and_of_one_chunk(tmp_path, monkeypatch):
     expected = (tmp_path / "reference.nii").read_bytes()
     for chunk_bytes in (len(expected) // 4, len(expected), 1 << 30):
         assert len(expected) % 4 == 0
-        monkeypatch.setattr(nnunet, "_DEFLATE_CHUNK_BYTES", chunk_bytes)
-        path = nnunet.write_nifti_gz(image, tmp_path / f"{chunk_bytes}.nii.gz")
+        monkeypatch.setattr(nifti, "_DEFLATE_CHUNK_BYTES", chunk_bytes)
+        path = nifti.write_nifti_gz(image, tmp_path / f"{chunk_bytes}.nii.gz")
         assert gzip.decompress(path.read_bytes()) == expected
 
 
 def test_a_failed_write_leaves_no_file_of_the_case(tmp_path, monkeypatch):
     dataset = tmp_path / "Dataset901_autoPET"
-    real_deflate = nnunet._deflate_chunk
+    real_deflate = nifti._deflate_chunk
 
     def failing_for_pet(data, start, strategy):
-        if strategy == nnunet.zlib.Z_RLE:  # the float32 PET
+        if strategy == nifti.zlib.Z_RLE:  # the float32 PET
             raise RuntimeError("disk full")
         return real_deflate(data, start, strategy)
 
-    monkeypatch.setattr(nnunet, "_deflate_chunk", failing_for_pet)
+    monkeypatch.setattr(nifti, "_deflate_chunk", failing_for_pet)
     with pytest.raises(NnUNetError, match="cannot write it .*disk full"):
         nnunet.write_case(dataset, _case(PLAIN_ID))
     assert _all_files(dataset) == []

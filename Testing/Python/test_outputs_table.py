@@ -19,9 +19,9 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from PETCTLesionsLib import nnunet
 from PETCTLesionsLib.cli import main
 from PETCTLesionsLib.detection import Detection, lesions_from_probability, lesions_on_ct
+from PETCTLesionsLib.formats import nifti, nnunet
 from PETCTLesionsLib.geometry import Grid
 from PETCTLesionsLib.measurements import PEAK_SPHERE_RADIUS_MM, measure_lesions, sphere_offsets
 from PETCTLesionsLib.predict import (
@@ -32,7 +32,7 @@ from PETCTLesionsLib.predict import (
     lesion_slices_on_ct,
     lesion_table_csv,
 )
-from PETCTLesionsLib.synth import COLLECTION_FOLDERS, DATASET_FOLDER, FLAVOURS, generate_dataset
+from PETCTLesionsLib.synthetic.synth import COLLECTION_FOLDERS, DATASET_FOLDER, FLAVOURS, generate_dataset
 
 EXPECTED_COLUMNS = [
     "case_id",
@@ -198,7 +198,7 @@ def test_evaluate_json_prints_json_alone_on_stdout(tmp_path, capsys):
 
 @pytest.mark.parametrize("flavour", FLAVOURS)
 def test_synth_names_its_truth_with_the_case_id_predict_gives_the_study(tmp_path, flavour):
-    from PETCTLesionsLib.dicom_index import scan_paths
+    from PETCTLesionsLib.dicom.index import scan_paths
     from PETCTLesionsLib.study import describe_scan
 
     (case,) = generate_dataset(tmp_path, cases=1, seed=6, size="small", flavour=flavour, n_lesions=1)
@@ -277,7 +277,7 @@ def test_nnunet_dataset_lesion_table_has_the_case_id_and_no_dicom_identity(predi
 
     case, out = predicted
     dataset = out / "data" / "nnUNet_raw" / DATASET_FOLDER
-    truth = sitk.GetArrayFromImage(nnunet.read_nifti(case.nnunet_files["label"])).astype(np.float32)
+    truth = sitk.GetArrayFromImage(nifti.read_nifti(case.nnunet_files["label"])).astype(np.float32)
 
     def known_lesions(model, ct, pet, grid, threshold=None, min_volume_ml=0.0, **_):
         lesion_map, count = lesions_from_probability(truth, 0.5, 0.0, grid.voxel_volume_ml)
@@ -287,7 +287,7 @@ def test_nnunet_dataset_lesion_table_has_the_case_id_and_no_dicom_identity(predi
     assert main(["predict", str(dataset), "--out", str(tmp_path / "pred"), "--device", "cpu"]) == 0
     header, rows = _rows((tmp_path / "pred" / f"{case.case_id}_lesions.csv").read_text())
     assert header == EXPECTED_COLUMNS and len(rows) == 2
-    grid = Grid.from_sitk(nnunet.read_nifti(case.nnunet_files["pet"]))
+    grid = Grid.from_sitk(nifti.read_nifti(case.nnunet_files["pet"]))
     for row in rows:
         assert [row[key] for key in IDENTITY_COLUMNS] == [case.case_id, "", "", "", ""]
         assert row["ct_instance_number_min"] == row["ct_instance_number_max"] == ""

@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 
 from PETCTLesionsLib.geometry import Grid
-from PETCTLesionsLib.phantom import CT_AIR_HU, FWHM_TO_SIGMA, PhantomConfig, PhantomStudy, make_phantom
+from PETCTLesionsLib.synthetic.phantom import CT_AIR_HU, FWHM_TO_SIGMA, PhantomConfig, PhantomStudy, make_phantom
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,11 @@ import SimpleITK as sitk
 from conftest import LUNG_DX_CT_SERIES
 
 from PETCTLesionsLib import detection, preview
-from PETCTLesionsLib.dicom_writer import (
+from PETCTLesionsLib.geometry import Grid
+from PETCTLesionsLib.measurements import measure_lesions
+from PETCTLesionsLib.predict import render_pictures
+from PETCTLesionsLib.study import LoadedStudy, load_study
+from PETCTLesionsLib.synthetic.dicom_writer import (
     PatientInfo,
     PetAcquisition,
     SeriesWriteResult,
@@ -29,11 +33,7 @@ from PETCTLesionsLib.dicom_writer import (
     write_ct_series,
     write_pet_series,
 )
-from PETCTLesionsLib.geometry import Grid
-from PETCTLesionsLib.measurements import measure_lesions
-from PETCTLesionsLib.phantom import PhantomConfig, make_phantom
-from PETCTLesionsLib.predict import render_pictures
-from PETCTLesionsLib.study import LoadedStudy, load_study
+from PETCTLesionsLib.synthetic.phantom import PhantomConfig, make_phantom
 
 STUDY = StudyInfo(
     patient=PatientInfo("PIC-0001", "Pictures^Patient", "F", 61, 72.0),
@@ -274,7 +274,7 @@ def test_a_multi_frame_ct_numbers_its_slices_by_frame(tmp_path):
     """An Enhanced CT file holds the slices as frames (in any order): each slice is named by its frame."""
     from test_dicom_series import _enhanced_ct_from
 
-    from PETCTLesionsLib.dicom_index import scan_paths
+    from PETCTLesionsLib.dicom.index import scan_paths
     from PETCTLesionsLib.study import SeriesInfo
 
     sources = sorted(LUNG_DX_CT_SERIES.glob("*.dcm"))

@@ -37,8 +37,8 @@ NUMPY_BRIDGE_ERROR = "Numpy is not available"  # what torch < 2.3 raises under n
 @pytest.fixture(scope="module")
 def study():
     """A small generated torso PET/CT with three lesions, as arrays on the PET grid."""
-    from PETCTLesionsLib.model.training_data import phantom_study_arrays
-    from PETCTLesionsLib.phantom import PhantomConfig, make_phantom
+    from PETCTLesionsLib.synthetic.phantom import PhantomConfig, make_phantom
+    from PETCTLesionsLib.training.data import phantom_study_arrays
 
     phantom = make_phantom(PhantomConfig(seed=77, size="small", body="torso", n_lesions=3))
     return phantom_study_arrays(phantom), phantom.pet_grid

@@ -17,9 +17,14 @@ import pytest
 import SimpleITK as sitk
 from conftest import LUNG_DX_CT_SERIES, copy_series, save_bare_dicom, save_dicom
 
-from PETCTLesionsLib.dicom_index import Cancelled, read_slice_header
-from PETCTLesionsLib.dicom_series import MissingSlicesError
-from PETCTLesionsLib.dicom_writer import (
+from PETCTLesionsLib.dicom.index import Cancelled
+from PETCTLesionsLib.dicom.part10 import read_slice_header
+from PETCTLesionsLib.dicom.series import MissingSlicesError
+from PETCTLesionsLib.dicom.suv import SUVError
+from PETCTLesionsLib.geometry import Grid
+from PETCTLesionsLib.info import format_info, info_report
+from PETCTLesionsLib.study import StudyLoadError, load_study
+from PETCTLesionsLib.synthetic.dicom_writer import (
     PatientInfo,
     PetAcquisition,
     StudyInfo,
@@ -27,9 +32,6 @@ from PETCTLesionsLib.dicom_writer import (
     write_ct_series,
     write_pet_series,
 )
-from PETCTLesionsLib.geometry import Grid
-from PETCTLesionsLib.study import StudyLoadError, format_info, info_report, load_study
-from PETCTLesionsLib.suv import SUVError
 
 LUNG_DX_CT = LUNG_DX_CT_SERIES
 CT_GRID = Grid(size=(36, 30, 14), spacing=(0.9, 0.95, 2.5), origin=(-16.0, -14.0, -20.0))
@@ -441,8 +443,8 @@ def test_predict_reports_a_study_whose_pet_has_no_ct_and_processes_the_others(tm
 @pytest.mark.torch
 def test_predict_pet_series_processes_the_named_pet_instead_of_the_preferred_one(tmp_path, capsys):
     from PETCTLesionsLib.cli import main
-    from PETCTLesionsLib.dicom_writer import format_ds
     from PETCTLesionsLib.predict import PredictionOptions, predict
+    from PETCTLesionsLib.synthetic.dicom_writer import format_ds
 
     def half_as_bright_nac(ds) -> None:  # so that the output shows which series was processed
         _nac(ds)

@@ -15,7 +15,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 
-from PETCTLesionsLib.suv import (
+from PETCTLesionsLib.dicom.suv import (
     SUVError,
     parse_dicom_date,
     parse_dicom_datetime,

@@ -13,12 +13,12 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from PETCTLesionsLib import nnunet, voc
 from PETCTLesionsLib.cli import main as cli_main
+from PETCTLesionsLib.dicom.suv import suv_bw_factors
+from PETCTLesionsLib.formats import nnunet, voc
 from PETCTLesionsLib.geometry import Grid
-from PETCTLesionsLib.phantom import PhantomConfig, make_phantom
-from PETCTLesionsLib.suv import suv_bw_factors
-from PETCTLesionsLib.synth import DATASET_FOLDER, case_seed, generate_dataset
+from PETCTLesionsLib.synthetic.phantom import PhantomConfig, make_phantom
+from PETCTLesionsLib.synthetic.synth import DATASET_FOLDER, case_seed, generate_dataset
 
 SEED = 1
 

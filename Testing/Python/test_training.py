@@ -15,9 +15,10 @@ pytest.importorskip("torch", reason="the model runs on torch")
 
 import torch
 
-from PETCTLesionsLib import nnunet
 from PETCTLesionsLib.cli import main
-from PETCTLesionsLib.model import preprocessing, training_data, weights
+from PETCTLesionsLib.formats import nnunet
+from PETCTLesionsLib.model import preprocessing, weights
+from PETCTLesionsLib.training import data as training_data
 
 TINY = ["--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "1", "--patch", "32,48,48", "--workers", "0"]
 TINY += ["--pool-size", "1", "--validation-cases", "1", "--synthetic-size", "small", "--warmup-steps", "1"]
@@ -128,7 +129,7 @@ def test_every_lesion_keeps_a_voxel_when_the_label_moves_to_the_working_grid():
 
 
 def test_training_reads_an_nnunet_dataset_and_its_splits(tmp_path, capsys):
-    from PETCTLesionsLib.synth import DATASET_FOLDER, generate_dataset
+    from PETCTLesionsLib.synthetic.synth import DATASET_FOLDER, generate_dataset
 
     generate_dataset(tmp_path / "data", cases=2, seed=8, size="small", flavour="autopet")
     dataset = tmp_path / "data" / "nnUNet_raw" / DATASET_FOLDER

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from PETCTLesionsLib import voc
 from PETCTLesionsLib.fileio import OutputExistsError
-from PETCTLesionsLib.voc import VocAnnotation, VocBox, VocError
+from PETCTLesionsLib.formats import voc
+from PETCTLesionsLib.formats.voc import VocAnnotation, VocBox, VocError, group_boxes_into_lesions
 
 _REPO_ANNOTATIONS = Path(__file__).resolve().parents[2] / "Testing" / "Data" / "Lung-PET-CT-Dx" / "Annotation" / "A0001"
 _SHARED_ANNOTATIONS = Path("/work/shared/data/lung-pet-ct-dx/Annotation/A0001")
@@ -483,3 +483,13 @@ def test_annotation_of_unknown_size_is_written_only_once_the_slice_size_is_set(t
     reread = voc.parse_voc_xml(written)
     assert (reread.width, reread.height, reread.depth, reread.notes) == (512, 512, 1, [])
     assert reread.boxes == [VocBox("A", 278, 308, 360, 394)]
+
+
+def test_boxes_on_adjacent_slices_that_overlap_form_one_lesion():
+    boxes = [
+        (3, 10, 10, 20, 20),
+        (4, 15, 15, 25, 25),  # overlaps the first, next slice
+        (5, 100, 100, 110, 110),  # elsewhere
+        (7, 16, 16, 18, 18),  # same place but a slice gap: another lesion
+    ]
+    assert group_boxes_into_lesions(boxes) == [1, 1, 2, 3]

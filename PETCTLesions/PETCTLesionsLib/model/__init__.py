@@ -1,7 +1,6 @@
-"""The lesion model: network, pre-processing, inference, bundled weights and training.
+"""The lesion model: network, pre-processing, inference and bundled weights.
 
-Only torch and numpy are imported by the inference path (``network``, ``preprocessing``,
-``inference``, ``weights``) so the model runs wherever torch does; training also uses the
-study generator and the nnU-Net reader (SimpleITK). Import the submodules directly;
-importing this package does not import torch.
+Only torch and numpy are imported (``network``, ``preprocessing``, ``inference``, ``weights``),
+so the model runs wherever torch does; training it is the ``training`` package's work. Import
+the submodules directly; importing this package does not import torch.
 """

@@ -17,9 +17,15 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import slicer
 
+from ..formats.voc import (
+    VALID_CLASSES,
+    VocAnnotation,
+    VocBox,
+    group_boxes_into_lesions,
+    voc_annotations_from_boxes,
+)
 from ..geometry import Grid
-from ..lesions import group_boxes_into_lesions, slice_boxes, voc_annotations_from_boxes
-from ..voc import VALID_CLASSES, VocAnnotation, VocBox
+from ..lesions import slice_boxes
 from .segmentations import lesion_map_on
 from .study_nodes import place_in_hierarchy, slice_sop_instance_uids
 from .volumes import grid_from_volume_node

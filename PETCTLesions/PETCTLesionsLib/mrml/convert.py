@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Set, Tuple
 
-from .. import nnunet, voc
-from ..dicom_index import IndexedStudy, scan_paths
+from ..dicom.index import IndexedStudy, scan_paths
+from ..dicom.pairing import pair_pet_with_ct
+from ..formats import nnunet, voc
 from ..geometry import Grid
 from ..study import load_series_image, load_study
 from .boxes import add_box_nodes
@@ -81,7 +82,7 @@ def _nodes_from_dicom_study(
     the PET (a study with a diagnostic and a low-dose CT, say) is loaded alone as well, so that
     its boxes are not lost.
     """
-    pairings = [p for p in scan.pairings if p.study_uid == study.study_uid]
+    pairings = pair_pet_with_ct(scan.studies, study.study_uid)
     result = []
     loaded_cts: Set[str] = set()
     for pairing in pairings:

@@ -19,8 +19,8 @@ import slicer
 import vtk
 
 from ..detection import Detection, ct_slice_boxes
+from ..formats.voc import VocBox, histology_class
 from ..geometry import Grid
-from ..voc import VocBox, histology_class
 from .boxes import SEGMENT_ID_ATTRIBUTE, add_lesion_boxes, colour_box
 from .segmentations import SEGMENT_NAME, segment_ids, segmentation_from_mask
 from .study_nodes import is_suv_bw, patient_id_of, slice_sop_instance_uids, study_images

@@ -20,7 +20,7 @@ from typing import Callable, List, Optional, Protocol, Sequence, Tuple
 
 import slicer
 
-from ..dicom_index import CancelCallback, ProgressCallback, check_cancel, scan_paths
+from ..dicom.index import CancelCallback, ProgressCallback, check_cancel, scan_paths
 from ..study import StudyLoadError, describe_scan, load_pet_suv
 from .study_nodes import convert_pet_node_to_suv, is_suv_bw, slice_sop_instance_uids
 

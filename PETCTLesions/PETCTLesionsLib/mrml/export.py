@@ -18,8 +18,8 @@ import numpy as np
 import SimpleITK as sitk
 import slicer
 
-from .. import nnunet, voc
 from ..fileio import OutputExistsError
+from ..formats import nnunet, voc
 from ..resampling import resample_label_to_grid
 from .boxes import SEGMENT_ID_ATTRIBUTE, box_nodes_of, voc_from_box_nodes, voc_from_segmentation
 from .review import rejected_segment_ids, without_rejected

@@ -22,10 +22,10 @@ import numpy as np
 import slicer
 import vtk
 
+from ..formats.voc import VALID_CLASSES, VocBox, histology_class
 from ..geometry import lps_to_ras
 from ..lesions import slice_boxes
 from ..measurements import LesionMeasurement, measure_lesions
-from ..voc import VALID_CLASSES, VocBox, histology_class
 from .boxes import CLASS_ATTRIBUTE, LESION_ATTRIBUTE, SEGMENT_ID_ATTRIBUTE, add_box_node, colour_box, roi_nodes
 from .segmentations import lesion_map_on, segment_ids, segment_on
 from .study_nodes import is_suv_bw

@@ -14,8 +14,8 @@ from ..resampling import resample_ct_to_pet
 from .volumes import grid_from_volume_node, image_from_volume_node, volume_node_from_image
 
 if TYPE_CHECKING:
-    from ..phantom import PhantomStudy
     from ..study import LoadedPet, LoadedStudy, SeriesInfo
+    from ..synthetic.phantom import PhantomStudy
 
 # How Slicer's PETDICOM extension marks a volume as body-weight SUV (DICOM CID 7180 / UCUM),
 # so that Slicer's data probe and other modules show "SUVbw" for our nodes too.
@@ -202,7 +202,7 @@ def study_case_id(node: slicer.vtkMRMLNode) -> str:
     StudyDate on the patient and study items; a volume without them (not from DICOM) is named
     after the node.
     """
-    from ..nnunet import case_id_for_study, case_id_from_name
+    from ..formats.nnunet import case_id_for_study, case_id_from_name
 
     constants = slicer.vtkMRMLSubjectHierarchyConstants
     patient_id = patient_id_of(node)

@@ -34,6 +34,11 @@ Reading accepts the quirks of the real files: ``<annotation verified="no">``, ``
 ``<difficult>``, float coordinates such as ``278.0`` (rounded half up) and stray whitespace.
 Documents that declare a DOCTYPE or ENTITY are refused before any XML parser sees them, so
 entity expansion (billion laughs, external entities) can never happen.
+
+Lesions and boxes (:mod:`lesions` numbers lesions and finds their tight box on each slice):
+:func:`voc_annotations_from_boxes` turns a lesion map's per-slice boxes into one annotation per
+CT slice; :func:`group_boxes_into_lesions` gives boxes read from VOC files (which carry no lesion
+identity) their lesion numbers.
 """
 
 from __future__ import annotations
@@ -45,12 +50,13 @@ import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 from xml.sax.saxutils import escape
 
 import numpy as np
 
-from .fileio import OutputExistsError, atomic_output, atomic_write_text
+from ..fileio import OutputExistsError, atomic_output, atomic_write_text
+from ..lesions import SliceBox
 
 VALID_CLASSES: Tuple[str, ...] = ("A", "B", "E", "G")
 MAX_XML_BYTES = 1_000_000  # real files are ~0.5 kB; anything this large is not a LabelImg annotation
@@ -503,3 +509,62 @@ def histology_class(patient_id: str) -> Optional[str]:
         return None
     letter = match.group(1)
     return letter if letter in VALID_CLASSES else None
+
+
+# ----------------------------------------------------------------------------------------- lesions
+
+
+def voc_annotations_from_boxes(
+    boxes: Sequence[SliceBox],
+    slice_uids: Sequence[str],
+    width: int,
+    height: int,
+    class_name: str,
+    classes: Optional[Dict[int, str]] = None,
+) -> List[VocAnnotation]:
+    """One VOC annotation per slice with boxes, named by the slice's SOPInstanceUID.
+
+    ``classes`` gives a class per lesion number (default ``class_name`` for all).
+    """
+    by_slice: Dict[int, VocAnnotation] = {}
+    for box in boxes:
+        if not 0 <= box.k < len(slice_uids):
+            raise IndexError(f"box on slice {box.k} but the series has {len(slice_uids)} slices")
+        annotation = by_slice.get(box.k)
+        if annotation is None:
+            annotation = by_slice[box.k] = VocAnnotation(slice_uids[box.k], width=width, height=height)
+        name = (classes or {}).get(box.lesion, class_name)
+        annotation.boxes.append(VocBox.from_pixel_ranges(name, box.c0, box.r0, box.c1, box.r1))
+    return [by_slice[k] for k in sorted(by_slice)]
+
+
+def group_boxes_into_lesions(boxes: Sequence[Tuple[int, int, int, int, int]]) -> List[int]:
+    """Lesion number (1-based) for each box ``(k, c0, r0, c1, r1)``: boxes on adjacent slices
+    that overlap in plane belong to one lesion (VOC files carry no lesion identity)."""
+    parent = list(range(len(boxes)))
+
+    def root(index: int) -> int:
+        while parent[index] != index:
+            parent[index] = parent[parent[index]]
+            index = parent[index]
+        return index
+
+    by_slice: Dict[int, List[int]] = {}
+    for index, box in enumerate(boxes):
+        by_slice.setdefault(box[0], []).append(index)
+    for k, indices in by_slice.items():
+        for index in indices:
+            for other in by_slice.get(k + 1, []) + [o for o in indices if o > index]:
+                if _overlap(boxes[index], boxes[other]):
+                    parent[root(other)] = root(index)
+    numbers: Dict[int, int] = {}
+    result = []
+    for index in sorted(range(len(boxes)), key=lambda n: (boxes[n][0], n)):
+        numbers.setdefault(root(index), len(numbers) + 1)
+    for index in range(len(boxes)):
+        result.append(numbers[root(index)])
+    return result
+
+
+def _overlap(a: Tuple[int, int, int, int, int], b: Tuple[int, int, int, int, int]) -> bool:
+    return a[1] <= b[3] and b[1] <= a[3] and a[2] <= b[4] and b[2] <= a[4]

@@ -34,7 +34,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from .geometry import Grid
+from ..geometry import Grid
 
 SIZES = ("small", "full")
 BODIES = ("torso", "wholebody")

@@ -1,4 +1,4 @@
-"""Build one DICOM series (its slice headers from :mod:`dicom_index`) as a SimpleITK image.
+"""Build one DICOM series (its slice headers from :mod:`.index`) as a SimpleITK image.
 
 Geometry (:func:`series_geometry`):
 
@@ -35,7 +35,7 @@ Geometry (:func:`series_geometry`):
   between its two neighbouring slices along the normal (across allowed gaps too, with a warning).
 - A single slice takes its spacing along the normal from SpacingBetweenSlices, else
   SliceThickness (else 1 mm, with a warning: one slice has no extent to get wrong).
-- Enhanced CT frames arrive as slice headers of their own (:func:`dicom_index.read_image_headers`)
+- Enhanced CT frames arrive as slice headers of their own (:func:`.index.read_image_headers`)
   and are sorted and checked like files. Other multi-frame images (Enhanced PET, whose SUV
   needs per-frame timing, and the like) are refused as not supported yet.
 
@@ -81,16 +81,9 @@ import pydicom
 import SimpleITK as sitk
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
-from .dicom_index import (
-    CancelCallback,
-    IndexedSeries,
-    PathLike,
-    ProgressCallback,
-    SliceHeader,
-    check_cancel,
-    scan_paths,
-)
-from .geometry import Grid
+from ..geometry import Grid
+from .index import CancelCallback, IndexedSeries, PathLike, ProgressCallback, check_cancel, scan_paths
+from .part10 import NATIVE_TRANSFER_SYNTAXES, SliceHeader
 
 ORIENTATION_TOLERANCE = 1e-4
 SAME_POSITION_TOLERANCE_MM = 1e-3
@@ -582,8 +575,6 @@ def _clear_unused_bits(stored: np.ndarray, header: SliceHeader) -> None:
 
 
 def _native_dtype(header: SliceHeader) -> np.dtype:
-    from .dicom_index import NATIVE_TRANSFER_SYNTAXES
-
     return _stored_dtype(header, NATIVE_TRANSFER_SYNTAXES[header.transfer_syntax][1])
 
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..lesions import label_lesions
-from . import preprocessing
+from ..model import preprocessing
 
 TRAIN_SEED_BASE = 1_000_000
 VALIDATION_SEED_BASE = 900_000
@@ -69,7 +69,7 @@ class TrainingCase:
 
 def synthetic_study(seed: int, body: str = "wholebody", size: str = "full") -> StudyArrays:
     """A generated patient with the CT resampled onto the PET grid, as the real pipeline does."""
-    from ..phantom import PhantomConfig, make_phantom
+    from ..synthetic.phantom import PhantomConfig, make_phantom
 
     return phantom_study_arrays(make_phantom(PhantomConfig(seed=int(seed), size=size, body=body)))
 
@@ -96,7 +96,7 @@ def nnunet_study(dataset_dir: str, case_id: str) -> StudyArrays:
     checked by :func:`nnunet.read_case` (whole files, channel values, a 0/1 label without NaN)."""
     import SimpleITK as sitk
 
-    from .. import nnunet
+    from ..formats import nnunet
 
     case = nnunet.read_case(Path(dataset_dir), case_id)
     if case.label is None:

@@ -28,7 +28,10 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from . import nnunet, voc
+from ..fileio import atomic_write_text, refuse_overwriting
+from ..formats import nnunet, voc
+from ..lesions import slice_boxes
+from ..resampling import resample_ct_to_pet
 from .dicom_writer import (
     PatientInfo,
     PetAcquisition,
@@ -39,10 +42,7 @@ from .dicom_writer import (
     write_ct_series,
     write_pet_series,
 )
-from .fileio import atomic_write_text, refuse_overwriting
-from .lesions import slice_boxes
 from .phantom import PhantomConfig, PhantomStudy, make_phantom
-from .resampling import resample_ct_to_pet
 
 FLAVOURS = ("lung", "autopet")
 DATASET_FOLDER = "Dataset900_PETCTLesionsSynthetic"

@@ -32,10 +32,10 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
-from . import __version__
-from .fileio import OutputExistsError, atomic_write_bytes
-from .geometry import Grid
-from .suv import suv_bw_factors
+from .. import __version__
+from ..dicom.suv import suv_bw_factors
+from ..fileio import OutputExistsError, atomic_write_bytes
+from ..geometry import Grid
 
 CT_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.2")
 PET_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.128")

@@ -32,9 +32,9 @@ import torch
 import torch.nn.functional as F
 
 from .. import metrics
-from . import training_data
-from .network import DEFAULT_FEATURES, LesionUNet, count_parameters
-from .preprocessing import WORKING_SPACING_MM
+from ..model.network import DEFAULT_FEATURES, LesionUNet, count_parameters
+from ..model.preprocessing import WORKING_SPACING_MM
+from . import data as training_data
 
 
 @dataclass
@@ -81,7 +81,7 @@ class _Rank:
 
 
 def _start_distributed(requested_device: str) -> _Rank:
-    from .inference import choose_device
+    from ..model.inference import choose_device
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
@@ -109,7 +109,7 @@ def _barrier(rank: _Rank) -> None:
 
 def _split(settings: TrainingSettings) -> Tuple[List[str], List[str], str]:
     """Training and validation case ids of an nnU-Net dataset, and where the split came from."""
-    from .. import nnunet
+    from ..formats import nnunet
 
     cases = nnunet.list_cases(settings.dataset)
     folds = nnunet.read_splits(settings.dataset)
@@ -132,7 +132,7 @@ def _sources(settings: TrainingSettings, rank: _Rank):
             for n in range(settings.validation_cases)
         ]
         return specs, validation, f"generated whole-body (75%) and torso (25%) studies, {size} size", None
-    from ..nnunet import NnUNetError, list_cases
+    from ..formats.nnunet import NnUNetError, list_cases
 
     dataset = Path(settings.dataset)
     if not (dataset / "dataset.json").is_file():
@@ -218,7 +218,7 @@ def _case_metrics_at(
     only the counts are kept.
     """
     from ..detection import lesions_from_probability
-    from .inference import predict_probability
+    from ..model.inference import predict_probability
 
     was_training = network.training
     cases: Dict[float, List[metrics.CaseMetrics]] = {threshold: [] for threshold in thresholds}
@@ -265,7 +265,7 @@ def train(settings: TrainingSettings, log=print) -> Path:
     optimizer = torch.optim.AdamW(network.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
     state = {"epoch": 0, "step": 0, "best_dice": -1.0, "history": []}
     if settings.init_model is not None and not settings.resume:
-        from .weights import load_model
+        from ..model.weights import load_model
 
         network.load_state_dict(load_model(settings.init_model).network.state_dict())
     # The inputs are checked before --out is touched: a run refused for its data leaves no folder.
@@ -452,7 +452,7 @@ def choose_threshold(network: LesionUNet, studies, device: torch.device) -> Tupl
 
 
 def _export(out: Path, network: LesionUNet, settings: TrainingSettings, state: Dict, data: str, rank) -> Path:
-    from .weights import save_model
+    from ..model.weights import save_model
 
     card = dict(settings.card)
     card.update(
