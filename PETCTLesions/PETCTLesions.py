@@ -1,9 +1,11 @@
 """PETCTLesions: the 3D Slicer module (Module, parameter node, Widget, Logic, Test).
 
 This file is the thin Slicer shell. The work lives in PETCTLesionsLib (plain Python) and its
-MRML layer PETCTLesionsLib.mrml (Slicer nodes), both tested headlessly; the Widget only
-binds the .ui to the parameter node and calls the Logic, and every Logic method is one call
-into the library (Testing/Python/test_module_workflow.py runs the same calls on real MRML).
+MRML layer PETCTLesionsLib.mrml (Slicer nodes), both tested headlessly. The Widget binds the
+.ui to the parameter node and forwards each Qt signal to the panel's presenter
+(PETCTLesionsLib/module_presenter.py: the panel's state and decisions, without Qt), which calls
+the Logic; every Logic method is one call into the library (Testing/Python/test_module_logic.py
+runs them on real MRML, test_module_presenter.py drives the presenter).
 """
 
 import importlib.metadata
@@ -19,6 +21,7 @@ from typing import Annotated, List, Optional, Tuple
 
 import qt
 import slicer
+import vtk
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
@@ -37,6 +40,9 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
+
+from PETCTLesionsLib.errors import InputError, SetupError
+from PETCTLesionsLib.module_presenter import ModulePresenter
 
 DEMO_SAMPLE_NAME = "PETCTLesionsDemo"
 MIN_TORCH_VERSION = (2, 1)
@@ -226,17 +232,21 @@ def _chosen(path: Optional[Path]) -> Optional[Path]:
 
 
 class PETCTLesionsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The panel: binds the .ui to the parameter node and forwards each Qt signal to the presenter.
+
+    What the panel shows and what its buttons do (the detection run, the lesion table and its
+    selection, which buttons are enabled, which dialog to show) is decided by
+    ``PETCTLesionsLib.module_presenter.ModulePresenter``, plain Python tested with pytest;
+    ``_QtPanelView`` draws it with the .ui's widgets and Slicer's dialogs.
+    """
+
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
+        self.presenter = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._petCtChoices = []
-        self._detectionJob = None
-        self._lastDetection = None
-        self._lesionRows = []
-        self._platformNoteShown = False
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -246,53 +256,57 @@ class PETCTLesionsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
 
         self.logic = PETCTLesionsLogic()
+        detectionTimer = qt.QTimer()
+        detectionTimer.setInterval(200)
+        self.presenter = presenter = ModulePresenter(self.logic, _QtPanelView(self.ui, detectionTimer), tr=_)
+        detectionTimer.connect("timeout()", presenter.poll_detection)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
         # 1. Study
-        self.ui.importDicomButton.connect("clicked(bool)", self.onImportDicomButton)
-        self.ui.loadStudyButton.connect("clicked(bool)", self.onLoadStudyButton)
-        self.ui.loadDemoButton.connect("clicked(bool)", self.onLoadDemoButton)
+        self.ui.importDicomButton.connect("clicked(bool)", lambda _checked: presenter.import_dicom_folder())
+        self.ui.loadStudyButton.connect(
+            "clicked(bool)", lambda _checked: presenter.load_study(self.ui.studyComboBox.currentIndex)
+        )
+        self.ui.loadDemoButton.connect("clicked(bool)", lambda _checked: presenter.load_demo_study())
         # 2. Display: controls act at once on the study in view (values arrive with the signal).
-        self.ui.showFusedButton.connect("clicked(bool)", self.onShowFusedButton)
+        self.ui.showFusedButton.connect("clicked(bool)", lambda _checked: presenter.show_fused_study())
         for button, preset in (
             (self.ui.mediastinumPresetButton, "Mediastinum"),
             (self.ui.lungPresetButton, "Lung"),
             (self.ui.bonePresetButton, "Bone"),
         ):
-            button.connect("clicked(bool)", lambda _checked, preset=preset: self.onCtPresetButton(preset))
+            button.connect("clicked(bool)", lambda _checked, preset=preset: presenter.apply_ct_preset(preset))
         self.ui.petColormapComboBox.connect("currentIndexChanged(int)", self.onPetColormapChanged)
-        self.ui.suvWindowRangeWidget.connect("valuesChanged(double,double)", self.onSuvWindowChanged)
-        self.ui.petOpacitySliderWidget.connect("valueChanged(double)", self.onPetOpacityChanged)
+        self.ui.suvWindowRangeWidget.connect("valuesChanged(double,double)", presenter.set_suv_window)
+        self.ui.petOpacitySliderWidget.connect("valueChanged(double)", presenter.set_pet_opacity)
         # 3. Detect: the button starts a background run and turns into Cancel while it runs.
-        self.ui.detectButton.connect("clicked(bool)", self.onDetectButton)
-        self.ui.useModelThresholdCheckBox.connect(
-            "toggled(bool)", lambda useModel: self.ui.thresholdSliderWidget.setEnabled(not useModel)
-        )
+        self.ui.detectButton.connect("clicked(bool)", lambda _checked: presenter.detect_or_cancel())
         self.ui.bundledModelButton.connect("clicked(bool)", self.onBundledModelButton)
-        self.ui.undoDetectionButton.connect("clicked(bool)", self.onUndoDetectionButton)
-        self.ui.detectProgressBar.setVisible(False)
-        self._detectionTimer = qt.QTimer()
-        self._detectionTimer.setInterval(200)
-        self._detectionTimer.connect("timeout()", self.onDetectionTimer)
+        self.ui.undoDetectionButton.connect("clicked(bool)", lambda _checked: presenter.undo_detection())
         # 4. Review
         self.ui.lesionTable.connect("itemSelectionChanged()", self.onLesionSelectionChanged)
-        self.ui.acceptButton.connect("clicked(bool)", lambda _checked: self.onReviewStatus("accepted"))
-        self.ui.rejectButton.connect("clicked(bool)", lambda _checked: self.onReviewStatus("rejected"))
-        self.ui.deleteButton.connect("clicked(bool)", self.onDeleteLesionButton)
+        self.ui.acceptButton.connect("clicked(bool)", lambda _checked: presenter.set_review_status("accepted"))
+        self.ui.rejectButton.connect("clicked(bool)", lambda _checked: presenter.set_review_status("rejected"))
+        self.ui.deleteButton.connect("clicked(bool)", lambda _checked: presenter.delete_selected_lesion())
         self.ui.lesionClassComboBox.addItems(["A", "B", "E", "G"])
-        self.ui.setClassButton.connect("clicked(bool)", self.onSetClassButton)
-        self.ui.segmentEditorButton.connect("clicked(bool)", self.onSegmentEditorButton)
-        self.ui.addBoxButton.connect("clicked(bool)", self.onAddBoxButton)
-        self.ui.refreshTableButton.connect("clicked(bool)", lambda _checked: self.updateLesionTable())
+        self.ui.setClassButton.connect(
+            "clicked(bool)", lambda _checked: presenter.set_lesion_class(self.ui.lesionClassComboBox.currentText)
+        )
+        self.ui.segmentEditorButton.connect("clicked(bool)", lambda _checked: presenter.open_segment_editor())
+        self.ui.addBoxButton.connect(
+            "clicked(bool)", lambda _checked: presenter.add_box(self.ui.lesionClassComboBox.currentText)
+        )
+        self.ui.refreshTableButton.connect("clicked(bool)", lambda _checked: presenter.refresh_table())
         # 5. Export
-        self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
+        self.ui.exportButton.connect("clicked(bool)", lambda _checked: presenter.export())
 
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
-        self._cancelDetection()
+        if self.presenter is not None:
+            self.presenter.cancel_detection()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -304,9 +318,7 @@ class PETCTLesionsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNodeGuiTag = None
 
     def onSceneStartClose(self, caller, event) -> None:
-        self._cancelDetection()
-        self._lastDetection = None
-        self.ui.undoDetectionButton.enabled = False
+        self.presenter.scene_closing()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -319,278 +331,123 @@ class PETCTLesionsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def setParameterNode(self, inputParameterNode: Optional[PETCTLesionsParameterNode]) -> None:
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
         self._parameterNode = inputParameterNode
+        self.presenter.set_parameter_node(self._parameterNode)  # first: connecting the GUI fires display signals
         if self._parameterNode:
-            # Widgets carrying a SlicerParameterName property in the .ui follow the parameter node.
+            # Widgets carrying a SlicerParameterName property in the .ui follow the parameter node;
+            # the presenter hears of every change (a volume chosen, a box ticked) to enable the buttons.
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.ui.thresholdSliderWidget.setEnabled(not self._parameterNode.useModelThreshold)
-        self.updateLesionTable(quiet=True)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
 
-    # ------------------------------------------------------------------------------- 1. Study
-
-    def onImportDicomButton(self) -> None:
-        folder = _chosen(self._parameterNode.dicomFolder)  # unset is Path("."): never import the working folder
-        with slicer.util.tryWithErrorDisplay(_("Failed to import the DICOM folder."), waitCursor=True):
-            choices, problems = self.logic.importDicomFolder(folder)
-            self._petCtChoices = choices
-            self.ui.studyComboBox.clear()
-            for choice in choices:
-                self.ui.studyComboBox.addItem(choice.label)
-                self.ui.studyComboBox.setItemData(self.ui.studyComboBox.count - 1, choice.rule, qt.Qt.ToolTipRole)
-            self.ui.loadStudyButton.enabled = bool(choices)
-            if problems:
-                slicer.util.warningDisplay(problems, windowTitle=_("Series that cannot be loaded"))
-
-    def onLoadStudyButton(self) -> None:
-        index = self.ui.studyComboBox.currentIndex
-        if not 0 <= index < len(self._petCtChoices):
-            return
-        choice = self._petCtChoices[index]
-        with slicer.util.tryWithErrorDisplay(_("Failed to load the PET/CT study."), waitCursor=True):
-            with _ProgressDialog(_("Loading PET/CT study")) as dialog:
-                ctNode, petNode = self.logic.loadStudyFromDatabase(
-                    choice, progress=dialog.progress, cancel=dialog.cancelled
-                )
-            self._showStudy(ctNode, petNode, choice.warnings)
-
-    def onLoadDemoButton(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("Failed to create the demo study."), waitCursor=True):
-            ctNode, petNode = self.logic.loadDemoStudy(self._parameterNode.demoSeed)
-            self._showStudy(ctNode, petNode)
-
-    def _showStudy(self, ctNode, petNode, pairWarnings=()) -> None:
-        self._parameterNode.ctVolume = ctNode
-        self._parameterNode.petVolume = petNode
-        self._parameterNode.segmentation = None  # a new study's lesions go to a new segmentation
-        self.logic.showFusedStudy(self._parameterNode)
-        self._showStudyWarnings(petNode, pairWarnings)
-        self.updateLesionTable()
-
-    def _showStudyWarnings(self, petNode, pairWarnings=()) -> None:
-        """In one dialog: what the PET/CT pairing warned about (e.g. a CT covering under 90% of the PET)
-        and, once per PET node, what the SUV computation did (e.g. an uptake time unusual for a static scan)."""
-        warnings = self.logic.studyWarningsToShow(petNode, pairWarnings)
-        if warnings:
-            slicer.util.warningDisplay("\n\n".join(warnings), windowTitle=_("Study loaded, but check these warnings"))
-
-    # ------------------------------------------------------------------------------- 2. Display
-
-    def onShowFusedButton(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("Failed to show the fused study."), waitCursor=True):
-            self.logic.showFusedStudy(self._parameterNode)
-        self._showStudyWarnings(self._parameterNode.petVolume)
-
-    def onCtPresetButton(self, preset: str) -> None:
-        self._parameterNode.ctPreset = preset
-        if self._parameterNode.ctVolume:
-            with slicer.util.tryWithErrorDisplay(_("Failed to set the CT window.")):
-                self.logic.applyCtPreset(self._parameterNode.ctVolume, preset)
+    def onParameterNodeModified(self, caller=None, event=None) -> None:
+        self.presenter.parameters_changed()
 
     def onPetColormapChanged(self, index: int) -> None:
-        petNode = self._parameterNode.petVolume if self._parameterNode else None
-        if petNode and index >= 0:
-            with slicer.util.tryWithErrorDisplay(_("Failed to set the PET colour map.")):
-                self.logic.setPetColormap(petNode, self.ui.petColormapComboBox.itemText(index))
-
-    def onSuvWindowChanged(self, suvMin: float, suvMax: float) -> None:
-        petNode = self._parameterNode.petVolume if self._parameterNode else None
-        if petNode and suvMax > suvMin:
-            self.logic.setSuvWindow(petNode, suvMin, suvMax)
-
-    def onPetOpacityChanged(self, opacity: float) -> None:
-        if self._parameterNode and self._parameterNode.petVolume:
-            self.logic.setPetOpacity(opacity)
-
-    # ------------------------------------------------------------------------------- 3. Detect
-
-    def onDetectButton(self) -> None:
-        if self._detectionJob is not None:
-            self._cancelDetection()
-            self.ui.detectStatusLabel.text = _("Cancelled: nothing was added.")
-            return
-        with slicer.util.tryWithErrorDisplay(_("Failed to start lesion detection."), waitCursor=True):
-            if not self.logic.ensureTorch():
-                self.ui.detectStatusLabel.text = _(
-                    "Lesion detection needs PyTorch {requirement}, which was not installed."
-                ).format(requirement=TORCH_REQUIREMENT)
-                return
-            platformNote = self.logic.torchPlatformNote()
-            if platformNote and not self._platformNoteShown:  # once a session, until the user ticks it off
-                self._platformNoteShown = True
-                slicer.util.infoDisplay(
-                    platformNote,
-                    windowTitle=_("Lesion detection on this computer"),
-                    dontShowAgainSettingsKey="PETCTLesions/DontShowTorchPlatformNote",
-                )
-            self._detectionJob = self.logic.startDetection(self._parameterNode)
-            self.ui.detectButton.text = _("Cancel")
-            self.ui.detectProgressBar.value = 0
-            self.ui.detectProgressBar.setVisible(True)
-            self.ui.detectStatusLabel.text = _("Starting...")
-            self._detectionTimer.start()
-
-    def onDetectionTimer(self) -> None:
-        job = self._detectionJob
-        if job is None:
-            self._detectionTimer.stop()
-            return
-        status = job.poll()
-        for line in status.new_log_lines:
-            logging.info(f"[lesion detection] {line}")
-        self.ui.detectProgressBar.value = int(round(100 * status.fraction))
-        self.ui.detectStatusLabel.text = status.message
-        if not status.done:
-            return
-        self._endDetection()
-        with slicer.util.tryWithErrorDisplay(_("Lesion detection failed."), waitCursor=True):
-            nodes = self.logic.finishDetection(job, self._parameterNode)
-            self._lastDetection = nodes
-            self.ui.undoDetectionButton.enabled = True
-            notes = "; ".join(nodes.notes)
-            self.ui.detectStatusLabel.text = _("{count} lesions added to '{name}'.").format(
-                count=len(nodes.segment_ids), name=nodes.segmentation.GetName()
-            ) + (f" {notes}" if notes else "")
-        self.updateLesionTable()  # outside: tryWithErrorDisplay re-raises, so nested ones show two dialogs
-
-    def _endDetection(self) -> None:
-        self._detectionTimer.stop()
-        self._detectionJob = None
-        self.ui.detectButton.text = _("Detect lesions")
-        self.ui.detectProgressBar.setVisible(False)
-
-    def _cancelDetection(self) -> None:
-        if self._detectionJob is not None:
-            self._detectionJob.cancel()
-            self._endDetection()
+        self.presenter.set_pet_colormap(self.ui.petColormapComboBox.itemText(index) if index >= 0 else "")
 
     def onBundledModelButton(self) -> None:
         # Clearing the path field cannot do this: ctkPathLineEdit only reports acceptable input
         # (an existing .json), so an empty field never reaches the parameter node.
-        if self._parameterNode is not None:
-            self._parameterNode.modelPath = Path()  # what _chosen() reads as "the bundled model"
+        self.presenter.use_bundled_model()
         self.ui.modelPathLineEdit.currentPath = ""
 
-    def onUndoDetectionButton(self) -> None:
-        if self._lastDetection is None:
-            return
-        with slicer.util.tryWithErrorDisplay(_("Failed to undo the detection.")):
-            self.logic.undoDetection(self._lastDetection, self._parameterNode)
-            self._lastDetection = None
-            self.ui.undoDetectionButton.enabled = False
-        self.updateLesionTable()
+    def onLesionSelectionChanged(self) -> None:
+        selected = self.ui.lesionTable.selectedItems()
+        self.presenter.select_row(selected[0].row() if selected else None)
 
-    # ------------------------------------------------------------------------------- 4. Review
 
-    def updateLesionTable(self, quiet: bool = False) -> None:
-        """Measure the segments again; ``quiet`` (module entered, scene changed): log problems, no dialog."""
-        if not hasattr(self, "ui"):
-            return
-        node = self._parameterNode
-        rows = []
-        if node and node.segmentation and node.petVolume:
-            if quiet:
-                try:
-                    rows = self.logic.lesionRows(node)
-                except (ValueError, RuntimeError) as error:
-                    logging.warning(f"Lesion table not updated: {error}")
-            else:
-                with slicer.util.tryWithErrorDisplay(_("Failed to measure the lesions."), waitCursor=True):
-                    rows = self.logic.lesionRows(node)
-        self._lesionRows = rows
+class _QtPanelView:
+    """The presenter's ``PanelView`` (PETCTLesionsLib/module_presenter.py) with Qt widgets and Slicer's dialogs."""
+
+    def __init__(self, ui, detectionTimer) -> None:
+        self.ui = ui
+        self._detectionTimer = detectionTimer
+
+    def set_study_choices(self, choices) -> None:
+        combo = self.ui.studyComboBox
+        combo.clear()
+        for label, tooltip in choices:
+            combo.addItem(label)
+            combo.setItemData(combo.count - 1, tooltip, qt.Qt.ToolTipRole)
+
+    def set_rows(self, rows) -> None:
         table = self.ui.lesionTable
         table.setRowCount(len(rows))
-        for r, row in enumerate(rows):
-            values = (
-                row.name,
-                row.class_name,
-                f"{row.suv_max:.2f}",
-                f"{row.suv_mean:.2f}",
-                f"{row.mtv_ml:.2f}",
-                f"{row.tlg:.1f}",
-                row.slices_text,
-                row.status,
-            )
-            for c, value in enumerate(values):
-                table.setItem(r, c, qt.QTableWidgetItem(value))
+        for r, cells in enumerate(rows):
+            for c, text in enumerate(cells):
+                table.setItem(r, c, qt.QTableWidgetItem(text))
         table.resizeColumnsToContents()
-        self._updateReviewButtons()
 
-    def _selectedRow(self):
-        selected = self.ui.lesionTable.selectedItems()
-        index = selected[0].row() if selected else -1
-        return self._lesionRows[index] if 0 <= index < len(self._lesionRows) else None
+    def set_selection(self, index) -> None:
+        if index is None:
+            self.ui.lesionTable.clearSelection()
+        else:
+            self.ui.lesionTable.selectRow(index)
 
-    def _updateReviewButtons(self) -> None:
-        row = self._selectedRow()
-        for button in (self.ui.acceptButton, self.ui.rejectButton, self.ui.deleteButton, self.ui.setClassButton):
-            button.enabled = row is not None
-        self.ui.lesionClassComboBox.enabled = row is not None
-        self.ui.addBoxButton.enabled = bool(self._parameterNode and self._parameterNode.ctVolume)
+    def set_lesion_class(self, className: str) -> None:
+        self.ui.lesionClassComboBox.setCurrentText(className)
 
-    def onLesionSelectionChanged(self) -> None:
-        self._updateReviewButtons()
-        row = self._selectedRow()
-        if row is None:
-            return
-        if row.class_name:
-            self.ui.lesionClassComboBox.setCurrentText(row.class_name)
-        if row.centre_ras is not None:
-            self.logic.centreViewsOn(row.centre_ras)
+    def set_button_state(self, state) -> None:
+        self.ui.loadStudyButton.enabled = state.load_study
+        self.ui.detectButton.enabled = state.detect
+        self.ui.detectButton.text = state.detect_text
+        self.ui.undoDetectionButton.enabled = state.undo_detection
+        self.ui.acceptButton.enabled = state.review
+        self.ui.rejectButton.enabled = state.review
+        self.ui.deleteButton.enabled = state.review
+        self.ui.setClassButton.enabled = state.review
+        self.ui.lesionClassComboBox.enabled = state.review
+        self.ui.addBoxButton.enabled = state.add_box
+        self.ui.exportButton.enabled = state.export
+        self.ui.thresholdSliderWidget.setEnabled(state.threshold)
 
-    def onReviewStatus(self, status: str) -> None:
-        row = self._selectedRow()
-        if row is not None:
-            with slicer.util.tryWithErrorDisplay(_("Failed to record the review decision.")):
-                self.logic.setReviewStatus(self._parameterNode, row.segment_id, status)
-            self.updateLesionTable()
+    def show_progress(self, fraction, text: str) -> None:
+        self.ui.detectProgressBar.setVisible(fraction is not None)
+        if fraction is not None:
+            self.ui.detectProgressBar.value = int(round(100 * fraction))
+        self.ui.detectStatusLabel.text = text
 
-    def onDeleteLesionButton(self) -> None:
-        row = self._selectedRow()
-        if row is None:
-            return
-        if not slicer.util.confirmYesNoDisplay(
-            _("Delete '{name}' and its boxes? (Reject keeps it, hidden and not exported.)").format(name=row.name)
-        ):
-            return
-        with slicer.util.tryWithErrorDisplay(_("Failed to delete the lesion.")):
-            self.logic.deleteLesion(self._parameterNode, row.segment_id)
-        self.updateLesionTable()
+    def show_message(self, message) -> None:
+        display = {
+            "info": slicer.util.infoDisplay,
+            "warning": slicer.util.warningDisplay,
+            "error": slicer.util.errorDisplay,
+        }[message.kind]
+        options = {}
+        if message.details:
+            options["detailedText"] = message.details
+        if message.dont_show_again_key:
+            options["dontShowAgainSettingsKey"] = message.dont_show_again_key
+        display(message.text, windowTitle=message.title or None, **options)
 
-    def onSetClassButton(self) -> None:
-        row = self._selectedRow()
-        if row is not None:
-            with slicer.util.tryWithErrorDisplay(_("Failed to set the lesion class.")):
-                self.logic.setLesionClass(self._parameterNode, row.segment_id, self.ui.lesionClassComboBox.currentText)
-            self.updateLesionTable()
+    def confirm(self, question: str) -> bool:
+        return slicer.util.confirmYesNoDisplay(question)
 
-    def onSegmentEditorButton(self) -> None:
-        node = self._parameterNode
-        if not node.segmentation:
-            slicer.util.warningDisplay(_("Run detection or choose a segmentation under Detect first."))
-            return
-        row = self._selectedRow()
+    def busy(self):
+        return slicer.util.WaitCursor()
+
+    def run_with_progress(self, title: str, work):
+        with _ProgressDialog(title) as dialog:
+            return work(dialog.progress, dialog.cancelled)
+
+    def start_polling(self) -> None:
+        self._detectionTimer.start()
+
+    def stop_polling(self) -> None:
+        self._detectionTimer.stop()
+
+    def open_segment_editor(self, segmentation, sourceVolume, segmentId) -> None:
         slicer.util.selectModule("SegmentEditor")
         editor = slicer.util.getModuleWidget("SegmentEditor").editor
-        editor.setSegmentationNode(node.segmentation)
-        if node.petVolume:
-            editor.setSourceVolumeNode(node.petVolume)  # thresholds then work in SUV
-        if row is not None:
-            editor.setCurrentSegmentID(row.segment_id)
+        editor.setSegmentationNode(segmentation)
+        if sourceVolume is not None:
+            editor.setSourceVolumeNode(sourceVolume)  # thresholds then work in SUV
+        if segmentId is not None:
+            editor.setCurrentSegmentID(segmentId)
 
-    def onAddBoxButton(self) -> None:
-        row = self._selectedRow()
-        with slicer.util.tryWithErrorDisplay(_("Failed to add the box.")):
-            # The node, not the view: it exists in every layout, also those that show no Red view.
-            sliceNode = slicer.mrmlScene.GetNodeByID("vtkMRMLSliceNodeRed")
-            className = self.ui.lesionClassComboBox.currentText
-            self.logic.addBoxOnSlice(self._parameterNode, sliceNode, className, row.segment_id if row else None)
-
-    # ------------------------------------------------------------------------------- 5. Export
-
-    def onExportButton(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("Failed to export the annotations."), waitCursor=True):
-            report = self.logic.exportAnnotations(self._parameterNode)
-            self.ui.exportSummaryTextEdit.setPlainText(report.text())
+    def show_export_summary(self, text: str) -> None:
+        self.ui.exportSummaryTextEdit.setPlainText(text)
 
 
 class _ProgressDialog:
@@ -632,6 +489,8 @@ class _ProgressDialog:
 class PETCTLesionsLogic(ScriptedLoadableModuleLogic):
     """GUI-free entry points of the module; each delegates to PETCTLesionsLib."""
 
+    torchRequirement = TORCH_REQUIREMENT  # the PyTorch versions detection runs with (ensureTorch)
+
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
 
@@ -643,23 +502,16 @@ class PETCTLesionsLogic(ScriptedLoadableModuleLogic):
     def loadDemoStudy(self, seed: int, size: str = "full", cacheFolder: Optional[Path] = None):
         """The generated demo patient (as ``petct-lesions demo`` makes it), written as DICOM and loaded from it.
 
-        The files are written once per seed (under Slicer's temporary folder unless
-        ``cacheFolder``); the study is loaded by the same reader as a user's study, so its CT
-        slices keep their SOPInstanceUIDs (VOC export works).
+        The files are written once per seed and size (``demo.cached_demo_study``, under Slicer's
+        temporary folder unless ``cacheFolder``); the study is loaded by the same reader as a
+        user's study, so its CT slices keep their SOPInstanceUIDs (VOC export works).
         """
-        from PETCTLesionsLib.demo import write_demo_study
+        from PETCTLesionsLib.demo import cached_demo_study
         from PETCTLesionsLib.mrml.study_nodes import add_study_nodes
         from PETCTLesionsLib.study import load_study
 
         root = Path(cacheFolder) if cacheFolder else Path(slicer.app.temporaryPath) / "PETCTLesionsDemo"
-        folder = root / f"seed-{seed}-{size}"
-        marker = folder / "complete"
-        if not marker.is_file():
-            shutil.rmtree(folder, ignore_errors=True)  # a half-written folder from an interrupted run
-            logging.info(f"Generating the demo PET/CT study (seed {seed}) in {folder}")
-            _, case = write_demo_study(folder, seed=seed, size=size)
-            marker.write_text(str(case.study_dir.relative_to(folder)))
-        studyDir = folder / marker.read_text().strip()
+        studyDir = cached_demo_study(root, seed, size, progress=lambda _fraction, message: logging.info(message))
         return add_study_nodes(load_study([studyDir]))
 
     def importDicomFolder(self, folder: Optional[Path]):
@@ -670,11 +522,11 @@ class PETCTLesionsLogic(ScriptedLoadableModuleLogic):
 
         folder = _chosen(folder)
         if folder is None or not folder.is_dir():
-            raise ValueError(_("Choose an existing DICOM folder first (got '{folder}').").format(folder=folder))
+            raise InputError(_("Choose an existing DICOM folder first (got '{folder}').").format(folder=folder))
         if not slicer.dicomDatabase or not slicer.dicomDatabase.isOpen:
-            raise RuntimeError(_("Slicer's DICOM database is not open: open the DICOM module once to create it."))
+            raise SetupError(_("Slicer's DICOM database is not open: open the DICOM module once to create it."))
         if not DICOMUtils.importDicom(str(folder)):
-            raise RuntimeError(_("Slicer could not import '{folder}' (see the Python console).").format(folder=folder))
+            raise InputError(_("Slicer could not import '{folder}' (see the Python console).").format(folder=folder))
         return pet_ct_choices([Path(folder)])
 
     def loadStudyFromDatabase(self, choice, progress=None, cancel=None):
@@ -713,7 +565,7 @@ class PETCTLesionsLogic(ScriptedLoadableModuleLogic):
 
         ctNode, petNode = parameterNode.ctVolume, parameterNode.petVolume
         if not ctNode or not petNode:
-            raise ValueError(_("Choose both a CT and a PET volume."))
+            raise InputError(_("Choose both a CT and a PET volume."))
         if not is_suv_bw(petNode):
             DicomDatabaseStudyLoader().convert_to_suv(petNode)
         window = parameterNode.suvWindow
@@ -753,7 +605,7 @@ class PETCTLesionsLogic(ScriptedLoadableModuleLogic):
         try:
             import PyTorchUtils
         except ImportError as error:
-            raise RuntimeError(
+            raise SetupError(
                 _(
                     "Lesion detection needs PyTorch: install the 'PyTorch' extension from the Extension Manager, "
                     "restart Slicer, and try again."
@@ -765,7 +617,7 @@ class PETCTLesionsLogic(ScriptedLoadableModuleLogic):
         if version is not None and _is_recent_enough(version):
             return True
         if version is not None and "torch" in sys.modules:
-            raise RuntimeError(
+            raise SetupError(
                 _(
                     "PyTorch {version} is already loaded in Slicer, and lesion detection needs {requirement}. "
                     "Restart Slicer, update PyTorch in the PyTorch module, and try again."
@@ -790,7 +642,7 @@ class PETCTLesionsLogic(ScriptedLoadableModuleLogic):
 
         ctNode, petNode = parameterNode.ctVolume, parameterNode.petVolume
         if not ctNode or not petNode:
-            raise ValueError(_("Choose both a CT and a PET volume (Study panel)."))
+            raise InputError(_("Choose both a CT and a PET volume (Study panel)."))
         modelPath = _chosen(parameterNode.modelPath)
         settings = DetectionSettings(
             model_path=str(modelPath) if modelPath else None,
@@ -855,10 +707,14 @@ class PETCTLesionsLogic(ScriptedLoadableModuleLogic):
         return delete_lesion(parameterNode.segmentation, segmentId)
 
     def addBoxOnSlice(self, parameterNode: PETCTLesionsParameterNode, sliceNode, className: str, segmentId=None):
+        """A VOC box at the centre of ``sliceNode``'s view (None: the Red view's) on the CT slice shown."""
         from PETCTLesionsLib.mrml.review import add_box_on_slice, view_centre_ras
 
         if not parameterNode.ctVolume:
-            raise ValueError(_("Choose the CT first (Study panel)."))
+            raise InputError(_("Choose the CT first (Study panel)."))
+        if sliceNode is None:
+            # The node, not the view: it exists in every layout, also those that show no Red view.
+            sliceNode = slicer.mrmlScene.GetNodeByID("vtkMRMLSliceNodeRed")
         return add_box_on_slice(
             parameterNode.ctVolume, view_centre_ras(sliceNode), className, parameterNode.segmentation, segmentId
         )
@@ -871,7 +727,7 @@ class PETCTLesionsLogic(ScriptedLoadableModuleLogic):
         from PETCTLesionsLib.mrml.export import export_study
 
         if not parameterNode.ctVolume:
-            raise ValueError(_("Choose the CT and PET first (Study panel)."))
+            raise InputError(_("Choose the CT and PET first (Study panel)."))
         rawFolder, datasetName = _chosen(parameterNode.nnunetRawFolder), parameterNode.nnunetDatasetName.strip()
         dataset = rawFolder / check_dataset_folder_name(datasetName) if rawFolder and datasetName else None
         vocFolder = _chosen(parameterNode.vocFolder) if parameterNode.exportVoc else None

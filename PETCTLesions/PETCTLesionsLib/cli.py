@@ -7,12 +7,20 @@ import importlib.util
 import math
 import sys
 import time
+import traceback
 from collections import Counter
 from pathlib import Path
 from typing import Callable, List, Optional, Tuple, Union
 
 from . import __version__
+from .errors import ISSUES_URL, Cancelled, InputError, OutputExistsError, PETCTLesionsError, SetupError
 from .hugepages import restart_with_huge_pages
+
+# Exit statuses (README, "Exit status"); a class of error chooses one, never its message's words.
+EXIT_NOT_ALL_DONE = 1  # a study not processed, an export not written: the command's own lines say why
+EXIT_REFUSED = 2  # bad arguments or input, an output in the way, a file not written, PyTorch missing: one line
+EXIT_BUG = 3  # anything else: a bug, shown with its traceback and where to report it
+EXIT_CANCELLED = 130  # the user cancelled (as a shell reports Ctrl-C, 128 + SIGINT)
 
 # ------------------------------------------------------------------------- numeric options
 # Every number is checked as argparse reads it: a bad value ends the command with argparse's
@@ -118,11 +126,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
     missing = [p for p in args.paths if not Path(p).exists()]
     if missing:
-        raise FileNotFoundError(f"{missing[0]}: no such file or folder")
+        raise InputError(f"{missing[0]}: no such file or folder")
     report = info_report([Path(p) for p in args.paths])
     print(json.dumps(report, indent=2) if args.json else format_info(report))
     if not report["studies"]:  # the report above says what was there; a script gets exit status 2
-        raise ValueError(_no_images_found(report))
+        raise InputError(_no_images_found(report))
     return 0
 
 
@@ -151,12 +159,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         device=args.device,
         progress=_print_progress,
     )
-    _write_slicer_views(result, case.study_dir, Path(args.out), args.overwrite)
+    _write_slicer_views(result, Path(args.out), args.overwrite)
     return 0
 
 
-def _write_slicer_views(result, study_dir: Path, out_dir: Path, overwrite: bool) -> None:
-    """The demo's detections as Slicer's own slice views draw them, when slicer-core is installed."""
+def _write_slicer_views(result, out_dir: Path, overwrite: bool) -> None:
+    """The demo's detections as Slicer's own slice views draw them, when slicer-core is installed: on the
+    study the demo's prediction loaded (``result.loaded``), which is not read from DICOM again."""
     try:
         from .mrml.rendering import offscreen_rendering_problem, write_detection_views
     except ImportError:
@@ -167,7 +176,7 @@ def _write_slicer_views(result, study_dir: Path, out_dir: Path, overwrite: bool)
         print(f"Slicer views: skipped ({problem})")
         return
     folder = out_dir / "predicted" / result.name
-    for path in write_detection_views(study_dir, result.detection, folder, overwrite):
+    for path in write_detection_views(result.loaded, result.detection, folder, overwrite):
         print(f"Slicer view: {path}")
 
 
@@ -175,19 +184,19 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     try:
         from .mrml.convert import ConvertOptions, convert
     except ImportError as error:
-        raise ValueError(
+        raise SetupError(
             f"convert builds Slicer's own nodes and needs the slicer-core package ({error}); "
             "install it with: pip install 'slicer-core==5.13.31053.0'"
         ) from error
     if args.nnunet and not args.case:
-        raise ValueError("--nnunet needs --case (the case id to import)")
+        raise InputError("--nnunet needs --case (the case id to import)")
     for path in [*(args.dicom or []), args.voc, args.nnunet]:
         if path is not None and not Path(path).exists():
-            raise FileNotFoundError(f"{path}: no such file or folder")
+            raise InputError(f"{path}: no such file or folder")
     exports = set(args.export.split(","))
     unknown = exports - {"voc", "nnunet"}
     if unknown:
-        raise ValueError(f"--export: unknown format(s) {', '.join(sorted(unknown))}; use voc, nnunet or voc,nnunet")
+        raise InputError(f"--export: unknown format(s) {', '.join(sorted(unknown))}; use voc, nnunet or voc,nnunet")
     options = ConvertOptions(
         voc_dir=Path(args.voc) if args.voc else None,
         nnunet_dataset=Path(args.nnunet) if args.nnunet else None,
@@ -204,10 +213,10 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     # A script must be able to tell that something asked for did not come out (the lines above say why).
     if not report.written:
         print("petct-lesions convert: nothing was written", file=sys.stderr)
-        return 1
+        return EXIT_NOT_ALL_DONE
     if report.failed:
         print(f"petct-lesions convert: {len(report.failed)} export(s) NOT written", file=sys.stderr)
-        return 1
+        return EXIT_NOT_ALL_DONE
     return 0
 
 
@@ -215,9 +224,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .training.train import TrainingSettings, train
 
     if args.dataset is not None and not Path(args.dataset).is_dir():
-        raise FileNotFoundError(f"{args.dataset}: no such dataset folder")
+        raise InputError(f"{args.dataset}: no such dataset folder")
     if args.freeze_batchnorm and not (args.init or args.resume):
-        raise ValueError(
+        raise InputError(
             "--freeze-batchnorm keeps the statistics of --init (or of the run --resume continues): give one"
         )
     settings = TrainingSettings(
@@ -252,7 +261,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     for path in args.paths:
         if not Path(path).exists():
-            raise FileNotFoundError(f"{path}: no such file or folder")
+            raise InputError(f"{path}: no such file or folder")
     options = PredictionOptions(
         model_path=Path(args.model) if args.model else None,
         device=args.device,
@@ -283,7 +292,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         for note in result.notes:
             print(f"  note: {note}")
         print(f"  {len(result.written)} file(s) written under {args.out}")
-    return 1 if failed else 0
+    return EXIT_NOT_ALL_DONE if failed else 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -294,7 +303,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     for path in (args.pred, args.ref):
         if not Path(path).exists():
-            raise FileNotFoundError(f"{path}: no such file or folder")
+            raise InputError(f"{path}: no such file or folder")
     pairs = label_pairs(Path(args.pred), Path(args.ref), partial=args.partial)
     result = evaluate_label_files(pairs.pairs)
     # With --json, stdout is the JSON alone (`| jq`, json.loads); the table and notes go to the terminal.
@@ -318,7 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
         "annotations between DICOM, PASCAL VOC and nnU-Net (convert), score predictions (evaluate), train the "
         "model (train), generate synthetic studies (synth) and run it all on a demo study (demo). Exit status: "
         "0 done, 1 a study could not be processed (none of its files is left) or convert could not write an export "
-        "(each line says why), 2 refused before starting: bad arguments or input (the message says why).",
+        "(each line says why), 2 refused before starting: bad arguments or input (the message says why), 3 an "
+        "internal error (a bug: the traceback is printed; please report it), 130 cancelled.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -556,12 +566,12 @@ def _require_torch(command: str) -> None:
         if installed:
             import torch  # noqa: F401  (a broken install fails here, e.g. OSError [WinError 126] for a DLL)
     except Exception as error:
-        raise ValueError(
+        raise SetupError(
             f"{command} runs the lesion model, which needs PyTorch, but the installed one cannot be loaded "
             f"({error}): {TORCH_HINT}"
         ) from error
     if not installed:
-        raise ValueError(f"{command} runs the lesion model, which needs PyTorch (not installed): {TORCH_HINT}")
+        raise SetupError(f"{command} runs the lesion model, which needs PyTorch (not installed): {TORCH_HINT}")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -574,13 +584,28 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.command in MODEL_COMMANDS:
             _require_torch(args.command)
         return int(args.func(args))
-    except (OSError, ValueError) as error:
-        # Errors from readers and writers name the file and the problem; show them without a traceback.
-        message = str(error)
-        if "refusing to overwrite" in message and "--overwrite" not in message and hasattr(args, "overwrite"):
-            message += " (--overwrite replaces it)"
-        print(f"petct-lesions {args.command}: error: {message}", file=sys.stderr)
-        return 2
+    except Cancelled as error:
+        print(f"petct-lesions {args.command}: {error}", file=sys.stderr)
+        return EXIT_CANCELLED
+    except (PETCTLesionsError, OSError) as error:
+        # The library's refusals and the system's errors name the file and the problem: one line, no traceback.
+        print(f"petct-lesions {args.command}: error: {_refusal_text(error, args)}", file=sys.stderr)
+        return EXIT_REFUSED
+    except Exception:
+        traceback.print_exc()
+        print(
+            f"petct-lesions {args.command}: internal error (a bug): please report it at {ISSUES_URL} "
+            "with the traceback above",
+            file=sys.stderr,
+        )
+        return EXIT_BUG
+
+
+def _refusal_text(error: Exception, args: argparse.Namespace) -> str:
+    """The error's message; an output in the way says how to replace it when the refusal did not."""
+    if isinstance(error, OutputExistsError) and not error.hint and hasattr(args, "overwrite"):
+        return f"{error} (--overwrite replaces it)"
+    return str(error)
 
 
 if __name__ == "__main__":

@@ -9,18 +9,20 @@ write the detected lesions (lesion table, pictures, nnU-Net case, VOC boxes) und
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
-from typing import Callable, Optional, Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 
 from . import metrics
+from .errors import PETCTLesionsError
+from .fileio import atomic_write_text
 from .formats import nnunet
+from .jobs import ProgressCallback, report, sub_progress
 from .predict import PredictionOptions, StudyPrediction, predict
 from .synthetic.phantom import PhantomConfig, PhantomStudy, make_phantom
 from .synthetic.synth import DATASET_FOLDER, SyntheticCase, case_seed, refuse_earlier_cases, write_synthetic_case
-
-ProgressCallback = Callable[[float, str], None]
 
 
 def run_demo(
@@ -31,22 +33,21 @@ def run_demo(
     device: str = "auto",
     progress: Optional[ProgressCallback] = None,
 ) -> Tuple[StudyPrediction, SyntheticCase]:
-    """Write the demo study, detect its lesions with the bundled model; returns the prediction and the study."""
-    report = progress or (lambda fraction, message: None)
+    """Write the demo study, detect its lesions with the bundled model; returns the prediction and the study.
+
+    The prediction keeps the study as ``predict`` loaded it (``StudyPrediction.loaded``), so that
+    what is drawn next (the CLI's Slicer views) is the study the lesions were found in, not read again.
+    """
     out_dir = Path(out_dir)
     refuse_earlier_cases(out_dir, "lung", seed, cases=1, overwrite=overwrite)  # before saying it started
-    report(0.0, f"generating synthetic patient (seed {seed}, {size} size)")
+    report(progress, 0.0, f"generating synthetic patient (seed {seed}, {size} size)")
     study, case = write_demo_study(out_dir, seed, size, overwrite)
-
-    def detection_progress(fraction: float, message: str) -> None:
-        report(0.4 + 0.6 * fraction, message)
-
-    options = PredictionOptions(device=device, overwrite=overwrite)
-    results = predict([case.study_dir], out_dir / "predicted", options, progress=detection_progress)
+    options = PredictionOptions(device=device, overwrite=overwrite, keep_loaded=True)
+    results = predict([case.study_dir], out_dir / "predicted", options, progress=sub_progress(progress, 0.4, 1.0))
     (result,) = [r for r in results if not r.left_out]  # the demo folder holds the one study
-    if result.error:
-        raise ValueError(f"demo study {case.study_dir}: {result.error}")
-    report(1.0, "done")
+    if result.error:  # the reason was one of the library's refusals (an earlier result, a full disk), worded
+        raise PETCTLesionsError(f"demo study {case.study_dir}: {result.error}")
+    report(progress, 1.0, "done")
     _print_summary(study, case, result, out_dir)
     return result, case
 
@@ -64,6 +65,28 @@ def write_demo_study(
     case = write_synthetic_case(study, Path(out_dir), "lung", seed, 0, overwrite=overwrite)
     nnunet.update_dataset_json(Path(out_dir) / "nnUNet_raw" / DATASET_FOLDER, dataset_name=DATASET_FOLDER)
     return study, case
+
+
+DEMO_COMPLETE_MARKER = "complete"  # written last in a cached demo folder; names the study's DICOM folder
+
+
+def cached_demo_study(
+    cache_root: Path, seed: int = 1, size: str = "full", progress: Optional[ProgressCallback] = None
+) -> Path:
+    """The demo study's DICOM folder under ``cache_root``, written the first time it is asked for.
+
+    What the module's demo button loads. Each seed and size has its own folder (``seed-1-full``);
+    a marker written after the study names its DICOM folder, so a folder without one (an
+    interrupted run) is removed and written again.
+    """
+    folder = Path(cache_root) / f"seed-{seed}-{size}"
+    marker = folder / DEMO_COMPLETE_MARKER
+    if not marker.is_file():
+        shutil.rmtree(folder, ignore_errors=True)
+        report(progress, 0.0, f"Generating the demo PET/CT study (seed {seed}) in {folder}")
+        _, case = write_demo_study(folder, seed=seed, size=size)
+        atomic_write_text(marker, str(case.study_dir.relative_to(folder)))
+    return folder / marker.read_text().strip()
 
 
 def _print_summary(study, case: SyntheticCase, result: StudyPrediction, out_dir: Path) -> None:

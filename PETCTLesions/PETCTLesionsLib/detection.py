@@ -18,7 +18,9 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
+from .errors import InputError
 from .geometry import Grid
+from .jobs import CancelCallback, ProgressCallback
 from .lesions import SliceBox, label_lesions, lesion_extents, slice_boxes
 from .measurements import LesionMeasurement, measure_lesions
 from .resampling import resample_label_to_grid, resample_to_grid
@@ -45,9 +47,9 @@ def lesions_from_probability(
 ) -> tuple:
     """(uint16 lesion map, count): components of probability >= threshold of at least ``min_volume_ml``."""
     if not 0.0 < threshold < 1.0:
-        raise ValueError(f"threshold must be between 0 and 1 (exclusive), got {threshold}")
+        raise InputError(f"threshold must be between 0 and 1 (exclusive), got {threshold}")
     if not 0 <= min_volume_ml < float("inf"):  # NaN too: it compares false and would keep no lesion
-        raise ValueError(f"minimum lesion volume must be a finite number >= 0 mL, got {min_volume_ml}")
+        raise InputError(f"minimum lesion volume must be a finite number >= 0 mL, got {min_volume_ml}")
     lesion_map, count = label_lesions((probability >= threshold).astype(np.uint8))
     if count == 0 or min_volume_ml <= 0:
         return lesion_map, count
@@ -68,8 +70,8 @@ def detect_lesions(
     min_volume_ml: float = 0.0,
     device: str = "auto",
     tile: Optional[Sequence[int]] = None,
-    progress=None,
-    cancel=None,
+    progress: Optional[ProgressCallback] = None,
+    cancel: Optional[CancelCallback] = None,
 ) -> Detection:
     """Run ``model`` (a weights.LoadedModel) on one study and measure what it finds."""
     from .model.inference import predict_probability  # torch is imported only when detection runs

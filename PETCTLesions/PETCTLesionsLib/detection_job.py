@@ -40,9 +40,11 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from .detection import Detection
+from .errors import PETCTLesionsError
 from .fileio import atomic_output, atomic_write_text
 from .geometry import Grid
 from .hugepages import environment_with_huge_pages
+from .jobs import sub_progress
 from .measurements import LesionMeasurement
 
 PROGRESS_PREFIX = "PETCTLESIONS-PROGRESS"
@@ -82,8 +84,8 @@ class JobStatus:
         return self.state != "running"
 
 
-class DetectionJobError(RuntimeError):
-    """The worker failed; the message carries its last output lines."""
+class DetectionJobError(PETCTLesionsError):
+    """The worker failed or left an unusable result; the message carries its last output lines."""
 
 
 class DetectionJob:
@@ -301,7 +303,7 @@ def run_job(job_dir: Path) -> None:
         threshold=settings.threshold,
         min_volume_ml=settings.min_volume_ml,
         device=settings.device,
-        progress=lambda fraction, message: report_progress(0.95 * fraction, message),
+        progress=sub_progress(report_progress, 0.0, 0.95),
     )
     report_progress(0.97, f"writing {len(found.lesions)} lesions")
     for name, array in ((LESION_MAP_FILE, found.lesion_map), (PROBABILITY_FILE, found.probability.astype(np.float16))):

@@ -9,10 +9,15 @@ which kind of decision it was, and that kind alone chooses what a front end does
   shows the message in a dialog.
 - :class:`ModelFileError` (an :class:`InputError`): a model file or manifest that cannot be used.
 - :class:`OutputExistsError` (also a ``FileExistsError``): a file would be replaced and the user
-  did not ask for it (``--overwrite``).
+  did not ask for it (``--overwrite``). Its ``hint`` says whether the message already tells how to
+  replace it; where it does not, a front end adds its own way (the CLI: "(--overwrite replaces it)").
 - :class:`WriteError` (also an ``OSError``): a file could not be written; :class:`NoSpaceError`:
   because the disk or quota is full.
-- :class:`Cancelled`: the user cancelled; nothing was returned or written.
+- :class:`SetupError`: this computer lacks what the job needs (a package such as PyTorch or
+  slicer-core, an OpenGL context for offscreen pictures); the message says what to install.
+- :class:`Cancelled`: the user cancelled; nothing was returned or written (the CLI: exit 130, as
+  for Ctrl-C). Code that catches :class:`PETCTLesionsError` to report a refusal and go on (one
+  study of many) lets it through first: a cancel stops the whole job.
 
 Anything else that escapes the library (a ``KeyError``, an ``AttributeError``, a ``ValueError``
 from numpy) is a bug: front ends show it as one, with its traceback, and never as a refusal.
@@ -25,6 +30,12 @@ Modules keep their own subclasses where a caller tells them apart (``DicomSeries
 """
 
 from __future__ import annotations
+
+import os
+from typing import Union
+
+#: Where a user reports a bug (an error that is not a :class:`PETCTLesionsError`).
+ISSUES_URL = "https://github.com/PETCTLesions/SlicerPETCTLesions/issues"
 
 
 class PETCTLesionsError(Exception):
@@ -40,15 +51,44 @@ class ModelFileError(InputError):
 
 
 class OutputExistsError(PETCTLesionsError, FileExistsError):
-    """A file is in the way and replacing it was not asked for."""
+    """A file is in the way and replacing it was not asked for.
+
+    ``hint`` is the end of the message that tells how to replace it (or where else to write), when
+    the refusing code knows it; empty, a front end appends its own way (the CLI's ``--overwrite``,
+    the module's check box).
+    """
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message + hint)
+        self.hint = hint
 
 
 class WriteError(PETCTLesionsError, OSError):
-    """A file could not be written. ``strerror`` is the whole message (it names the file)."""
+    """A file could not be written; the message names the file through ``template`` ("... {path} ...").
+
+    ``strerror`` is the whole message, so that code showing ``error.strerror`` says it too, and
+    :func:`fileio.atomic_output` names the target where the message named its temporary file
+    (:meth:`naming`).
+    """
+
+    def __init__(self, code: int, path: Union[str, os.PathLike[str]], template: str) -> None:
+        self.template = template
+        super().__init__(code, template.replace("{path}", str(path)), str(path))
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+    def naming(self, path: Union[str, os.PathLike[str]]) -> WriteError:
+        """The same error naming ``path`` instead."""
+        return type(self)(self.errno, path, self.template)
 
 
 class NoSpaceError(WriteError):
     """The disk or the user's quota is full."""
+
+
+class SetupError(PETCTLesionsError):
+    """This computer lacks what the job needs (a package, an OpenGL context); the message says what to install."""
 
 
 class Cancelled(PETCTLesionsError):  # noqa: N818 - it is what happened, not a failure

@@ -14,6 +14,7 @@ from typing import Dict, Hashable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import metrics
+from .errors import InputError
 from .lesions import SliceBox, label_lesions, slice_boxes
 
 HELD_OUT_SEED_BASE = 500_000  # generated studies for the model card; below the validation/training seeds
@@ -152,23 +153,23 @@ def label_pairs(prediction: Path, reference: Path, partial: bool = False) -> Lab
     if prediction.is_file() and reference.is_file():
         return LabelPairs([(reference.name, prediction, reference)])
     if not (prediction.is_dir() and reference.is_dir()):
-        raise ValueError(f"--pred {prediction} and --ref {reference} must both be label files or both folders")
+        raise InputError(f"--pred {prediction} and --ref {reference} must both be label files or both folders")
     references = _label_files(reference)
     predictions = _label_files(prediction)
     if not references:
-        raise ValueError(f"{reference}: no {LABEL_ENDING} label file to evaluate against")
+        raise InputError(f"{reference}: no {LABEL_ENDING} label file to evaluate against")
     unpredicted = [path for name, path in references.items() if name not in predictions]
     unreferenced = [path for name, path in predictions.items() if name not in references]
     if unpredicted and not partial:
         missing = [prediction / path.name for path in unpredicted]
-        raise ValueError(
+        raise InputError(
             f"{prediction}: {len(missing)} of the {len(references)} reference case(s) in {reference} have no "
             f"prediction: missing {_names(missing)}. Evaluate them all, or pass --partial to evaluate only the "
             "cases present"
         )
     pairs = [(name, predictions[name], path) for name, path in references.items() if name in predictions]
     if not pairs:
-        raise ValueError(f"no label file in {reference} has a prediction of the same name in {prediction}")
+        raise InputError(f"no label file in {reference} has a prediction of the same name in {prediction}")
     return LabelPairs(pairs, unpredicted=unpredicted, unreferenced=unreferenced)
 
 
@@ -192,7 +193,7 @@ def evaluate_label_files(pairs: Sequence[Tuple[str, Path, Path]]) -> Evaluation:
     for name, predicted_path, reference_path in pairs:
         predicted, reference = (_read_label(path) for path in (predicted_path, reference_path))
         if not Grid.from_sitk(predicted).same_as(Grid.from_sitk(reference), tolerance_mm=1e-3):
-            raise ValueError(
+            raise InputError(
                 f"{predicted_path}: grid {Grid.from_sitk(predicted).describe()} differs from the reference "
                 f"{reference_path}: {Grid.from_sitk(reference).describe()}"
             )

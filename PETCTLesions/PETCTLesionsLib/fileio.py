@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Union
 
+from .errors import InputError, NoSpaceError, OutputExistsError, WriteError
+
 try:
     import fcntl
 except ImportError:  # Windows: staging folders age out instead (see remove_stale_staging)
@@ -29,32 +31,6 @@ _UNSAFE_NAME_CHARS = re.compile(r'[\\/:*?"<>|\x00-\x1f]')
 
 # A full disk and a full quota are the same problem to a user: no room for the file.
 _NO_SPACE_ERRNOS = frozenset(code for code in (errno.ENOSPC, getattr(errno, "EDQUOT", None)) if code is not None)
-
-
-class OutputExistsError(FileExistsError):
-    """Raised instead of silently overwriting a user's file."""
-
-
-class WriteError(OSError):
-    """A file could not be written; the message names the file through ``template`` ("... {path} ...").
-
-    ``strerror`` is the whole message, so that code showing ``error.strerror`` says it too, and
-    :func:`atomic_output` names the target where the message named its temporary file.
-    """
-
-    def __init__(self, code: int, path: PathLike, template: str) -> None:
-        self.template = template
-        super().__init__(code, template.replace("{path}", str(path)), str(path))
-
-    def __str__(self) -> str:
-        return str(self.strerror)
-
-    def naming(self, path: PathLike) -> WriteError:
-        return type(self)(self.errno, path, self.template)
-
-
-class NoSpaceError(WriteError):
-    """The disk or the user's quota is full."""
 
 
 def no_space_error(error: OSError, path: PathLike) -> OSError:
@@ -129,7 +105,7 @@ def refuse_overwriting(paths: Iterable[PathLike], overwrite: bool = False, why: 
         return
     for path in paths:
         if Path(path).exists():
-            raise OutputExistsError(f"{path}: already exists{why}; refusing to overwrite it{hint}")
+            raise OutputExistsError(f"{path}: already exists{why}; refusing to overwrite it", hint)
 
 
 @contextlib.contextmanager
@@ -198,7 +174,7 @@ def is_safe_file_name(name: str) -> bool:
 
 def check_safe_file_name(name: str, what: str = "name") -> str:
     if not is_safe_file_name(name):
-        raise ValueError(f"{what} {name!r} cannot be used as a file name (empty, path characters or control codes)")
+        raise InputError(f"{what} {name!r} cannot be used as a file name (empty, path characters or control codes)")
     return name
 
 

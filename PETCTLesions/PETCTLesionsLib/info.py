@@ -14,9 +14,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .dicom.index import CancelCallback, IndexedSeries, PathLike, ProgressCallback, scan_paths
+from .dicom.index import IndexedSeries, PathLike, scan_paths
 from .dicom.series import DicomSeriesError, series_geometry
 from .dicom.suv import SUVError, SUVResult, suv_bw_factors
+from .jobs import CancelCallback, ProgressCallback
 from .study import SeriesInfo, check_suv_values, describe_scan
 
 

@@ -14,8 +14,10 @@ from typing import List, Optional, Tuple
 import numpy as np
 import SimpleITK as sitk
 
+from .errors import InputError
 
-class LabelError(ValueError):
+
+class LabelError(InputError):
     """A lesion mask is unusable (values other than 0/1, wrong grid); the message says which and why."""
 
 

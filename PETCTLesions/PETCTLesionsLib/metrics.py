@@ -1,15 +1,18 @@
 """Evaluation metrics: the autoPET challenge metrics, lesion detection, and VOC box mAP.
 
-autoPET (``../shared/FORMATS.md`` section 2, as the official scripts compute them):
+autoPET, as the challenge defines them (https://autopet.grand-challenge.org/Evaluation/) and its
+evaluation script computes them (https://github.com/lab-midas/autoPET, ``val_script.py``):
 - Dice of the foreground over the whole case;
 - false-positive volume (FPV, mL): predicted connected components that touch no reference
   voxel; false-negative volume (FNV, mL): reference components that no predicted voxel
   touches. Components are 18-connected by default (the official script's choice; 26 and 6
-  are available). With an empty reference, Dice and FNV are NaN and FPV still counts.
+  are available). With an empty reference, Dice and FNV are NaN and FPV still counts (the
+  challenge scores a case without lesions on FPV alone).
 Lesion detection, with the same components: a reference lesion is detected when a predicted
 voxel overlaps it; a predicted lesion that overlaps no reference voxel is a false positive.
 Box mAP@0.5: PASCAL VOC average precision of per-slice boxes (one CT slice is one VOC
-"image"), matched exactly as the VOC devkit's ``VOCevaldet.m`` does; see
+"image"), matched exactly as the PASCAL VOC devkit's ``VOCevaldet.m`` does and interpolated as its
+``VOCap.m`` (VOC2012 devkit, http://host.robots.ox.ac.uk/pascal/VOC/voc2012/); see
 :func:`box_average_precision`.
 """
 

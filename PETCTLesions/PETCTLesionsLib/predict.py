@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import math
 import numbers
@@ -33,17 +34,19 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
 
 from . import preview
 from .detection import Detection, detect_lesions, lesions_on_ct
+from .errors import Cancelled, InputError, PETCTLesionsError, WriteError
 from .fileio import StagedOutputs, atomic_output, atomic_write_text, is_inside, refuse_overwriting
-from .formats import nifti, nnunet, voc
+from .formats import nnunet, parallel_gzip, voc
 from .formats.voc import voc_annotations_from_boxes
 from .geometry import Grid, lps_to_ras
+from .jobs import CancelCallback, ProgressCallback
 from .lesions import SliceBox
 from .measurements import LesionMeasurement
 from .resampling import resample_ct_to_pet
@@ -52,8 +55,6 @@ if TYPE_CHECKING:
     from .study import DicomStudy, LoadedStudy, PetCtPair
 
 PREDICTED_DATASET = "Dataset902_PETCTLesionsPredicted"
-ProgressCallback = Callable[[float, str], None]
-CancelCallback = Callable[[], bool]
 # The lesion table's columns (README, "lesions.csv"): the study on every row, so that the tables of many
 # studies can be concatenated; units in the names (SUVbw is g/mL, TLG = SUVbw mean x MTV is g); plain
 # names a spreadsheet and pandas take as they are (one value per cell, no spaces or brackets).
@@ -98,6 +99,9 @@ class PredictionOptions:
     overwrite: bool = False
     # PET series (SeriesInstanceUID) to process instead of their study's preferred one, e.g. its NAC images
     pet_series_uids: Tuple[str, ...] = ()
+    # Keep each DICOM study's loaded images in its result (StudyPrediction.loaded), for a caller that shows the
+    # study again (the demo's Slicer views) without reading it twice; off, a run over many studies holds none.
+    keep_loaded: bool = False
 
 
 @dataclass
@@ -109,6 +113,7 @@ class StudyPrediction:
     seconds: float = 0.0
     notes: List[str] = field(default_factory=list)
     left_out: str = ""  # why nothing under this name was processed, when that is no error (a CT-only study)
+    loaded: Optional[LoadedStudy] = None  # the study as loaded, where PredictionOptions.keep_loaded asks for it
 
 
 @dataclass(frozen=True)
@@ -263,10 +268,10 @@ def check_options(options: PredictionOptions) -> None:
     """Refuse a threshold or minimum volume that would silently change the result (NaN keeps no lesion)."""
     threshold = options.threshold
     if threshold is not None and not (_is_finite_number(threshold) and 0.0 < threshold < 1.0):
-        raise ValueError(f"threshold must be a probability between 0 and 1 (exclusive), got {threshold!r}")
+        raise InputError(f"threshold must be a probability between 0 and 1 (exclusive), got {threshold!r}")
     volume = options.min_volume_ml
     if not (_is_finite_number(volume) and volume >= 0.0):
-        raise ValueError(f"minimum lesion volume must be a finite number of mL >= 0, got {volume!r}")
+        raise InputError(f"minimum lesion volume must be a finite number of mL >= 0, got {volume!r}")
 
 
 def _is_finite_number(value: object) -> bool:
@@ -282,7 +287,7 @@ def refuse_output_inside_inputs(paths: Sequence[Path], out_dir: Path) -> None:
     """
     for path in paths:
         if Path(path).is_dir() and is_inside(out_dir, path):
-            raise ValueError(
+            raise InputError(
                 f"{out_dir}: the output folder is inside the input folder {path}, where the next run would read "
                 "the results as input; choose an output folder outside the inputs"
             )
@@ -311,12 +316,15 @@ def _predict_dicom(paths, out_dir: Path, model, options, report, cancel) -> List
             case_id = nnunet.case_id_for_study(study.patient_id, study.study_uid, study.study_date)
             _refuse_earlier_results(_dicom_outputs(out_dir, case_id), options.overwrite)
             loaded = load_study(paths, study.study_uid, pair.pet.series_uid, scan=scan, cancel=cancel)
+            result.loaded = loaded if options.keep_loaded else None
             result.notes.extend(loaded.warnings)  # e.g. a dose read as MBq, duplicates ignored, spacing evened
             result.name = case_id
             result.detection, result.written = _predict_loaded(
                 loaded, case_id, out_dir, model, options, cancel, result.notes
             )
-        except (OSError, ValueError) as error:  # reader errors name the file and the problem
+        except Cancelled:
+            raise
+        except (PETCTLesionsError, OSError) as error:  # the library's refusals name the file and the problem
             result.error = str(error)
         result.seconds = time.perf_counter() - started
         results.append(result)
@@ -368,18 +376,18 @@ def chosen_pairs(
     """
     where = ", ".join(str(p) for p in paths)
     if not studies:
-        raise ValueError(f"{where}: no DICOM image files found{_nnunet_hint(paths)}")
+        raise InputError(f"{where}: no DICOM image files found{_nnunet_hint(paths)}")
     named = set(pet_series_uids)
     known = {pair.pet.series_uid for study in studies for pair in study.pairs}
     unknown = [uid for uid in dict.fromkeys(pet_series_uids) if uid not in known]
     if unknown:
         found = "; ".join(f"{pair.pet.label} {pair.pet.series_uid}" for study in studies for pair in study.pairs)
-        raise ValueError(f"{where}: no PET series {', '.join(unknown)}; PET series found: {found or 'none'}")
+        raise InputError(f"{where}: no PET series {', '.join(unknown)}; PET series found: {found or 'none'}")
     chosen = []
     for study in studies:
         asked = [pair for pair in study.pairs if pair.pet.series_uid in named]
         if len(asked) > 1:
-            raise ValueError(
+            raise InputError(
                 f"PET series {', '.join(pair.pet.series_uid for pair in asked)} are of one study (patient "
                 f"{study.patient_id}), whose results share one case id: process them one at a time, "
                 "each with its own --out"
@@ -387,7 +395,7 @@ def chosen_pairs(
         # A study whose PET has no CT stays in the list (its first-ranked PET): its result says why.
         chosen.extend((study, pair) for pair in (asked or [p for p in study.pairs if p.preferred] or study.pairs[:1]))
     if not any(pair.ct is not None for _, pair in chosen):
-        raise ValueError(f"{where}: no PET series with a CT of the same study found")
+        raise InputError(f"{where}: no PET series with a CT of the same study found")
     return chosen
 
 
@@ -492,7 +500,7 @@ def _study_lesion_table(
     return lesion_table_csv(found.lesions, identity, lesion_slices_on_ct(boxes, ct_grid, instance_numbers))
 
 
-class StudyOutputError(OSError):
+class StudyOutputError(WriteError):
     """A study's results could not be written; none of its files was left behind."""
 
 
@@ -501,8 +509,11 @@ def _named_as_targets(staging: StagedOutputs) -> Iterator[None]:
     """Errors while staging name the file the staged one was to become, not the hidden staging folder."""
     try:
         yield
-    except (OSError, ValueError) as error:
-        raise StudyOutputError(staging.message(error)) from error
+    except Cancelled:
+        raise
+    except (PETCTLesionsError, OSError) as error:
+        code = getattr(error, "errno", None) or errno.EIO
+        raise StudyOutputError(code, staging.root, staging.message(error)) from error
 
 
 def _voc_annotations(
@@ -560,13 +571,15 @@ def _predict_dataset(dataset: Path, out_dir: Path, model, options, report, cance
             with StagedOutputs(out_dir, options.overwrite) as staging, _named_as_targets(staging):
                 staged_label = staging.path(label_path)
                 with atomic_output(staged_label) as temporary:
-                    nifti.write_nifti_gz(pet_grid.to_sitk(result.detection.mask), temporary)
+                    parallel_gzip.write_nifti_gz(pet_grid.to_sitk(result.detection.mask), temporary)
                 # No DICOM behind an nnU-Net case: its id names the rows, and its CT lies on the PET grid.
                 lesions = result.detection.lesions
                 table = lesion_table_csv(lesions, StudyIdentity(case_id), lesion_slices_on_grid(lesions, pet_grid))
                 staged = [staged_label, atomic_write_text(staging.path(out_dir / f"{case_id}_lesions.csv"), table)]
                 result.written = staging.commit(staged)
-        except (OSError, ValueError) as error:
+        except Cancelled:
+            raise
+        except (PETCTLesionsError, OSError) as error:  # the library's refusals name the file and the problem
             result.error = str(error)
         result.seconds = time.perf_counter() - started
         results.append(result)

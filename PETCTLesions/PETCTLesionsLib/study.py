@@ -21,16 +21,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from .dicom.index import (
-    CancelCallback,
-    Cancelled,
-    IndexedSeries,
-    PathLike,
-    ProgressCallback,
-    ScanResult,
-    check_cancel,
-    scan_paths,
-)
+from .dicom.index import IndexedSeries, PathLike, ScanResult, scan_paths
 from .dicom.pairing import PET_PREFERENCE, SeriesPairing, pair_pet_with_ct
 from .dicom.part10 import SliceHeader
 from .dicom.series import (
@@ -44,11 +35,12 @@ from .dicom.series import (
     stored_value_range,
 )
 from .dicom.suv import HIGH_SUV_WARNING, MAX_WEIGHT_KG, SUVError, SUVResult, suv_bw_factors
+from .errors import InputError
 from .geometry import Grid, Vector3
+from .jobs import CancelCallback, ProgressCallback, check_cancel, report, sub_progress
 from .resampling import resample_ct_to_pet
 
 __all__ = [
-    "Cancelled",
     "DicomStudy",
     "LoadedPet",
     "LoadedStudy",
@@ -62,7 +54,7 @@ __all__ = [
 ]
 
 
-class StudyLoadError(ValueError):
+class StudyLoadError(InputError):
     """No loadable PET/CT pair (none found, several to choose from, no CT for the PET)."""
 
 
@@ -261,16 +253,6 @@ class LoadedStudy:
         return resample_ct_to_pet(self.ct, self.pet_grid)
 
 
-def _sub_progress(progress: Optional[ProgressCallback], start: float, stop: float) -> Optional[ProgressCallback]:
-    if progress is None:
-        return None
-
-    def report(fraction: float, message: str) -> None:
-        progress(start + (stop - start) * fraction, message)
-
-    return report
-
-
 def _paths_text(paths: Sequence[PathLike]) -> str:
     return ", ".join(str(p) for p in paths) or "(no paths)"
 
@@ -350,11 +332,11 @@ def load_study(
 
     Raises :class:`StudyLoadError` (no or several PET series, no CT), :class:`SUVError` (SUV
     cannot be computed: the message names the file and tag), :class:`DicomSeriesError`
-    (geometry or pixel data) or :class:`Cancelled`. ``scan`` reuses an earlier
+    (geometry or pixel data) or :class:`~PETCTLesionsLib.errors.Cancelled`. ``scan`` reuses an earlier
     :func:`scan_paths` result instead of reading the headers again.
     """
     if scan is None:
-        scan = scan_paths(paths, progress=_sub_progress(progress, 0.0, 0.2), cancel=cancel)
+        scan = scan_paths(paths, progress=sub_progress(progress, 0.0, 0.2), cancel=cancel)
     pairing = choose_pairing(scan, study_uid, pet_series_uid, _paths_text(paths))
     assert pairing.ct is not None  # choose_pairing refuses a PET without CT
     _check_complete(scan, pairing.pet)
@@ -373,14 +355,13 @@ def load_study(
         pet_geometry,
         slice_scale=suv.factors,
         integer_output=False,
-        progress=_sub_progress(progress, 0.2, split),
+        progress=sub_progress(progress, 0.2, split),
         cancel=cancel,
     )
-    ct_image = read_series_image(ct_geometry, progress=_sub_progress(progress, split, 1.0), cancel=cancel)
+    ct_image = read_series_image(ct_geometry, progress=sub_progress(progress, split, 1.0), cancel=cancel)
     pet_info = SeriesInfo.from_series(pairing.pet, pet_geometry)
     ct_info = SeriesInfo.from_series(pairing.ct, ct_geometry)
-    if progress is not None:
-        progress(1.0, "PET/CT study loaded")
+    report(progress, 1.0, "PET/CT study loaded")
     return LoadedStudy(
         patient_id=pet_headers[0].patient_id,
         study_uid=pairing.study_uid,
@@ -421,7 +402,7 @@ def load_pet_suv(
     Same geometry rules and errors as :func:`load_study`; ``series.slice_sop_instance_uids``
     names the file behind each slice, which is how a volume loaded elsewhere is matched.
     """
-    scan = scan_paths(paths, progress=_sub_progress(progress, 0.0, 0.2), cancel=cancel)
+    scan = scan_paths(paths, progress=sub_progress(progress, 0.0, 0.2), cancel=cancel)
     candidates = [s for s in scan.series if s.modality == "PT" and (series_uid is None or s.series_uid == series_uid)]
     where = _paths_text(paths)
     if not candidates:
@@ -441,7 +422,7 @@ def load_pet_suv(
         geometry,
         slice_scale=suv.factors,
         integer_output=False,
-        progress=_sub_progress(progress, 0.2, 1.0),
+        progress=sub_progress(progress, 0.2, 1.0),
         cancel=cancel,
     )
     info = SeriesInfo.from_series(series, geometry)

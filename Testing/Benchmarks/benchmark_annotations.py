@@ -26,7 +26,7 @@ from typing import Dict, List
 import numpy as np
 import SimpleITK as sitk
 
-from PETCTLesionsLib.formats import nifti, nnunet, voc
+from PETCTLesionsLib.formats import nnunet, parallel_gzip, voc
 from PETCTLesionsLib.geometry import Grid
 from PETCTLesionsLib.mrml import headless
 
@@ -171,7 +171,7 @@ def bench_nnunet(repeats: int, work: Path) -> None:
         alone = work / f"alone {path.name}"
         for _ in range(repeats):
             alone.unlink(missing_ok=True)
-            _timed(export_times, f"  {channel} file alone", nifti.write_nifti_gz, image, alone)
+            _timed(export_times, f"  {channel} file alone", parallel_gzip.write_nifti_gz, image, alone)
 
     import_times: Dict[str, List[float]] = {}
     for _ in range(repeats):

@@ -4,6 +4,11 @@
 wheel (see PETCTLesionsLib/mrml/headless.py for what is set up and why). Nothing is mocked:
 the tests call the same MRML-layer code that runs inside Slicer.
 
+``small_study`` writes the small generated PET/CT study (studies.py) into the test's
+``tmp_path``: the study most DICOM, loading and bad-input tests start from. Tests that need it
+varied (another patient, grids, values, folders; several studies; a module-scoped study) call
+``studies.write_small_study`` with what differs.
+
 The library tests also run on Slicer 5.6's stack (Python 3.9, numpy 1.26, pydicom 2.4,
 SimpleITK 2.2; no torch, no slicer-core; see .ci/run): tests write DICOM files with
 :func:`save_dicom`, which works on pydicom 2.4 and 3, and a test needing torch or slicer-core
@@ -20,6 +25,7 @@ from typing import Callable, List, Optional, Sequence
 import pydicom
 import pytest
 from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian
+from studies import SmallStudy, write_small_study
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TEST_DATA = REPO_ROOT / "Testing" / "Data"
@@ -90,6 +96,12 @@ def copy_series(paths: Sequence[Path], folder: Path, tag: str, edit: Optional[Ca
         copies.append(folder / Path(path).name)
         save_dicom(ds, copies[-1])
     return copies
+
+
+@pytest.fixture
+def small_study(tmp_path: Path) -> SmallStudy:
+    """The default small study (``studies.SMALL_STUDY``) written into ``tmp_path`` (ct/, pt/)."""
+    return write_small_study(tmp_path)
 
 
 @pytest.fixture

@@ -29,7 +29,8 @@ from conftest import copy_series, save_dicom
 
 from PETCTLesionsLib import fileio
 from PETCTLesionsLib.cli import main
-from PETCTLesionsLib.formats import nifti, nnunet, voc
+from PETCTLesionsLib.errors import ModelFileError
+from PETCTLesionsLib.formats import nnunet, parallel_gzip, voc
 
 BUNDLED_MANIFEST = Path(__file__).resolve().parents[2] / "PETCTLesions" / "Resources" / "Models"
 BUNDLED_MANIFEST = BUNDLED_MANIFEST / "petct_lesions_unet_v1.json"
@@ -183,7 +184,7 @@ def test_a_manifest_naming_a_file_outside_its_folder_is_refused_before_it_is_rea
     monkeypatch.setattr(weights, "sha256_of", lambda path: pytest.fail(f"{path} was read"))
     for name in ("../../../../etc/passwd", "../elsewhere/secret.pt", str(secret), "", None, 7):
         manifest = _model_copy(tmp_path / "model", file=name)
-        with pytest.raises(weights.ModelFileError, match=r'"file" must be the name of the weights file beside'):
+        with pytest.raises(ModelFileError, match=r'"file" must be the name of the weights file beside'):
             weights.load_model(manifest)
     link = tmp_path / "model" / "linked.pt"
     try:
@@ -191,7 +192,7 @@ def test_a_manifest_naming_a_file_outside_its_folder_is_refused_before_it_is_rea
     except OSError:
         pytest.skip("this system cannot make symbolic links")
     manifest = _model_copy(tmp_path / "model", file="linked.pt")
-    with pytest.raises(weights.ModelFileError, match=r"is a link to a file outside the manifest's folder"):
+    with pytest.raises(ModelFileError, match=r"is a link to a file outside the manifest's folder"):
         weights.load_model(manifest)
 
 
@@ -213,7 +214,7 @@ def test_a_model_file_that_holds_no_model_says_why(tmp_path, content, reason):
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "bad.pt").write_bytes(data)
     manifest = _model_copy(tmp_path / "model", file="bad.pt", sha256=weights.sha256_of(tmp_path / "model" / "bad.pt"))
-    with pytest.raises(weights.ModelFileError) as refused:
+    with pytest.raises(ModelFileError) as refused:
         weights.load_model(manifest)
     assert str(refused.value).startswith(f"{tmp_path / 'model' / 'bad.pt'}: cannot be read as a model file: {reason}")
 
@@ -425,7 +426,7 @@ def test_a_nifti_that_itk_cuts_short_is_refused_by_name_and_leaves_nothing(tmp_p
         from pathlib import Path
         import numpy as np, SimpleITK as sitk
         from PETCTLesionsLib.fileio import atomic_output
-        from PETCTLesionsLib.formats.nifti import write_nifti_gz
+        from PETCTLesionsLib.formats.parallel_gzip import write_nifti_gz
         image = sitk.GetImageFromArray(np.random.default_rng(0).random((40, 64, 64), dtype=np.float32))  # 655 kB
         resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
         try:
@@ -877,7 +878,7 @@ def test_convert_exits_1_and_says_no_space_when_a_requested_export_was_not_writt
     lung_study, tmp_path, monkeypatch, capsys
 ):
     """The VOC files are written, the nnU-Net case is not: the disk fills up (simulated: the gzip
-    writer of nifti raises ENOSPC). convert used to print 'skipped: ... No space left on device'
+    writer of parallel_gzip raises ENOSPC). convert used to print 'skipped: ... No space left on device'
     and exit 0."""
     dicom, case = lung_study
     annotation_root = case.voc_files[0].parent.parent
@@ -885,7 +886,7 @@ def test_convert_exits_1_and_says_no_space_when_a_requested_export_was_not_writt
     def full_disk(data, strategy, pool, path):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
-    monkeypatch.setattr(nifti, "_write_gzip", full_disk)
+    monkeypatch.setattr(parallel_gzip, "_write_gzip", full_disk)
     out = tmp_path / "out"
     arguments = ["convert", "--dicom", str(dicom), "--voc", str(annotation_root), "--out", str(out)]
     assert main([*arguments, "--boxes-as-labels"]) == 1

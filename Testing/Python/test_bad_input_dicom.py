@@ -7,7 +7,6 @@ and then damaged with pydicom."""
 
 from __future__ import annotations
 
-import datetime
 import types
 import warnings
 from pathlib import Path
@@ -18,6 +17,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 from conftest import PYDICOM_3, save_dicom
+from studies import SMALL_PET_GRID, write_small_study
 
 from PETCTLesionsLib.dicom.index import scan_paths
 from PETCTLesionsLib.dicom.pairing import pair_pet_with_ct
@@ -31,39 +31,10 @@ from PETCTLesionsLib.dicom.suv import HIGH_SUV_WARNING, SUVError
 from PETCTLesionsLib.geometry import Grid
 from PETCTLesionsLib.info import format_info, info_report
 from PETCTLesionsLib.study import StudyLoadError, load_pet_suv, load_study
-from PETCTLesionsLib.synthetic.dicom_writer import (
-    PatientInfo,
-    PetAcquisition,
-    StudyInfo,
-    make_uid,
-    write_ct_series,
-    write_pet_series,
-)
 
-# A PET of 60 mm along z (20 slices of 3 mm) and a CT covering it (26 slices of 2.5 mm).
-PET_GRID = Grid(size=(12, 10, 20), spacing=(4.0, 4.0, 3.0), origin=(-22.0, -18.0, -30.0))
-CT_GRID = Grid(size=(20, 16, 26), spacing=(2.0, 2.0, 2.5), origin=(-20.0, -16.0, -32.0))
-STUDY = StudyInfo(
-    patient=PatientInfo("BAD-0001", "Bad^Input", "F", 50, 70.0),
-    study_uid=make_uid("bad input study"),
-    frame_of_reference_uid=make_uid("bad input frame"),
-    study_date=datetime.date(2020, 1, 1),
-    study_time=datetime.time(9, 0),
-    study_description="bad input",
-)
-ACQUISITION = PetAcquisition(
-    injected_dose_bq=3.3e8,
-    injection_datetime=datetime.datetime(2020, 1, 1, 9, 0),
-    series_datetime=datetime.datetime(2020, 1, 1, 10, 0),
-)
-
-
-def _write(root: Path, ct_grid: Grid = CT_GRID, pet_grid: Grid = PET_GRID, suv: np.ndarray = None):
-    rng = np.random.default_rng(1)
-    ct = write_ct_series(rng.integers(-1000, 1000, ct_grid.shape), ct_grid, STUDY, root / "ct")
-    values = rng.gamma(2.0, 1.2, pet_grid.shape) if suv is None else suv
-    pet = write_pet_series(values, pet_grid, STUDY, ACQUISITION, root / "pt")
-    return ct, pet
+# Each study is the small study (studies.py): a PET of 60 mm along z (20 slices of 3 mm) and a CT
+# covering it (26 slices of 2.5 mm); 70 kg, 330 MBq injected at 09:00, the PET at 10:00.
+PET_GRID = SMALL_PET_GRID
 
 
 def _edit(paths: List[Path], change: Callable[[pydicom.Dataset], None]) -> None:
@@ -92,9 +63,9 @@ def _series_entry(report, modality: str):
     ],
 )
 def test_a_pet_slice_with_an_unusable_rescale_is_refused_by_info_and_the_load_naming_the_file(
-    tmp_path, keyword, value, shown
+    small_study, tmp_path, keyword, value, shown
 ):
-    _, pet = _write(tmp_path)
+    pet = small_study.pet
     damaged = pet.paths[5]
     _edit([damaged], lambda ds: setattr(ds, keyword, value))
 
@@ -107,8 +78,8 @@ def test_a_pet_slice_with_an_unusable_rescale_is_refused_by_info_and_the_load_na
         load_pet_suv([tmp_path / "pt"])  # the module's path (Slicer loads the PET, this gives its SUV)
 
 
-def test_a_pet_slice_whose_slope_gives_suv_no_scan_gives_is_refused_by_info_and_the_load(tmp_path):
-    _, pet = _write(tmp_path)
+def test_a_pet_slice_whose_slope_gives_suv_no_scan_gives_is_refused_by_info_and_the_load(small_study, tmp_path):
+    pet = small_study.pet
     damaged = pet.paths[7]
     _edit([damaged], lambda ds: setattr(ds, "RescaleSlope", "1e30"))
     expected = f"{damaged}: its values reach SUV "
@@ -127,10 +98,10 @@ def test_a_pet_slice_whose_slope_gives_suv_no_scan_gives_is_refused_by_info_and_
         load_pet_suv([tmp_path / "pt"])
 
 
-def test_a_pet_slice_hotter_than_patients_get_is_loaded_with_a_warning_naming_its_file(tmp_path):
+def test_a_pet_slice_hotter_than_patients_get_is_loaded_with_a_warning_naming_its_file(small_study, tmp_path):
     # A slope 300 times too large on one slice gives SUVs of a few thousand: possible (an
     # extravasated injection), so kept, but no reader should miss it.
-    _, pet = _write(tmp_path)
+    pet = small_study.pet
     damaged = pet.paths[4]
     slope = float(pydicom.dcmread(damaged, stop_before_pixels=True).RescaleSlope)
     _edit([damaged], lambda ds: setattr(ds, "RescaleSlope", f"{slope * 300:.6g}"))
@@ -152,7 +123,7 @@ def test_pet_slopes_varying_a_thousandfold_across_slices_load_with_the_written_v
     # activity varies by 1e3 along z has slopes that vary by 1e3. None of that is refused.
     rng = np.random.default_rng(2)
     suv = rng.gamma(2.0, 1.2, PET_GRID.shape) * np.logspace(-3, 0, PET_GRID.size[2])[:, None, None] * 40
-    _, pet = _write(tmp_path, suv=suv)
+    pet = write_small_study(tmp_path, suv=suv).pet
     slopes = [float(pydicom.dcmread(path, stop_before_pixels=True).RescaleSlope) for path in pet.paths]
     assert max(slopes) / min(slopes) > 500
 
@@ -169,7 +140,8 @@ def test_pet_slopes_varying_a_thousandfold_across_slices_load_with_the_written_v
 
 def test_a_ct_covering_a_sliver_of_the_pet_is_refused_naming_both_series(tmp_path):
     one_slice = Grid(size=(20, 16, 1), spacing=(2.0, 2.0, 2.5), origin=(-20.0, -16.0, 0.0))
-    ct, pet = _write(tmp_path, ct_grid=one_slice)
+    written = write_small_study(tmp_path, ct_grid=one_slice)
+    ct, pet = written.ct, written.pet
 
     report = info_report([tmp_path])
     (pair,) = report["studies"][0]["pet_ct_pairs"]
@@ -186,7 +158,7 @@ def test_a_ct_covering_a_sliver_of_the_pet_is_refused_naming_both_series(tmp_pat
 def test_a_ct_covering_three_quarters_of_the_pet_loads_with_the_fraction_in_a_warning(tmp_path):
     # 18 CT slices of 2.5 mm from z=-15: covers z -16.25..28.5 of the PET's -31.5..28.5 mm.
     shorter = Grid(size=(20, 16, 18), spacing=(2.0, 2.0, 2.5), origin=(-20.0, -16.0, -15.0))
-    _write(tmp_path, ct_grid=shorter)
+    write_small_study(tmp_path, ct_grid=shorter)
 
     loaded = load_study([tmp_path])
 
@@ -198,8 +170,7 @@ def test_a_ct_covering_three_quarters_of_the_pet_loads_with_the_fraction_in_a_wa
     assert pair["warnings"] == [warning]
 
 
-def test_a_ct_covering_the_whole_pet_is_reported_without_a_warning(tmp_path):
-    _write(tmp_path)
+def test_a_ct_covering_the_whole_pet_is_reported_without_a_warning(small_study, tmp_path):
     (pairing,) = pair_pet_with_ct(scan_paths([tmp_path]).studies)
     assert pairing.ct_coverage == pytest.approx(1.0) and pairing.error is None and pairing.warnings == []
     assert "the CT covers 100% of the PET's length along its slice axis" in format_info(info_report([tmp_path]))
@@ -209,7 +180,7 @@ def test_a_ct_covering_the_whole_pet_is_reported_without_a_warning(tmp_path):
 def test_the_module_lists_a_pet_whose_ct_covers_a_sliver_as_not_loadable(mrml_scene, tmp_path):
     from PETCTLesionsLib.mrml.dicom_database import pet_ct_choices
 
-    _write(tmp_path, ct_grid=Grid(size=(20, 16, 1), spacing=(2.0, 2.0, 2.5), origin=(-20.0, -16.0, 0.0)))
+    write_small_study(tmp_path, ct_grid=Grid(size=(20, 16, 1), spacing=(2.0, 2.0, 2.5), origin=(-20.0, -16.0, 0.0)))
 
     choices, problems = pet_ct_choices([tmp_path])
 
@@ -232,7 +203,7 @@ def _jitter(paths: List[Path], offsets: np.ndarray) -> None:
 def test_jittered_slice_positions_are_irregular_spacing_resampled_not_missing_slices(tmp_path):
     pet_grid = Grid(size=(12, 10, 40), spacing=(4.0, 4.0, 3.0), origin=(-22.0, -18.0, -60.0))
     ct_grid = Grid(size=(20, 16, 50), spacing=(2.0, 2.0, 2.5), origin=(-20.0, -16.0, -62.0))
-    _, pet = _write(tmp_path, ct_grid=ct_grid, pet_grid=pet_grid)
+    pet = write_small_study(tmp_path, ct_grid=ct_grid, pet_grid=pet_grid).pet
     _jitter(pet.paths, np.random.default_rng(7).uniform(-1.5, 1.5, len(pet.paths)))
     series = scan_paths([tmp_path / "pt"]).series[0]
     steps = np.diff(sorted(header.position[2] for header in series.headers))
@@ -250,8 +221,8 @@ def test_jittered_slice_positions_are_irregular_spacing_resampled_not_missing_sl
     assert warning in loaded.warnings and not any("missing" in w for w in loaded.warnings)
 
 
-def test_a_missing_slice_on_a_regular_lattice_is_still_refused_without_naming_an_option(tmp_path):
-    _, pet = _write(tmp_path)
+def test_a_missing_slice_on_a_regular_lattice_is_still_refused_without_naming_an_option(small_study, tmp_path):
+    pet = small_study.pet
     pet.paths[8].unlink()
 
     with pytest.raises(MissingSlicesError, match="1 slice missing between z=") as refused:
@@ -260,8 +231,8 @@ def test_a_missing_slice_on_a_regular_lattice_is_still_refused_without_naming_an
     assert "allow_gaps" not in _series_entry(info_report([tmp_path]), "PT")["error"]
 
 
-def test_a_gap_of_three_slices_in_jittered_positions_is_refused_as_missing_slices(tmp_path):
-    _, pet = _write(tmp_path)
+def test_a_gap_of_three_slices_in_jittered_positions_is_refused_as_missing_slices(small_study, tmp_path):
+    pet = small_study.pet
     for path in pet.paths[8:11]:
         path.unlink()
     kept = [p for p in pet.paths if p.exists()]
@@ -277,7 +248,7 @@ def test_stacks_of_two_spacings_load_resampled_with_a_warning_giving_both(tmp_pa
     # whole multiples of the median step that once read as a slice missing at every coarse step.
     count = int(70 / fine_mm)
     ct_grid = Grid(size=(20, 16, count), spacing=(2.0, 2.0, fine_mm), origin=(-20.0, -16.0, -32.0))
-    ct, _ = _write(tmp_path, ct_grid=ct_grid)
+    ct = write_small_study(tmp_path, ct_grid=ct_grid).ct
     for k in range(21, count):
         if (k - 20) % coarse_every:
             ct.paths[k].unlink()
@@ -301,10 +272,10 @@ def test_stacks_of_two_spacings_load_resampled_with_a_warning_giving_both(tmp_pa
     assert ct_entry["error"] is None and warning in ct_entry["warnings"]
 
 
-def test_a_missing_slice_is_refused_though_one_step_elsewhere_is_slightly_off(tmp_path):
+def test_a_missing_slice_is_refused_though_one_step_elsewhere_is_slightly_off(small_study, tmp_path):
     # Slices 14-19 lie 0.5 mm higher (one step of 3.5 mm, 17% off the 3 mm lattice): that step no
     # longer lets the missing slice 6 pass as irregular spacing.
-    _, pet = _write(tmp_path)
+    pet = small_study.pet
     _jitter(pet.paths[14:], np.full(6, 0.5))
     pet.paths[6].unlink()
     z5, z7 = (PET_GRID.index_to_lps((0, 0, k))[2] for k in (5, 7))
@@ -321,8 +292,8 @@ def test_a_missing_slice_is_refused_though_one_step_elsewhere_is_slightly_off(tm
 # --------------------------------------------------------------------------- short pixel data
 
 
-def test_short_pixel_data_make_info_say_the_series_cannot_be_loaded(tmp_path):
-    _, pet = _write(tmp_path)
+def test_short_pixel_data_make_info_say_the_series_cannot_be_loaded(small_study, tmp_path):
+    pet = small_study.pet
     damaged = pet.paths[4]
     _edit([damaged], lambda ds: setattr(ds, "PixelData", ds.PixelData[: len(ds.PixelData) // 2]))
     expected = f"{damaged}: the pixel data hold 120 bytes; 10 x 12 pixels of 16 bits need 240"
@@ -338,7 +309,9 @@ JPEG2000_PART2_LOSSLESS = "1.2.840.10008.1.2.4.92"  # no codec in SimpleITK's GD
 
 
 @pytest.mark.skipif(PYDICOM_3, reason="pydicom 2.x's pixel data handlers (Slicer 5.6-5.10 bundle pydicom 2.4)")
-def test_a_syntax_whose_pydicom_2_handler_lacks_its_package_is_refused_by_info_and_the_load(tmp_path, monkeypatch):
+def test_a_syntax_whose_pydicom_2_handler_lacks_its_package_is_refused_by_info_and_the_load(
+    small_study, tmp_path, monkeypatch
+):
     # pydicom 2.4 lists every handler, installed package or not (its gdcm_handler without the gdcm
     # package): a stand-in that claims JPEG 2000 Part 2 and whose package is missing.
     handler = types.SimpleNamespace(
@@ -348,8 +321,7 @@ def test_a_syntax_whose_pydicom_2_handler_lacks_its_package_is_refused_by_info_a
         supports_transfer_syntax=lambda uid: uid == JPEG2000_PART2_LOSSLESS,
     )
     monkeypatch.setattr(pydicom.config, "pixel_data_handlers", [handler, *pydicom.config.pixel_data_handlers])
-    ct, _ = _write(tmp_path)
-    damaged = ct.paths[3]
+    damaged = small_study.ct.paths[3]
 
     def compressed(ds) -> None:
         ds.file_meta.TransferSyntaxUID = JPEG2000_PART2_LOSSLESS
@@ -378,8 +350,8 @@ def _injected_at_series_time(ds) -> None:
     item.RadiopharmaceuticalStartTime = ds.SeriesTime
 
 
-def test_a_static_pet_injected_at_its_series_time_is_warned_about_and_its_suv_kept(tmp_path):
-    _, pet = _write(tmp_path)
+def test_a_static_pet_injected_at_its_series_time_is_warned_about_and_its_suv_kept(small_study, tmp_path):
+    pet = small_study.pet
     _edit(pet.paths, _injected_at_series_time)
 
     loaded = load_study([tmp_path])
@@ -397,8 +369,8 @@ def test_a_static_pet_injected_at_its_series_time_is_warned_about_and_its_suv_ke
     assert "is 0 min, under 10 min" in format_info(info_report([tmp_path]))
 
 
-def test_a_dynamic_pet_starting_at_the_injection_is_not_warned_about(tmp_path):
-    _, pet = _write(tmp_path)
+def test_a_dynamic_pet_starting_at_the_injection_is_not_warned_about(small_study, tmp_path):
+    pet = small_study.pet
 
     def dynamic(ds) -> None:
         _injected_at_series_time(ds)
@@ -410,7 +382,7 @@ def test_a_dynamic_pet_starting_at_the_injection_is_not_warned_about(tmp_path):
 
 
 @pytest.mark.slicer
-def test_the_module_shows_the_uptake_warning_when_it_converts_a_pet_to_suv(mrml_scene, tmp_path, caplog):
+def test_the_module_shows_the_uptake_warning_when_it_converts_a_pet_to_suv(mrml_scene, small_study, tmp_path, caplog):
     from PETCTLesionsLib.mrml.study_nodes import (
         INSTANCE_UIDS_ATTRIBUTE,
         convert_pet_node_to_suv,
@@ -419,8 +391,7 @@ def test_the_module_shows_the_uptake_warning_when_it_converts_a_pet_to_suv(mrml_
     )
     from PETCTLesionsLib.mrml.volumes import volume_node_from_image
 
-    _, pet_files = _write(tmp_path)
-    _edit(pet_files.paths, _injected_at_series_time)
+    _edit(small_study.pet.paths, _injected_at_series_time)
     pet = load_pet_suv([tmp_path / "pt"])
     node = volume_node_from_image(pet.pet_suv, "PET as Slicer loads it")  # the grid Slicer gives it
     node.SetAttribute(INSTANCE_UIDS_ATTRIBUTE, " ".join(pet.series.slice_sop_instance_uids))

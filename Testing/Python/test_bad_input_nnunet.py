@@ -29,7 +29,7 @@ import pytest
 import SimpleITK as sitk
 
 from PETCTLesionsLib.cli import main
-from PETCTLesionsLib.formats import nifti, nnunet, voc
+from PETCTLesionsLib.formats import nifti, nnunet, parallel_gzip, voc
 from PETCTLesionsLib.formats.nifti import NiftiError
 from PETCTLesionsLib.formats.nnunet import NnUNetError
 from PETCTLesionsLib.synthetic.synth import DATASET_FOLDER, generate_dataset
@@ -217,7 +217,7 @@ def _label_with_a_nan_voxel(path: Path) -> None:
     values[10, 50, 60] = np.nan
     image = sitk.GetImageFromArray(values)
     image.CopyInformation(label)
-    nifti.write_nifti_gz(image, path)
+    parallel_gzip.write_nifti_gz(image, path)
 
 
 def test_a_nan_voxel_in_a_label_is_refused_by_every_label_reader(dataset, tmp_path, capsys):
@@ -509,7 +509,7 @@ def _rewrite(path: Path, change) -> np.ndarray:
     values = change(sitk.GetArrayFromImage(image).astype(np.float32)).astype(np.float32)
     changed = sitk.GetImageFromArray(values)
     changed.CopyInformation(image)
-    nifti.write_nifti_gz(changed, path)
+    parallel_gzip.write_nifti_gz(changed, path)
     return values
 
 

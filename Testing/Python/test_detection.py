@@ -119,8 +119,18 @@ def test_detections_get_voc_boxes_on_the_ct_slices_of_a_lung_dx_patient(mrml_sce
 
 
 def test_demo_detects_the_lesions_and_writes_table_pictures_nnunet_and_voc(tmp_path, capsys, monkeypatch):
+    from PETCTLesionsLib import study
+
+    loads, series_read = [], []
+    load_study, read_series_image = study.load_study, study.read_series_image
+    monkeypatch.setattr(study, "load_study", lambda *a, **k: loads.append(a[0]) or load_study(*a, **k))
+    monkeypatch.setattr(study, "read_series_image", lambda *a, **k: series_read.append(1) or read_series_image(*a, **k))
+
     assert main(["demo", "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
+    # The study is read from DICOM once (its CT and PET pixels once each): predict loads it, and the
+    # Slicer views at the end draw the study predict loaded.
+    assert len(loads) == 1 and len(series_read) == 2
     assert " true lesion" in printed and "Against the ground truth: Dice" in printed
     (case_dir,) = [p for p in (tmp_path / "predicted").iterdir() if p.is_dir() and p.name.startswith("Lung_Dx-")]
     with open(case_dir / "lesions.csv", newline="") as stream:
@@ -149,7 +159,8 @@ def test_demo_detects_the_lesions_and_writes_table_pictures_nnunet_and_voc(tmp_p
     monkeypatch.setattr(predict_module, "detect_lesions", lambda *a, **k: pytest.fail("the model ran"))
     assert main(["predict", str(tmp_path / "Lung-PET-CT-Dx"), "--out", str(tmp_path / "predicted")]) == 1
     assert f"{case_dir / 'lesions.csv'}: already exists (an earlier run's result)" in capsys.readouterr().out
-    # The same detections as Slicer's own axial and coronal views draw them (slicer-core, offscreen).
+    # The same detections as Slicer's own axial and coronal views draw them (slicer-core, offscreen), on the
+    # study read once above.
     from PETCTLesionsLib.mrml.boxes import BOX_FILL_OPACITY, box_colour
     from PETCTLesionsLib.mrml.segmentations import lesion_colour
 

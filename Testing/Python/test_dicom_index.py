@@ -14,10 +14,12 @@ import pydicom
 import pytest
 from conftest import save_dicom
 from pydicom.dataset import Dataset, FileMetaDataset
+from studies import study_info, write_small_study
 
-from PETCTLesionsLib.dicom.index import Cancelled, scan_paths
+from PETCTLesionsLib.dicom.index import scan_paths
 from PETCTLesionsLib.dicom.pairing import PAIRING_RULE, pair_pet_with_ct
 from PETCTLesionsLib.dicom.part10 import NoImageError, NotDicomError, read_slice_header
+from PETCTLesionsLib.errors import Cancelled
 from PETCTLesionsLib.geometry import Grid
 from PETCTLesionsLib.synthetic.dicom_writer import (
     PatientInfo,
@@ -34,30 +36,21 @@ PET_GRID = Grid(size=(8, 8, 6), spacing=(4.0, 4.0, 4.0), origin=(-14.0, -14.0, -
 
 
 def _study(number: int, frame: str = "") -> StudyInfo:
-    return StudyInfo(
-        patient=PatientInfo(f"IDX-{number:04d}", f"Index^Patient{number}", "F", 50 + number, 60.0 + number),
-        study_uid=make_uid("index study", number),
-        frame_of_reference_uid=frame or make_uid("index frame", number),
-        study_date=datetime.date(2021, 6, number),
-        study_time=datetime.time(9, 0),
-        study_description=f"study {number}",
-    )
+    patient = PatientInfo(f"IDX-{number:04d}", f"Index^Patient{number}", "F", 50 + number, 60.0 + number)
+    study = study_info("index", patient, datetime.datetime(2021, 6, number, 9, 0), f"study {number}", number)
+    return dataclasses.replace(study, frame_of_reference_uid=frame) if frame else study
 
 
 def _acquisition(day: int) -> PetAcquisition:
-    return PetAcquisition(
-        injected_dose_bq=2.5e8,
-        injection_datetime=datetime.datetime(2021, 6, day, 8, 0),
-        series_datetime=datetime.datetime(2021, 6, day, 9, 5),
-    )
+    return PetAcquisition(2.5e8, datetime.datetime(2021, 6, day, 8, 0), datetime.datetime(2021, 6, day, 9, 5))
 
 
 def _write_study(root: Path, number: int):
-    rng = np.random.default_rng(number)
-    study = _study(number)
-    ct = write_ct_series(rng.integers(-1000, 1000, CT_GRID.shape), CT_GRID, study, root / "CT  series")
-    pet = write_pet_series(rng.gamma(2.0, 1.0, PET_GRID.shape), PET_GRID, study, _acquisition(number), root / "PET")
-    return study, ct, pet
+    study, acquisition = _study(number), _acquisition(number)
+    written = write_small_study(
+        root, study, acquisition, CT_GRID, PET_GRID, seed=number, suv_scale=1.0, folders=("CT  series", "PET")
+    )
+    return written.study, written.ct, written.pet
 
 
 def test_real_lung_dx_folder_is_one_ct_study_with_no_pet():

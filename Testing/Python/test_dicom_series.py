@@ -16,6 +16,7 @@ import pytest
 import SimpleITK as sitk
 from conftest import HTJ2K_LOSSLESS, LUNG_DX_CT_SERIES, LUNG_DX_ROOT, PYDICOM_3, save_dicom
 from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEG2000Lossless, JPEGLosslessSV1, JPEGLSLossless, RLELossless
+from studies import oblique_direction, study_info
 
 from PETCTLesionsLib.dicom.index import scan_paths
 from PETCTLesionsLib.dicom.part10 import read_slice_header
@@ -33,7 +34,6 @@ from PETCTLesionsLib.info import info_report
 from PETCTLesionsLib.synthetic.dicom_writer import (
     PatientInfo,
     PetAcquisition,
-    StudyInfo,
     make_uid,
     write_ct_series,
     write_pet_series,
@@ -42,27 +42,9 @@ from PETCTLesionsLib.synthetic.dicom_writer import (
 LUNG_DX_CT = LUNG_DX_CT_SERIES
 CT_GRID = Grid(size=(40, 32, 12), spacing=(0.8417, 0.9123, 3.27), origin=(-120.53, -88.241, -301.7))
 PET_GRID = Grid(size=(24, 20, 10), spacing=(4.0728, 4.0728, 2.027), origin=(-48.83, -40.71, -280.35))
-STUDY = StudyInfo(
-    patient=PatientInfo("SER-0001", "Series^Test", "M", 55, 80.0),
-    study_uid=make_uid("series test study"),
-    frame_of_reference_uid=make_uid("series test frame"),
-    study_date=datetime.date(2022, 1, 2),
-    study_time=datetime.time(8, 30),
-    study_description="series test",
-)
-ACQUISITION = PetAcquisition(
-    injected_dose_bq=3.0e8,
-    injection_datetime=datetime.datetime(2022, 1, 2, 7, 20),
-    series_datetime=datetime.datetime(2022, 1, 2, 8, 25, 30),
-)
-
-
-def _oblique(angle_deg: float) -> tuple:
-    axis = np.array([0.3, -0.5, 0.81])
-    axis /= np.linalg.norm(axis)
-    a = np.deg2rad(angle_deg)
-    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
-    return tuple((np.eye(3) + np.sin(a) * k + (1 - np.cos(a)) * (k @ k)).ravel().tolist())
+PATIENT = PatientInfo("SER-0001", "Series^Test", "M", 55, 80.0)
+STUDY = study_info("series test", PATIENT, datetime.datetime(2022, 1, 2, 8, 30), "series test")
+ACQUISITION = PetAcquisition(3.0e8, datetime.datetime(2022, 1, 2, 7, 20), datetime.datetime(2022, 1, 2, 8, 25, 30))
 
 
 def _hu(grid: Grid, high: int = 3071) -> np.ndarray:
@@ -116,7 +98,7 @@ def test_native_pixel_offset_reads_the_same_bytes_as_pydicom():
         np.testing.assert_array_equal(raw, pydicom.dcmread(path).pixel_array)
 
 
-@pytest.mark.parametrize("direction", [None, _oblique(23.0)], ids=["axial", "oblique"])
+@pytest.mark.parametrize("direction", [None, oblique_direction(23.0)], ids=["axial", "oblique"])
 def test_synthetic_ct_comes_back_on_its_grid_with_exact_hu(tmp_path, direction):
     grid = CT_GRID if direction is None else Grid(CT_GRID.size, CT_GRID.spacing, CT_GRID.origin, direction)
     hu, _ = _write_ct(tmp_path / "ct", grid)

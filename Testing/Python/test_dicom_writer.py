@@ -13,9 +13,10 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 from pydicom.uid import UID
+from studies import oblique_direction
 
 from PETCTLesionsLib.dicom.suv import suv_bw_factors
-from PETCTLesionsLib.fileio import OutputExistsError
+from PETCTLesionsLib.errors import OutputExistsError
 from PETCTLesionsLib.geometry import Grid
 from PETCTLesionsLib.synthetic.dicom_writer import (
     CT_IMAGE_STORAGE,
@@ -33,18 +34,8 @@ from PETCTLesionsLib.synthetic.dicom_writer import (
 F18_HALF_LIFE_S = 6586.2
 
 
-def _oblique_direction(angle_deg: float) -> tuple:
-    """Right-handed rotation about a non-coordinate axis: every direction entry non-zero."""
-    axis = np.array([0.3, -0.5, 0.81])
-    axis /= np.linalg.norm(axis)
-    a = np.deg2rad(angle_deg)
-    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
-    rotation = np.eye(3) + np.sin(a) * k + (1 - np.cos(a)) * (k @ k)
-    return tuple(rotation.ravel().tolist())
-
-
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
-OBLIQUE = _oblique_direction(17.0)
+OBLIQUE = oblique_direction(17.0)
 CT_GRID = Grid(size=(40, 32, 12), spacing=(0.8417, 0.9123, 3.27), origin=(-120.53, -88.241, -301.7))
 PET_GRID = Grid(size=(24, 20, 10), spacing=(4.0728, 4.0728, 2.027), origin=(-48.83, -40.71, -280.35))
 

@@ -12,6 +12,7 @@ pytest.importorskip("torch", reason="the model runs on torch")
 
 import torch
 
+from PETCTLesionsLib.errors import Cancelled, ModelFileError
 from PETCTLesionsLib.model import inference, preprocessing, weights
 from PETCTLesionsLib.model.network import LesionUNet, count_parameters
 
@@ -91,7 +92,7 @@ def test_cancelling_between_tiles_raises_and_returns_nothing(bundled):
         calls.append(1)
         return len(calls) > 2
 
-    with pytest.raises(inference.RunCancelledError, match="cancelled"):
+    with pytest.raises(Cancelled, match="cancelled"):
         inference.predict_probability(bundled.network, ct, pet, spacing, device="cpu", tile=(32, 32, 32), cancel=cancel)
     assert len(calls) == 3
 
@@ -147,20 +148,20 @@ def test_a_corrupt_missing_or_foreign_model_file_is_a_clear_error(tmp_path):
     source = weights.bundled_manifest_path()
     manifest = tmp_path / source.name
     shutil.copy(source, manifest)
-    with pytest.raises(weights.ModelFileError, match="weights file is missing"):
+    with pytest.raises(ModelFileError, match="weights file is missing"):
         weights.load_model(manifest)
     shutil.copy(source.with_suffix(".pt"), tmp_path)
     data = bytearray((tmp_path / source.with_suffix(".pt").name).read_bytes())
     data[len(data) // 2] ^= 0xFF
     (tmp_path / source.with_suffix(".pt").name).write_bytes(bytes(data))
-    with pytest.raises(weights.ModelFileError, match="checksum .* does not match"):
+    with pytest.raises(ModelFileError, match="checksum .* does not match"):
         weights.load_model(manifest)
     card = json.loads(manifest.read_text())
     card["version"] = 99
     manifest.write_text(json.dumps(card))
-    with pytest.raises(weights.ModelFileError, match="version 99"):
+    with pytest.raises(ModelFileError, match="version 99"):
         weights.load_model(manifest)
-    with pytest.raises(weights.ModelFileError, match="manifest not found"):
+    with pytest.raises(ModelFileError, match="manifest not found"):
         weights.load_model(tmp_path / "nothing.json")
 
 

@@ -174,9 +174,11 @@ def test_each_button_of_the_module_through_its_logic(slicer_module, mrml_scene, 
 
 
 def test_detection_needs_pytorch_from_the_pytorch_extension(slicer_module, monkeypatch):
+    from PETCTLesionsLib.errors import SetupError
+
     logic = slicer_module.PETCTLesionsLogic()
     monkeypatch.setitem(sys.modules, "PyTorchUtils", None)  # the PyTorch extension is not installed
-    with pytest.raises(RuntimeError, match="install the 'PyTorch' extension"):
+    with pytest.raises(SetupError, match="install the 'PyTorch' extension"):
         logic.ensureTorch()
     offered = []
 
@@ -198,18 +200,20 @@ def test_detection_needs_pytorch_from_the_pytorch_extension(slicer_module, monke
     installed["version"] = "1.13.1+cu117"
     assert logic.ensureTorch() is False and offered[-1] == (True, ">=2.1") and len(offered) == 2
     monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(__version__="1.13.1+cu117"))
-    with pytest.raises(RuntimeError, match=r"PyTorch 1.13.1\+cu117 is already loaded in Slicer.*needs >=2.1"):
+    with pytest.raises(SetupError, match=r"PyTorch 1.13.1\+cu117 is already loaded in Slicer.*needs >=2.1"):
         logic.ensureTorch()
     installed["version"] = "2.13.0+cpu"
     assert logic.ensureTorch() is True and len(offered) == 2
 
 
 def test_detection_refuses_a_study_without_both_volumes(slicer_module, mrml_scene):
+    from PETCTLesionsLib.errors import InputError
+
     logic = slicer_module.PETCTLesionsLogic()
     params = _parameter_node(slicer_module)
-    with pytest.raises(ValueError, match="CT and a PET"):
+    with pytest.raises(InputError, match="CT and a PET"):
         logic.startDetection(params)
-    with pytest.raises(ValueError, match="CT and PET first"):
+    with pytest.raises(InputError, match="CT and PET first"):
         logic.exportAnnotations(params)
     assert mrml_scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 0  # nothing was made
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from PETCTLesionsLib.demo import write_demo_study
-from PETCTLesionsLib.detection_job import DetectionJob, DetectionSettings, JobStatus
+from PETCTLesionsLib.detection_job import DetectionJob, DetectionJobError, DetectionSettings, JobStatus
 from PETCTLesionsLib.formats import nnunet, voc
 from PETCTLesionsLib.study import load_study
 
@@ -185,7 +185,7 @@ def test_a_cancelled_detection_leaves_nothing_behind(demo_case, tmp_path):
     status = job.poll()
     assert status == JobStatus("cancelled", status.fraction, status.message, [])
     assert list(tmp_path.iterdir()) == []
-    with pytest.raises(RuntimeError, match="did not finish"):
+    with pytest.raises(DetectionJobError, match="did not finish"):
         job.result()
 
 
@@ -262,7 +262,7 @@ def test_a_failing_detection_reports_the_workers_message(demo_case, tmp_path):
     job = DetectionJob(arrays.ct_hu_on_pet, arrays.pet_suv, study.pet_grid, DetectionSettings(model_path=str(missing)))
     status = job.wait(timeout=120)
     assert status.state == "failed"
-    with pytest.raises(RuntimeError, match="no-such-model.json"):
+    with pytest.raises(DetectionJobError, match="no-such-model.json"):
         job.result()
     assert not job.job_dir.exists()
 
@@ -281,5 +281,5 @@ def test_a_worker_result_on_another_grid_is_refused_naming_the_file(tmp_path):
     found = read_result(tmp_path, grid)
     assert found.probability.dtype == np.float16 and float(found.probability.max()) == 0.25
     np.save(tmp_path / PROBABILITY_FILE, np.zeros((4, 5, 5), np.float16))
-    with pytest.raises(RuntimeError, match=rf"{PROBABILITY_FILE}: shape \(4, 5, 5\), expected \(4, 5, 6\)"):
+    with pytest.raises(DetectionJobError, match=rf"{PROBABILITY_FILE}: shape \(4, 5, 5\), expected \(4, 5, 6\)"):
         read_result(tmp_path, grid)

@@ -17,17 +17,11 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from studies import SmallStudy, study_info, write_small_study
 
 from PETCTLesionsLib.geometry import Grid
 from PETCTLesionsLib.study import StudyLoadError
-from PETCTLesionsLib.synthetic.dicom_writer import (
-    PatientInfo,
-    PetAcquisition,
-    StudyInfo,
-    make_uid,
-    write_ct_series,
-    write_pet_series,
-)
+from PETCTLesionsLib.synthetic.dicom_writer import PatientInfo, PetAcquisition
 
 pytestmark = pytest.mark.slicer  # skipped where slicer-core is not installed (Slicer 5.6's stack in CI)
 
@@ -35,27 +29,23 @@ CT_GRID = Grid(size=(24, 20, 10), spacing=(1.2, 1.2, 3.0), origin=(-14.0, -12.0,
 PET_GRID = Grid(size=(10, 8, 7), spacing=(4.0, 4.0, 4.0), origin=(-18.0, -14.0, -12.0))
 
 
-def _write_study(root: Path, number: int, with_ct: bool = True, ct_grid: Grid = CT_GRID) -> Dict[str, object]:
-    rng = np.random.default_rng(number)
-    study = StudyInfo(
-        patient=PatientInfo(f"PAT-{number}", f"Patient^{number}", "F", 50, 60.0 + number),
-        study_uid=make_uid("database study", number),
-        frame_of_reference_uid=make_uid("database frame", number),
-        study_date=datetime.date(2022, 5, number),
-        study_time=datetime.time(10, 0),
-        study_description="PET/CT",
+def _write_study(root: Path, number: int, with_ct: bool = True, ct_grid: Grid = CT_GRID) -> SmallStudy:
+    patient = PatientInfo(f"PAT-{number}", f"Patient^{number}", "F", 50, 60.0 + number)
+    study = study_info("database", patient, datetime.datetime(2022, 5, number, 10, 0), "PET/CT", number)
+    injection, series_start = datetime.datetime(2022, 5, number, 9, 0), datetime.datetime(2022, 5, number, 10, 2)
+    acquisition = PetAcquisition(3.0e8, injection, series_start)
+    return write_small_study(
+        root / f"patient {number}",
+        study,
+        acquisition,
+        ct_grid,
+        PET_GRID,
+        seed=number,
+        hu_range=(-1000, 1200),
+        suv_scale=1.3,
+        folders=("CT", "PET"),
+        with_ct=with_ct,
     )
-    acquisition = PetAcquisition(
-        injected_dose_bq=3.0e8,
-        injection_datetime=datetime.datetime(2022, 5, number, 9, 0),
-        series_datetime=datetime.datetime(2022, 5, number, 10, 2),
-    )
-    hu = rng.integers(-1000, 1200, size=ct_grid.shape)
-    ct = write_ct_series(hu, ct_grid, study, root / f"patient {number}" / "CT") if with_ct else None
-    pet = write_pet_series(
-        rng.gamma(2.0, 1.3, size=PET_GRID.shape), PET_GRID, study, acquisition, root / f"patient {number}" / "PET"
-    )
-    return {"hu": hu, "ct": ct, "pet": pet, "study": study}
 
 
 class FakeDicomDatabase:
@@ -106,9 +96,9 @@ def test_choices_pair_each_pet_with_its_ct_and_name_what_cannot_be_paired(tmp_pa
     by_patient = {choice.patient_id: choice for choice in choices}
     assert sorted(by_patient) == ["PAT-1", "PAT-2"]
     for patient, written in (("PAT-1", first), ("PAT-2", second)):
-        assert by_patient[patient].pet_series_uid == written["pet"].series_uid
-        assert by_patient[patient].ct_series_uid == written["ct"].series_uid
-        assert by_patient[patient].study_uid == written["study"].study_uid
+        assert by_patient[patient].pet_series_uid == written.pet.series_uid
+        assert by_patient[patient].ct_series_uid == written.ct.series_uid
+        assert by_patient[patient].study_uid == written.study.study_uid
         assert by_patient[patient].label.startswith(f"{patient} 2022")
         assert by_patient[patient].warnings == ()
     assert problems.startswith("PT series") and "no CT" in problems
@@ -123,9 +113,9 @@ def test_a_choice_carries_its_pairs_warnings_for_the_module_to_show_when_it_load
 
     (choice,), problems = pet_ct_choices([tmp_path])
 
-    assert problems == "" and choice.ct_series_uid == written["ct"].series_uid
+    assert problems == "" and choice.ct_series_uid == written.ct.series_uid
     (warning,) = choice.warnings
-    assert f"({written['ct'].series_uid}) covers 21.0 mm of the 28.0 mm of PT series" in warning
+    assert f"({written.ct.series_uid}) covers 21.0 mm of the 28.0 mm of PT series" in warning
     assert "(75%), under 90%: the rest of the PET is read with air (-1024 HU) as its CT" in warning
 
 
@@ -144,9 +134,9 @@ def test_loading_a_pair_gives_ct_in_hu_and_the_loaded_pet_converted_to_suv(mrml_
         choice, progress=lambda fraction, message: steps.append(fraction)
     )
 
-    np.testing.assert_array_equal(slicer.util.arrayFromVolume(ct_node), written["hu"])
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(ct_node), written.hu)
     suv = slicer.util.arrayFromVolume(pet_node)
-    assert np.max(np.abs(suv - written["pet"].stored_values) / written["pet"].stored_values) < 1e-5
+    assert np.max(np.abs(suv - written.pet.stored_values) / written.pet.stored_values) < 1e-5
     assert is_suv_bw(pet_node) and not is_suv_bw(ct_node)
     assert pet_node.GetName() == f"series {choice.pet_series_uid[-6:]}"  # the plugin's node, kept
     assert steps[0] == 0.0 and steps[-1] == 1.0 and steps == sorted(steps)

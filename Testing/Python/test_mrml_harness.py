@@ -6,20 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from studies import oblique_direction
 
 from PETCTLesionsLib.geometry import Grid, lps_to_ras_matrix
 
 pytestmark = pytest.mark.slicer  # skipped where slicer-core is not installed (Slicer 5.6's stack in CI)
-
-
-def _oblique_direction(angle_deg: float) -> tuple:
-    """Rotation about an axis that is not a coordinate axis: every direction entry non-zero."""
-    axis = np.array([0.3, -0.5, 0.81])
-    axis /= np.linalg.norm(axis)
-    a = np.deg2rad(angle_deg)
-    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
-    rotation = np.eye(3) + np.sin(a) * k + (1 - np.cos(a)) * (k @ k)
-    return tuple(rotation.ravel().tolist())
 
 
 def _ct_image() -> sitk.Image:
@@ -29,7 +20,7 @@ def _ct_image() -> sitk.Image:
         size=(17, 14, 9),
         spacing=(0.8417, 0.9, 2.5),
         origin=(-228.04, -93.06, -184.0),
-        direction=_oblique_direction(17.0),
+        direction=oblique_direction(17.0),
     )
     return grid.to_sitk(hu)
 
@@ -41,7 +32,7 @@ def _pet_image() -> sitk.Image:
         size=(13, 11, 7),
         spacing=(4.0728, 4.0728, 3.27),
         origin=(-405.3, -398.7, -612.25),
-        direction=_oblique_direction(-9.0),
+        direction=oblique_direction(-9.0),
     )
     return grid.to_sitk(suv)
 

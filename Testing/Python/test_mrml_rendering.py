@@ -320,7 +320,7 @@ def _box_centre(fused: FusedScene) -> np.ndarray:
 
 
 def test_views_centre_on_a_point_and_pictures_are_written_as_png(fused, tmp_path):
-    from PETCTLesionsLib.fileio import OutputExistsError
+    from PETCTLesionsLib.errors import OutputExistsError
     from PETCTLesionsLib.mrml.rendering import centre_view_on, write_view_png
 
     pictures = {}
@@ -383,7 +383,7 @@ def study_views(tmp_path_factory, rendering_available):
     )
     headless.reset_scene()
     try:
-        paths = write_detection_views(case.study_dir, found, root / "views")
+        paths = write_detection_views(loaded, found, root / "views")
         views = {}
         for (view_name, file_name), path in zip(STUDY_VIEWS, paths):
             assert path.name == file_name

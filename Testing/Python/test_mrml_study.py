@@ -13,17 +13,11 @@ import SimpleITK as sitk
 pytest.importorskip("slicer", reason="needs slicer-core (Slicer's MRML libraries)")
 
 import vtk
+from studies import study_info, write_small_study
 
 from PETCTLesionsLib.geometry import Grid, lps_to_ras_matrix
 from PETCTLesionsLib.study import load_study
-from PETCTLesionsLib.synthetic.dicom_writer import (
-    PatientInfo,
-    PetAcquisition,
-    StudyInfo,
-    make_uid,
-    write_ct_series,
-    write_pet_series,
-)
+from PETCTLesionsLib.synthetic.dicom_writer import PatientInfo, PetAcquisition
 
 CT_GRID = Grid(
     size=(40, 32, 12),
@@ -33,35 +27,30 @@ CT_GRID = Grid(
     direction=(1.0, 0.0, 0.0, 0.0, 0.9945219, -0.1045285, 0.0, 0.1045285, 0.9945219),
 )
 PET_GRID = Grid(size=(12, 10, 8), spacing=(4.0, 4.0, 3.27), origin=(-22.0, -18.0, -12.0))
-ACQUISITION = PetAcquisition(
-    injected_dose_bq=2.9e8,
-    injection_datetime=datetime.datetime(2021, 3, 2, 8, 5, 0),
-    series_datetime=datetime.datetime(2021, 3, 2, 9, 7, 30),
-)
+PATIENT = PatientInfo("Lung_Dx-A0042", "Test^Patient", "M", 61, 78.0)
+STUDY = study_info("mrml study", PATIENT, datetime.datetime(2021, 3, 2, 8, 50), "PET/CT")
+ACQUISITION = PetAcquisition(2.9e8, datetime.datetime(2021, 3, 2, 8, 5, 0), datetime.datetime(2021, 3, 2, 9, 7, 30))
 
 
 @pytest.fixture(scope="module")
 def written_study(tmp_path_factory):
     root = tmp_path_factory.mktemp("study")
-    rng = np.random.default_rng(3)
-    study = StudyInfo(
-        patient=PatientInfo("Lung_Dx-A0042", "Test^Patient", "M", 61, 78.0),
-        study_uid=make_uid("mrml study test"),
-        frame_of_reference_uid=make_uid("mrml study frame"),
-        study_date=datetime.date(2021, 3, 2),
-        study_time=datetime.time(8, 50),
-        study_description="PET/CT",
+    return write_small_study(
+        root,
+        STUDY,
+        ACQUISITION,
+        CT_GRID,
+        PET_GRID,
+        seed=3,
+        hu_range=(-1024, 1500),
+        suv_scale=1.5,
+        folders=("CT", "PET"),
     )
-    hu = rng.integers(-1024, 1500, size=CT_GRID.shape)
-    suv = rng.gamma(2.0, 1.5, size=PET_GRID.shape)
-    ct = write_ct_series(hu, CT_GRID, study, root / "CT")
-    pet = write_pet_series(suv, PET_GRID, study, ACQUISITION, root / "PET")
-    return {"root": root, "study": study, "ct": ct, "pet": pet, "hu": hu, "suv": pet.stored_values}
 
 
 @pytest.fixture(scope="module")
 def loaded_study(written_study):
-    return load_study([written_study["root"]])
+    return load_study([written_study.root])
 
 
 def _ras_of_index(node, ijk) -> np.ndarray:
@@ -91,9 +80,9 @@ def test_study_nodes_keep_geometry_values_and_suv_meaning(mrml_scene, loaded_stu
     # The values are the written ones: HU on the CT, SUVbw on the PET.
     import slicer
 
-    np.testing.assert_array_equal(slicer.util.arrayFromVolume(ct_node), written_study["hu"])
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(ct_node), written_study.hu)
     pet = slicer.util.arrayFromVolume(pet_node)
-    assert np.max(np.abs(pet - written_study["suv"]) / written_study["suv"]) < 1e-6
+    assert np.max(np.abs(pet - written_study.suv) / written_study.suv) < 1e-6
     # The PET is labelled the way Slicer's PETDICOM extension labels SUVbw; the CT is not.
     quantity, units = pet_node.GetVoxelValueQuantity(), pet_node.GetVoxelValueUnits()
     assert (quantity.GetCodeValue(), quantity.GetCodingSchemeDesignator()) == ("126400", "DCM")
@@ -111,11 +100,11 @@ def test_study_nodes_sit_under_patient_and_study_items_with_their_dicom_uids(mrm
     hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(mrml_scene)
     uid_name = slicer.vtkMRMLSubjectHierarchyConstants.GetDICOMUIDName()
     ct_item, pet_item = hierarchy.GetItemByDataNode(ct_node), hierarchy.GetItemByDataNode(pet_node)
-    assert hierarchy.GetItemUID(ct_item, uid_name) == written_study["ct"].series_uid
-    assert hierarchy.GetItemUID(pet_item, uid_name) == written_study["pet"].series_uid
+    assert hierarchy.GetItemUID(ct_item, uid_name) == written_study.ct.series_uid
+    assert hierarchy.GetItemUID(pet_item, uid_name) == written_study.pet.series_uid
     study_item = hierarchy.GetItemParent(ct_item)
     assert hierarchy.GetItemParent(pet_item) == study_item
-    assert hierarchy.GetItemUID(study_item, uid_name) == written_study["study"].study_uid
+    assert hierarchy.GetItemUID(study_item, uid_name) == written_study.study.study_uid
     assert hierarchy.GetItemLevel(study_item) == slicer.vtkMRMLSubjectHierarchyConstants.GetDICOMLevelStudy()
     patient_item = hierarchy.GetItemParent(study_item)
     assert hierarchy.GetItemUID(patient_item, uid_name) == "Lung_Dx-A0042"
@@ -123,8 +112,8 @@ def test_study_nodes_sit_under_patient_and_study_items_with_their_dicom_uids(mrm
     assert hierarchy.GetItemAttribute(ct_item, "DICOM.Modality") == "CT"
     assert hierarchy.GetItemAttribute(pet_item, "DICOM.Modality") == "PT"
     # Slice k of the CT node is the file with the k-th SOPInstanceUID (the VOC annotations' key).
-    assert ct_node.GetAttribute(INSTANCE_UIDS_ATTRIBUTE).split(" ") == written_study["ct"].sop_instance_uids
-    assert pet_node.GetAttribute(INSTANCE_UIDS_ATTRIBUTE).split(" ") == written_study["pet"].sop_instance_uids
+    assert ct_node.GetAttribute(INSTANCE_UIDS_ATTRIBUTE).split(" ") == written_study.ct.sop_instance_uids
+    assert pet_node.GetAttribute(INSTANCE_UIDS_ATTRIBUTE).split(" ") == written_study.pet.sop_instance_uids
 
     # Loading the same study again reuses its patient and study items instead of duplicating them.
     ct_again, _ = add_study_nodes(loaded_study, name_prefix="again")
@@ -236,7 +225,7 @@ def _pet_as_slicer_loads_it(written_study):
     from PETCTLesionsLib.mrml.study_nodes import INSTANCE_UIDS_ATTRIBUTE
     from PETCTLesionsLib.mrml.volumes import volume_node_from_image
 
-    pet_folder = str(written_study["root"] / "PET")
+    pet_folder = str(written_study.root / "PET")
     files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(pet_folder)
     bq_per_ml = sitk.ReadImage(files, sitk.sitkFloat32)
     node = volume_node_from_image(bq_per_ml, "PET AC")
@@ -254,14 +243,14 @@ def test_a_pet_slicer_loaded_in_bq_per_ml_is_converted_to_suv_in_place(mrml_scen
 
     node, bq_per_ml = _pet_as_slicer_loads_it(written_study)
     node_id = node.GetID()
-    pet = load_pet_suv([written_study["root"]])
+    pet = load_pet_suv([written_study.root])
 
     convert_pet_node_to_suv(node, pet)
 
     assert node.GetID() == node_id and is_suv_bw(node)
     suv = slicer.util.arrayFromVolume(node)
     assert suv.dtype == np.float32
-    assert np.max(np.abs(suv - written_study["suv"]) / written_study["suv"]) < 1e-5
+    assert np.max(np.abs(suv - written_study.suv) / written_study.suv) < 1e-5
     # Bq/mL -> SUV is the one factor of this series (weight 78 kg, decay-corrected dose).
     ratio = suv / sitk.GetArrayFromImage(bq_per_ml)
     np.testing.assert_allclose(ratio, pet.suv.factors[0], rtol=1e-5)
@@ -273,7 +262,7 @@ def test_converting_a_pet_node_that_does_not_match_its_files_is_refused(mrml_sce
     from PETCTLesionsLib.mrml.study_nodes import INSTANCE_UIDS_ATTRIBUTE, convert_pet_node_to_suv
     from PETCTLesionsLib.study import load_pet_suv
 
-    pet = load_pet_suv([written_study["root"] / "PET"])
+    pet = load_pet_suv([written_study.root / "PET"])
     node, _ = _pet_as_slicer_loads_it(written_study)
     before = slicer.util.arrayFromVolume(node).copy()
     node.SetOrigin(np.array(node.GetOrigin()) + np.array([0.0, 0.0, 3.27]))

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from PETCTLesionsLib.formats import nifti, nnunet
+from PETCTLesionsLib.errors import OutputExistsError
+from PETCTLesionsLib.formats import nnunet, parallel_gzip
 from PETCTLesionsLib.formats.nnunet import NnUNetCase, NnUNetError
 
 SPACED_ID = "fdg_0a1b2c3d4e_06-20-2003  PET-CT"  # autoPET FDG ids carry runs of spaces
@@ -199,7 +200,7 @@ def test_ct_is_rounded_to_int16_hu_and_pet_stored_as_float32(tmp_path):
 def test_existing_case_is_not_overwritten_unless_asked(tmp_path):
     dataset = tmp_path / "Dataset901_autoPET"
     nnunet.write_case(dataset, _case(SPACED_ID, seed=1))
-    with pytest.raises(NnUNetError, match="already exists .*refusing to overwrite"):
+    with pytest.raises(OutputExistsError, match="already exists .*refusing to overwrite"):
         nnunet.write_case(dataset, _case(SPACED_ID, seed=5))
     np.testing.assert_array_equal(sitk.GetArrayFromImage(nnunet.read_case(dataset, SPACED_ID).ct), _arrays(1)[0])
 
@@ -417,57 +418,19 @@ def test_bad_splits_are_refused(tmp_path):
         nnunet.read_splits(tmp_path)
 
 
-# ----------------------------------------------------------------------------------------- parallel gzip
-
-
-@pytest.mark.parametrize("pixel_type", [np.float32, np.int16, np.uint8])
-def test_nifti_gz_is_one_gzip_member_holding_exactly_simpleitks_nifti(tmp_path, monkeypatch, pixel_type):
-    import gzip
-    import zlib
-
-    rng = np.random.default_rng(3)
-    image = _image((rng.gamma(2.0, 1.7, size=(30, 40, 50)) * 100).astype(pixel_type))
-    sitk.WriteImage(image, str(tmp_path / "reference.nii"), useCompression=False)
-    expected = (tmp_path / "reference.nii").read_bytes()
-    # Small chunks: many of them, the last one partial, as a 400x400x326 PET in 4 MiB chunks.
-    monkeypatch.setattr(nifti, "_DEFLATE_CHUNK_BYTES", 7001)
-
-    path = nifti.write_nifti_gz(image, tmp_path / "case_0001.nii.gz")
-
-    data = path.read_bytes()
-    stream = zlib.decompressobj(wbits=31)  # exactly one gzip member, nothing after it
-    assert stream.decompress(data) == expected
-    assert stream.eof and stream.unused_data == b""
-    assert gzip.decompress(data) == expected
-    back = sitk.ReadImage(str(path))
-    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(back), sitk.GetArrayViewFromImage(image))
-    assert (back.GetSpacing(), back.GetOrigin(), back.GetDirection()) == (SPACING, ORIGIN, DIRECTION)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["case_0001.nii.gz", "reference.nii"]
-
-
-def test_nifti_gz_of_a_chunk_multiple_and_of_one_chunk(tmp_path, monkeypatch):
-    import gzip
-
-    image = _image(np.arange(np.prod(SHAPE), dtype=np.float32).reshape(SHAPE))
-    sitk.WriteImage(image, str(tmp_path / "reference.nii"), useCompression=False)
-    expected = (tmp_path / "reference.nii").read_bytes()
-    for chunk_bytes in (len(expected) // 4, len(expected), 1 << 30):
-        assert len(expected) % 4 == 0
-        monkeypatch.setattr(nifti, "_DEFLATE_CHUNK_BYTES", chunk_bytes)
-        path = nifti.write_nifti_gz(image, tmp_path / f"{chunk_bytes}.nii.gz")
-        assert gzip.decompress(path.read_bytes()) == expected
+# ------------------------------------------------------------------ parallel gzip (see also test_speedups.py)
 
 
 def test_a_failed_write_leaves_no_file_of_the_case(tmp_path, monkeypatch):
     dataset = tmp_path / "Dataset901_autoPET"
-    real_deflate = nifti._deflate_chunk
+    real_deflate = parallel_gzip._deflate_chunk
 
     def failing_for_pet(data, start, strategy):
-        if strategy == nifti.zlib.Z_RLE:  # the float32 PET
+        if strategy == parallel_gzip.zlib.Z_RLE:  # the float32 PET
             raise RuntimeError("disk full")
         return real_deflate(data, start, strategy)
 
-    monkeypatch.setattr(nifti, "_deflate_chunk", failing_for_pet)
+    monkeypatch.setattr(parallel_gzip, "_deflate_chunk", failing_for_pet)
     with pytest.raises(NnUNetError, match="cannot write it .*disk full"):
         nnunet.write_case(dataset, _case(PLAIN_ID))
     assert _all_files(dataset) == []

@@ -18,36 +18,19 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 from conftest import LUNG_DX_CT_SERIES
+from studies import study_info, write_small_study
 
 from PETCTLesionsLib import detection, preview
 from PETCTLesionsLib.geometry import Grid
 from PETCTLesionsLib.measurements import measure_lesions
 from PETCTLesionsLib.predict import render_pictures
 from PETCTLesionsLib.study import LoadedStudy, load_study
-from PETCTLesionsLib.synthetic.dicom_writer import (
-    PatientInfo,
-    PetAcquisition,
-    SeriesWriteResult,
-    StudyInfo,
-    make_uid,
-    write_ct_series,
-    write_pet_series,
-)
+from PETCTLesionsLib.synthetic.dicom_writer import PatientInfo, PetAcquisition, SeriesWriteResult
 from PETCTLesionsLib.synthetic.phantom import PhantomConfig, make_phantom
 
-STUDY = StudyInfo(
-    patient=PatientInfo("PIC-0001", "Pictures^Patient", "F", 61, 72.0),
-    study_uid=make_uid("pictures study"),
-    frame_of_reference_uid=make_uid("pictures frame"),
-    study_date=datetime.date(2021, 3, 4),
-    study_time=datetime.time(10, 5),
-    study_description="PET/CT pictures",
-)
-ACQUISITION = PetAcquisition(
-    injected_dose_bq=3.5e8,
-    injection_datetime=datetime.datetime(2021, 3, 4, 9, 0, 0),
-    series_datetime=datetime.datetime(2021, 3, 4, 10, 0, 0),
-)
+PATIENT = PatientInfo("PIC-0001", "Pictures^Patient", "F", 61, 72.0)
+STUDY = study_info("pictures", PATIENT, datetime.datetime(2021, 3, 4, 10, 5), "PET/CT pictures")
+ACQUISITION = PetAcquisition(3.5e8, datetime.datetime(2021, 3, 4, 9, 0, 0), datetime.datetime(2021, 3, 4, 10, 0, 0))
 HOT, TOP_EDGE, OUTSIDE_CT, TINY = 1, 2, 3, 4  # lesion numbers, largest first as the detection numbers them
 HOT_SUV = 25.0  # above the SUV window (0-10): its centre saturates
 OUTLINE = tuple(preview.to_uint8(np.array(preview.LESION_OUTLINE_RGB)))
@@ -91,17 +74,18 @@ def picture_study(tmp_path_factory) -> PictureStudy:
     ct_lps = phantom.ct_grid.index_to_lps(np.argwhere(np.ones(phantom.ct_grid.shape, bool))[:, ::-1].astype(float))
     near_hot = np.linalg.norm(ct_lps - hot_centre_lps, axis=1).reshape(phantom.ct_grid.shape) <= 14.0
     ct_hu[near_hot] = 30  # soft tissue where the PET lesion is
-    ct = write_ct_series(ct_hu, phantom.ct_grid, STUDY, root / "dicom" / "ct")
-    write_pet_series(pet_suv, pet_grid, STUDY, ACQUISITION, root / "dicom" / "pet")
+    written = write_small_study(
+        root / "dicom", STUDY, ACQUISITION, phantom.ct_grid, pet_grid, hu=ct_hu, suv=pet_suv, folders=("ct", "pet")
+    )
 
-    loaded = load_study([root / "dicom"])
+    loaded = load_study([written.root])
     pet_grid = Grid.from_sitk(loaded.pet_suv)
     probability = (lesion_map > 0).astype(np.float32)
     pet = sitk.GetArrayFromImage(loaded.pet_suv)
     lesions = measure_lesions(lesion_map, int(lesion_map.max()), pet, pet_grid, probability)
     found = detection.Detection(pet_grid, probability, lesion_map, lesions, 0.5, 0.0)
     lesion_map_ct, boxes = detection.lesions_on_ct(lesion_map, pet_grid, Grid.from_sitk(loaded.ct), probability, 0.5)
-    return PictureStudy(loaded, ct, found, lesion_map_ct, boxes, hot_centre_lps)
+    return PictureStudy(loaded, written.ct, found, lesion_map_ct, boxes, hot_centre_lps)
 
 
 @pytest.fixture(scope="module")

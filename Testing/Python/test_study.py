@@ -16,11 +16,12 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 from conftest import LUNG_DX_CT_SERIES, copy_series, save_bare_dicom, save_dicom
+from studies import SmallStudy, oblique_direction, study_info, write_small_study
 
-from PETCTLesionsLib.dicom.index import Cancelled
 from PETCTLesionsLib.dicom.part10 import read_slice_header
 from PETCTLesionsLib.dicom.series import MissingSlicesError
 from PETCTLesionsLib.dicom.suv import SUVError
+from PETCTLesionsLib.errors import Cancelled
 from PETCTLesionsLib.geometry import Grid
 from PETCTLesionsLib.info import format_info, info_report
 from PETCTLesionsLib.study import StudyLoadError, load_study
@@ -37,52 +38,31 @@ LUNG_DX_CT = LUNG_DX_CT_SERIES
 CT_GRID = Grid(size=(36, 30, 14), spacing=(0.9, 0.95, 2.5), origin=(-16.0, -14.0, -20.0))
 PET_GRID = Grid(size=(14, 12, 9), spacing=(4.07, 4.07, 3.0), origin=(-27.0, -23.0, -18.5))
 ACQUISITION = PetAcquisition(
-    injected_dose_bq=3.3e8,
-    injection_datetime=datetime.datetime(2020, 11, 5, 9, 12, 40),
-    series_datetime=datetime.datetime(2020, 11, 5, 10, 21, 5),
+    3.3e8, datetime.datetime(2020, 11, 5, 9, 12, 40), datetime.datetime(2020, 11, 5, 10, 21, 5)
 )
 F18_HALF_LIFE_S = 6586.2
 
 
-def _oblique(angle_deg: float) -> tuple:
-    axis = np.array([-0.2, 0.6, 0.77])
-    axis /= np.linalg.norm(axis)
-    a = np.deg2rad(angle_deg)
-    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
-    return tuple((np.eye(3) + np.sin(a) * k + (1 - np.cos(a)) * (k @ k)).ravel().tolist())
-
-
 def _study(number: int = 1) -> StudyInfo:
-    return StudyInfo(
-        patient=PatientInfo(f"STU-{number:04d}", f"Study^Patient{number}", "F", 48, 64.5 + number),
-        study_uid=make_uid("study test", number),
-        frame_of_reference_uid=make_uid("study frame", number),
-        study_date=datetime.date(2020, 11, 5),
-        study_time=datetime.time(9, 55),
-        study_description=f"PET/CT {number}",
+    patient = PatientInfo(f"STU-{number:04d}", f"Study^Patient{number}", "F", 48, 64.5 + number)
+    return study_info("study", patient, datetime.datetime(2020, 11, 5, 9, 55), f"PET/CT {number}", number)
+
+
+def _write(root: Path, number: int = 1, ct_grid: Grid = CT_GRID, pet_grid: Grid = PET_GRID) -> SmallStudy:
+    return write_small_study(
+        root,
+        _study(number),
+        ACQUISITION,
+        ct_grid,
+        pet_grid,
+        seed=number,
+        hu_range=(-1024, 2000),
+        suv_ramp=(0.3, 5.0),
+        folders=("CT 2.5 mm", "PET  AC"),
     )
 
 
-@dataclasses.dataclass
-class Written:
-    study: StudyInfo
-    hu: np.ndarray
-    suv: np.ndarray  # what a correct reader decodes (SeriesWriteResult.stored_values)
-    ct: object
-    pet: object
-
-
-def _write(root: Path, number: int = 1, ct_grid: Grid = CT_GRID, pet_grid: Grid = PET_GRID) -> Written:
-    rng = np.random.default_rng(number)
-    study = _study(number)
-    hu = rng.integers(-1024, 2000, size=ct_grid.shape)
-    suv = rng.gamma(2.0, 1.2, size=pet_grid.shape) * np.linspace(0.3, 5.0, pet_grid.size[2])[:, None, None]
-    ct = write_ct_series(hu, ct_grid, study, root / "CT 2.5 mm")
-    pet = write_pet_series(suv, pet_grid, study, ACQUISITION, root / "PET  AC")
-    return Written(study, hu, pet.stored_values, ct, pet)
-
-
-def _assert_loaded(loaded, written: Written, ct_grid: Grid = CT_GRID, pet_grid: Grid = PET_GRID) -> None:
+def _assert_loaded(loaded, written: SmallStudy, ct_grid: Grid = CT_GRID, pet_grid: Grid = PET_GRID) -> None:
     assert Grid.from_sitk(loaded.ct).same_as(ct_grid, tolerance_mm=1e-6)
     assert Grid.from_sitk(loaded.pet_suv).same_as(pet_grid, tolerance_mm=1e-6)
     assert loaded.ct.GetPixelID() == sitk.sitkInt16 and loaded.pet_suv.GetPixelID() == sitk.sitkFloat32
@@ -109,7 +89,7 @@ def test_load_study_gives_hu_and_the_written_suv(tmp_path):
 
 
 def test_oblique_study_comes_back_on_the_written_grids(tmp_path):
-    direction = _oblique(14.0)
+    direction = oblique_direction(14.0, axis=(-0.2, 0.6, 0.77))
     ct_grid = dataclasses.replace(CT_GRID, direction=direction)
     pet_grid = dataclasses.replace(PET_GRID, direction=direction)
     written = _write(tmp_path, ct_grid=ct_grid, pet_grid=pet_grid)

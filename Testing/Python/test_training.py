@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import os
 import subprocess
 import sys
@@ -155,6 +156,27 @@ def test_training_reads_an_nnunet_dataset_and_its_splits(tmp_path, capsys):
     assert f"{tmp_path}: not an nnU-Net raw dataset (no dataset.json)" in refused("--dataset", str(tmp_path))
     missing = tmp_path / "no model.json"
     assert f"{missing}: model manifest not found" in refused("--dataset", str(dataset), "--init", str(missing))
+
+
+def test_a_checkpoint_whose_write_fails_part_way_leaves_the_previous_one_whole(tmp_path, monkeypatch):
+    from PETCTLesionsLib.errors import NoSpaceError
+    from PETCTLesionsLib.training import train
+
+    best = tmp_path / "checkpoint_best.pt"
+    train._save_checkpoint(best, {"epoch": 1, "scores": {"dice": 0.5}})
+    written = best.read_bytes()
+
+    def disk_fills(checkpoint, path):  # half a checkpoint reaches the disk, then the disk is full
+        Path(path).write_bytes(written[: len(written) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(torch, "save", disk_fills)
+    with pytest.raises(NoSpaceError, match=f"^no space left on {best}"):
+        train._save_checkpoint(best, {"epoch": 2, "scores": {"dice": 0.6}})
+    monkeypatch.undo()
+
+    assert best.read_bytes() == written and torch.load(best, weights_only=False)["epoch"] == 1
+    assert [path.name for path in tmp_path.iterdir()] == ["checkpoint_best.pt"]  # no temporary file left behind
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="torchrun's gloo rendezvous is tested on Linux/macOS")

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from PETCTLesionsLib.fileio import OutputExistsError
+from PETCTLesionsLib.errors import OutputExistsError
 from PETCTLesionsLib.formats import voc
 from PETCTLesionsLib.formats.voc import VocAnnotation, VocBox, VocError, group_boxes_into_lesions
 

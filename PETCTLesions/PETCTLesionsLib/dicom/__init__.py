@@ -4,6 +4,7 @@
 ``index`` scans files and folders and groups their slices into studies and series (Enhanced CT
 frames become slices, localizers are set aside); ``pairing`` ranks a study's PET series and pairs
 each with a CT (and measures how much of the PET the CT covers); ``series`` builds one series as a
-SimpleITK image (slice order, spacing checks, rescale, decoding); ``suv`` computes the SUVbw
-factors from the PET headers. Import the submodules directly.
+SimpleITK image (slice order, spacing checks, rescale, decoding), each compressed multi-frame
+file decoded once per read (``frame_cache``); ``suv`` computes the SUVbw factors from the PET
+headers. Import the submodules directly.
 """

@@ -18,12 +18,14 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
+from ..errors import InputError
+from ..jobs import CancelCallback, ProgressCallback, check_cancel, report
 from .part10 import (
     ENHANCED_CT_SOP_CLASSES,
     PROJECTION_IMAGE_TYPES,
@@ -36,14 +38,8 @@ from .part10 import (
     tag_text,
 )
 
-ProgressCallback = Callable[[float, str], None]
-CancelCallback = Callable[[], bool]
 SECONDARY_CAPTURE_SOP_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.7"  # and its multi-frame kinds .7.1-.7.4
 SEGMENTATION_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
-
-
-class Cancelled(Exception):  # noqa: N818 - the name the callers use
-    """The user cancelled a scan or a load; nothing was returned."""
 
 
 # --------------------------------------------------------------------------- data
@@ -170,7 +166,7 @@ class ScanResult:
         for series in self.series:
             if series.series_uid == series_uid:
                 return series
-        raise KeyError(f"no series with SeriesInstanceUID {series_uid} was found")
+        raise InputError(f"no series with SeriesInstanceUID {series_uid} was found")
 
 
 # --------------------------------------------------------------------------- files
@@ -197,13 +193,13 @@ def list_files(paths: Sequence[PathLike]) -> Tuple[List[Path], List[FileProblem]
 # --------------------------------------------------------------------------- frames
 
 
-def read_image_headers(path: PathLike, text_cache: Optional[Dict[Tuple[int, bytes], str]] = None) -> List[SliceHeader]:
+def read_image_headers(path: PathLike) -> List[SliceHeader]:
     """The slices one DICOM image file holds: itself, or each frame of an Enhanced CT.
 
     Raises what :func:`read_slice_header` raises; a frame without its position, orientation or
     pixel spacing is a :class:`DicomReadError` naming the file and the frame.
     """
-    header = read_slice_header(path, text_cache)
+    header = read_slice_header(path)
     if header.sop_class_uid not in ENHANCED_CT_SOP_CLASSES:
         return [header]  # a classic slice, or a multi-frame kind the series reader refuses by name
     try:
@@ -294,12 +290,6 @@ def frame_headers(header: SliceHeader) -> List[SliceHeader]:
 # --------------------------------------------------------------------------- scanning
 
 
-def check_cancel(cancel: Optional[CancelCallback]) -> None:
-    """Raise :class:`Cancelled` when the caller's cancel callback says so."""
-    if cancel is not None and cancel():
-        raise Cancelled("cancelled by the user")
-
-
 def scan_paths(
     paths: Sequence[PathLike],
     progress: Optional[ProgressCallback] = None,
@@ -308,7 +298,7 @@ def scan_paths(
     """Index every DICOM image under ``paths`` into studies and series.
 
     ``progress(fraction, message)`` is called as files are read; ``cancel()`` returning True
-    stops the scan with :class:`Cancelled`. Both run on the calling thread. The PET/CT pairs of
+    stops the scan with :class:`~PETCTLesionsLib.errors.Cancelled`. Both run on the calling thread. The PET/CT pairs of
     the studies found are :func:`.pairing.pair_pet_with_ct`'s.
 
     Headers are read one after the other on purpose: pydicom's parsing is Python that holds
@@ -318,21 +308,19 @@ def scan_paths(
     files, problems = list_files(paths)
     skipped: List[FileProblem] = []
     headers: List[SliceHeader] = []
-    text_cache: Dict[Tuple[int, bytes], str] = {}
     for number, path in enumerate(files):
         check_cancel(cancel)
         if progress is not None and number % 25 == 0:
             progress(number / max(1, len(files)), f"reading DICOM headers ({number}/{len(files)})")
         try:
-            headers.extend(read_image_headers(path, text_cache))
+            headers.extend(read_image_headers(path))
         except (NotDicomError, NoImageError) as error:
             skipped.append(FileProblem(path, str(error)))
         except DicomReadError as error:
             problems.append(FileProblem(path, str(error), error.series_uid, error.sop_instance_uid))
         except OSError as error:
             problems.append(FileProblem(path, f"{path}: cannot be read: {error}"))
-    if progress is not None:
-        progress(1.0, f"read {len(files)} files")
+    report(progress, 1.0, f"read {len(files)} files")
     return ScanResult(
         studies=group_headers(headers),
         files_found=len(files),

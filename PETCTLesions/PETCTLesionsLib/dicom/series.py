@@ -57,6 +57,7 @@ Pixels (:func:`read_series_image`):
   lossy), JPEG-LS, JPEG 2000 and RLE are decoded by the GDCM inside SimpleITK, as Slicer's
   own DICOM reader does: pydicom decodes JPEG Lossless, the commonest compression of CT,
   only with pylibjpeg or the gdcm package, which neither Slicer nor this module installs.
+  GDCM decodes a multi-frame file whole, once per read (:mod:`.frame_cache`).
   Any other transfer syntax is decoded by pydicom with whatever handler is installed; one
   that nothing installed decodes is refused before anything is read, naming the file, the
   syntax and the packages that would decode it.
@@ -70,7 +71,6 @@ from __future__ import annotations
 
 import math
 import os
-import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,8 +81,11 @@ import pydicom
 import SimpleITK as sitk
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
+from ..errors import InputError
 from ..geometry import Grid
-from .index import CancelCallback, IndexedSeries, PathLike, ProgressCallback, check_cancel, scan_paths
+from ..jobs import CancelCallback, ProgressCallback, check_cancel, report
+from .frame_cache import DecodedFrames, decode_frame
+from .index import IndexedSeries, PathLike, scan_paths
 from .part10 import NATIVE_TRANSFER_SYNTAXES, SliceHeader
 
 ORIENTATION_TOLERANCE = 1e-4
@@ -137,7 +140,7 @@ HTJ2K_TRANSFER_SYNTAXES = {
 STORED_VALUE_TOLERANCE = 1e-3  # how far GDCM's value, rescaled back, may lie from a whole stored value
 
 
-class DicomSeriesError(ValueError):
+class DicomSeriesError(InputError):
     """A series that cannot be built into an image; the message names the series or file."""
 
 
@@ -613,37 +616,6 @@ def _read_with_pydicom(header: SliceHeader) -> np.ndarray:
     return pydicom.dcmread(header.path).pixel_array[header.frame]  # decodes every frame
 
 
-class _DecodedFile:
-    """GDCM decodes a multi-frame file whole: the last one is kept (as GDCM's image, no copy) for
-    its next frames, and a file that failed is not decoded again by the other threads."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.path: Optional[Path] = None
-        self.image: Optional[sitk.Image] = None
-        self.error: Optional[Exception] = None
-
-    def frame(self, path: Path, index: int) -> np.ndarray:
-        with self.lock:
-            if self.path != path:
-                self.image, self.error, self.path = None, None, path  # free the previous file first
-                try:
-                    self.image = _decode_with_gdcm(path)
-                except Exception as error:  # kept: every frame of the file reports it
-                    self.error = error
-            if self.error is not None:
-                raise self.error
-            values = sitk.GetArrayViewFromImage(self.image)
-            return np.array(values[index] if values.ndim == 3 else values)  # one frame copied out
-
-    def forget(self) -> None:
-        with self.lock:
-            self.image, self.error, self.path = None, None, None
-
-
-_LAST_MULTI_FRAME_FILE = _DecodedFile()
-
-
 def _decode_with_gdcm(path: Path) -> sitk.Image:
     """Every frame of a file, as GDCM hands them over (rescaled)."""
     reader = sitk.ImageFileReader()
@@ -652,13 +624,18 @@ def _decode_with_gdcm(path: Path) -> sitk.Image:
     return reader.Execute()
 
 
-def _read_with_simpleitk(header: SliceHeader) -> np.ndarray:
-    """Stored values decoded by GDCM, which hands them over rescaled: the rescale is undone here."""
+def _read_with_simpleitk(header: SliceHeader, frames: Optional[DecodedFrames]) -> np.ndarray:
+    """Stored values decoded by GDCM, which hands them over rescaled: the rescale is undone here.
+
+    A frame of a multi-frame file comes from ``frames`` (the read's decoded file), or without it
+    from a decode of its whole file (the reference path, :func:`.frame_cache.decode_frame`)."""
     if header.frame is None:
         values = sitk.GetArrayFromImage(_decode_with_gdcm(header.path))
         values = values[0] if values.ndim == 3 else values
+    elif frames is not None:
+        values = frames.frame(header.path, header.frame)
     else:
-        values = _LAST_MULTI_FRAME_FILE.frame(header.path, header.frame)
+        values = decode_frame(_decode_with_gdcm, header.path, header.frame)
     if header.rescale_slope == 1.0 and float(header.rescale_intercept).is_integer():
         return values.astype(np.int64) - int(header.rescale_intercept)
     stored = (values.astype(np.float64) - header.rescale_intercept) / header.rescale_slope
@@ -671,12 +648,11 @@ def _read_with_simpleitk(header: SliceHeader) -> np.ndarray:
     return whole.astype(np.int64)
 
 
-def _read_compressed(header: SliceHeader) -> np.ndarray:
+def _read_compressed(header: SliceHeader, frames: Optional[DecodedFrames]) -> np.ndarray:
     check_decodable(header)
     by_gdcm = header.transfer_syntax in SIMPLEITK_DECODED_TRANSFER_SYNTAXES
-    decode = _read_with_simpleitk if by_gdcm else _read_with_pydicom
     try:
-        stored = decode(header)
+        stored = _read_with_simpleitk(header, frames) if by_gdcm else _read_with_pydicom(header)
     except Exception as error:  # decoders raise many types on corrupt data
         raise DicomSeriesError(
             f"{header.path}: cannot decode the pixel data ({_transfer_syntax_name(header.transfer_syntax)}): {error}"
@@ -688,11 +664,14 @@ def _read_compressed(header: SliceHeader) -> np.ndarray:
     return stored
 
 
-def decode_stored_slice(header: SliceHeader) -> np.ndarray:
-    """Stored pixel values of one slice (Rows x Columns), before rescaling."""
+def decode_stored_slice(header: SliceHeader, frames: Optional[DecodedFrames] = None) -> np.ndarray:
+    """Stored pixel values of one slice (Rows x Columns), before rescaling.
+
+    ``frames``: the compressed multi-frame file decoded last in this read, kept for its next frames
+    (:mod:`.frame_cache`); without it a frame is decoded from its whole file."""
     if header.pixel_data_offset is not None:
         return _read_native(header)
-    return _read_compressed(header)
+    return _read_compressed(header, frames)
 
 
 def _fits_int16(stored: np.ndarray, intercept: int) -> bool:
@@ -717,6 +696,7 @@ class _SliceDecoder:
         self.headers = geometry.headers
         self.plan = geometry.slice_plan()
         self.scale = None if slice_scale is None else np.asarray(slice_scale, dtype=np.float64)
+        self.frames = DecodedFrames(_decode_with_gdcm)  # this read's: freed with it, shared by its threads
 
     def integer_candidate(self) -> bool:
         """True when int16 may hold the output exactly (checked per slice while decoding)."""
@@ -730,7 +710,8 @@ class _SliceDecoder:
         """(stored values, multiplier, offset) of source slice ``index``: value = stored * m + o."""
         header = self.headers[index]
         factor = 1.0 if self.scale is None else float(self.scale[index])
-        return decode_stored_slice(header), header.rescale_slope * factor, header.rescale_intercept * factor
+        stored = decode_stored_slice(header, self.frames)
+        return stored, header.rescale_slope * factor, header.rescale_intercept * factor
 
     def fill_int16(self, k: int, out: np.ndarray) -> bool:
         """Write slice k as int16; False when its values do not fit int16."""
@@ -823,7 +804,7 @@ def read_series_image(
     ``slice_scale[n]`` multiplies the rescaled values of ``geometry.headers[n]`` (SUV factors).
     ``integer_output=False`` forces float32. ``progress(fraction, message)`` and ``cancel()`` are
     called from the calling thread only, once per slab of slices; ``cancel()`` returning True
-    stops with :class:`Cancelled` (nothing returned).
+    stops with :class:`~PETCTLesionsLib.errors.Cancelled` (nothing returned).
     """
     if slice_scale is not None and len(slice_scale) != len(geometry.headers):
         raise ValueError(f"{len(slice_scale)} slice factors given for {len(geometry.headers)} slices")
@@ -850,13 +831,11 @@ def read_series_image(
                 continue
             start, stop = filler.bounds(index)
             image[:, :, start:stop] = sitk.GetImageFromArray(slab)
-            if progress is not None:
-                progress(stop / filler.count, f"{geometry.label}: {stop}/{filler.count} slices")
+            report(progress, stop / filler.count, f"{geometry.label}: {stop}/{filler.count} slices")
             pending, index = upcoming, index + 1  # type: ignore[assignment]
     finally:
         # On an error or a cancel, queued slices are dropped and running ones finish before returning.
         pool.shutdown(wait=True, cancel_futures=True)
-        _LAST_MULTI_FRAME_FILE.forget()
     return image
 
 

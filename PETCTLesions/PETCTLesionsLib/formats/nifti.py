@@ -1,34 +1,29 @@
-"""NIfTI files: read only when whole and intact, written as gzip deflated on all cores.
+"""NIfTI files: read only when whole and intact (written by :mod:`.parallel_gzip`).
 
 Reading (:func:`read_nifti`): SimpleITK (ITK's nifti1_io) reads a short or damaged file without a
 word: missing voxels become 0, a damaged deflate stream gives whatever it decodes (a label cut to
 90% lost 114 of 877 voxels, 64 flipped bytes in a PET gave SUVs of 3e38), and NaN or infinite
 floats become 0. :func:`read_nifti` checks the file itself while SimpleITK reads it and refuses a
 damaged one with :class:`NiftiError`, naming the file and the damage.
-
-Writing (:func:`write_nifti_gz`, :func:`write_nifti_gz_files`): SimpleITK writes the NIfTI
-uncompressed and its bytes are deflated in chunks on all cores into one standard gzip member.
 """
 
 from __future__ import annotations
 
 import gzip
 import math
-import mmap
 import os
 import struct
-import tempfile
 import zlib
 from concurrent import futures
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import SimpleITK as sitk
 
-from ..fileio import check_written_size
+from ..errors import InputError
 
 _NIFTI_MAGIC = {348: b"n+1\0", 540: b"n+2\0"}  # sizeof_hdr -> magic of a single-file NIfTI-1 / NIfTI-2
 _NIFTI_PAIR_MAGIC = (b"ni1\0", b"ni2\0")  # a header whose voxels are in a separate .img file
@@ -73,7 +68,7 @@ _NON_FINITE_FIX = {
 }
 
 
-class NiftiError(ValueError):
+class NiftiError(InputError):
     """A NIfTI file is unusable (not NIfTI, cut short, damaged, NaN voxels); the message names the file and why."""
 
 
@@ -316,97 +311,3 @@ class _VoxelScan:
             self.non_finite += int(finite.size - np.count_nonzero(finite))
         self._scanned += whole
         self._carry = chunk[whole * self._float.itemsize :]
-
-
-# ----------------------------------------------------------------------------------------- writing
-
-# gzip: 10-byte header without name or time (so the same case gives the same bytes), XFL 4 =
-# fastest compression, OS 255 = unknown; then raw deflate data, CRC-32 and size (RFC 1952).
-_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x04\xff"
-_DEFLATE_LEVEL = 1
-_DEFLATE_CHUNK_BYTES = 4 << 20  # one job per chunk; a 400x400x326 PET gives 50, enough for any core count
-_NIFTI1_HEADER_BYTES = 352  # what ITK writes before the voxels: the 348-byte header and 4 extension bytes
-
-
-def write_nifti_gz_files(images: Dict[Path, sitk.Image]) -> None:
-    """Write the files at the same time, their deflate chunks sharing one pool: while SimpleITK
-    writes one file, the cores deflate another, and no core idles at the end of a file."""
-    with ThreadPoolExecutor(usable_cores()) as deflate_pool, ThreadPoolExecutor(len(images)) as file_pool:
-        writes = [file_pool.submit(write_nifti_gz, image, path, deflate_pool) for path, image in images.items()]
-        for write in writes:
-            write.result()  # raises the first error; the pools wait for the other writes to end
-
-
-def write_nifti_gz(image: sitk.Image, path: Path, pool: Optional[Executor] = None) -> Path:
-    """Write ``image`` to ``path`` as gzip-compressed NIfTI (.nii.gz), deflated on all cores.
-
-    SimpleITK writes the NIfTI uncompressed (a hidden file beside ``path``, removed after); its
-    bytes are then deflated in 4 MiB chunks in parallel (zlib releases the GIL) and joined into
-    one standard gzip member, as pigz does: each chunk but the last ends on a byte boundary
-    (Z_SYNC_FLUSH), so the chunks form one deflate stream that every gzip reader (ITK, nibabel,
-    Python's gzip) reads, and it holds exactly SimpleITK's .nii. SimpleITK's own compression runs
-    on one core at zlib's default level: a 400x400x326 float32 PET takes 6.7 s on 2 cores, here 2 s.
-    ``pool`` runs the chunks (default: a pool of one worker per core). ``path`` is written in
-    place: callers make it atomic (:func:`atomic_output`).
-    """
-    path = Path(path)
-    if pool is None:
-        with ThreadPoolExecutor(usable_cores()) as own_pool:
-            return write_nifti_gz(image, path, own_pool)
-    fd, raw_name = tempfile.mkstemp(prefix=f".{path.name[:40]}.", suffix=".nii", dir=path.parent)
-    os.close(fd)
-    try:
-        sitk.WriteImage(image, raw_name, useCompression=False)
-        # ITK's NIfTI writer returns normally on a full disk, leaving the file empty or cut short.
-        check_written_size(raw_name, _NIFTI1_HEADER_BYTES + image.GetNumberOfPixels() * _pixel_bytes(image), path)
-        with open(raw_name, "rb") as raw, mmap.mmap(raw.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            view = memoryview(data)
-            try:
-                _write_gzip(view, _deflate_strategy(image), pool, path)
-            finally:
-                view.release()  # the map closes only when no view of it is left
-    finally:
-        os.unlink(raw_name)  # after closing it: Windows cannot remove an open file
-    return path
-
-
-def _pixel_bytes(image: sitk.Image) -> int:
-    return image.GetSizeOfPixelComponent() * image.GetNumberOfComponentsPerPixel()
-
-
-def _write_gzip(data: memoryview, strategy: int, pool: Executor, path: Path) -> None:
-    starts = range(0, len(data), _DEFLATE_CHUNK_BYTES)
-    blocks = [pool.submit(_deflate_chunk, data, start, strategy) for start in starts]
-    try:
-        crc = zlib.crc32(data)  # while the pool deflates
-        with open(path, "wb") as handle:
-            handle.write(_GZIP_HEADER)
-            for block in blocks:  # in order, each as soon as it is ready
-                handle.write(block.result())
-            handle.write(struct.pack("<II", crc, len(data) & 0xFFFFFFFF))
-    finally:
-        for block in blocks:
-            block.cancel()
-        futures.wait(blocks)  # no worker may still read ``data`` once the caller releases it
-
-
-def _deflate_strategy(image: sitk.Image) -> int:
-    # Measured on the benchmark case: float32 PET noise has almost no repeated byte strings, so
-    # run-length matching (Z_RLE) gives the size of level 1 (163 MB vs 161 MB; level 6: 159) in
-    # half the time. CT (int16) and labels repeat whole strings: LZ77 level 1 halves their size.
-    floating = image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64)
-    return zlib.Z_RLE if floating else zlib.Z_DEFAULT_STRATEGY
-
-
-def _deflate_chunk(data: memoryview, start: int, strategy: int) -> bytes:
-    stop = start + _DEFLATE_CHUNK_BYTES
-    # Negative window bits: raw deflate, no zlib header, so the blocks can be concatenated.
-    compressor = zlib.compressobj(_DEFLATE_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS, 8, strategy)
-    with data[start:stop] as chunk:
-        return compressor.compress(chunk) + compressor.flush(zlib.Z_FINISH if stop >= len(data) else zlib.Z_SYNC_FLUSH)
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity), at most 16: the size of the worker pools."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(cores or 1, 16))

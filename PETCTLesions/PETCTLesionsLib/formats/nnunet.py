@@ -7,7 +7,7 @@ One training case ``<id>`` is three NIfTI files on one grid (the PET grid)::
     labelsTr/<id>.nii.gz        lesion mask, 0 background / 1 tumor, stored as uint8
 
 A case without a label is a test case and goes to ``imagesTs/``. The files are standard gzip
-(one member), deflated on all cores (:func:`.nifti.write_nifti_gz`). ``dataset.json`` holds
+(one member), deflated on all cores (:func:`.parallel_gzip.write_nifti_gz`). ``dataset.json`` holds
 ``channel_names``, ``labels``, ``numTraining`` and ``file_ending``; ``splits_final.json`` is a
 list of ``{"train": [...], "val": [...]}`` folds. autoPET case ids contain spaces, sometimes
 two in a row; every function here takes them as they are.
@@ -33,9 +33,11 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import SimpleITK as sitk
 
+from ..errors import InputError, OutputExistsError
 from ..fileio import atomic_output, atomic_write_text
 from ..lesions import is_binary
-from .nifti import NiftiError, read_nifti, usable_cores, write_nifti_gz_files
+from .nifti import NiftiError, read_nifti
+from .parallel_gzip import usable_cores, write_nifti_gz_files
 
 CHANNEL_NAMES: Dict[str, str] = {"0": "CT", "1": "PET"}
 LABELS: Dict[str, int] = {"background": 0, "tumor": 1}
@@ -53,7 +55,7 @@ _INT16_RANGE = (-32768, 32767)
 _SLAB_VOXELS = 1 << 20  # voxels converted at a time: float64 temporaries stay in cache, not 400 MB
 
 
-class NnUNetError(ValueError):
+class NnUNetError(InputError):
     """An nnU-Net raw dataset, case or file is unusable; the message names what and why."""
 
 
@@ -155,7 +157,9 @@ def write_case(dataset_dir: Path, case: NnUNetCase, overwrite: bool = False) -> 
     _check_same_grid(images, f"case {case.case_id!r}")
     existing = [str(path) for path in paths.values() if path.exists()]
     if existing and not overwrite:
-        raise NnUNetError(f"case {case.case_id!r} already exists ({', '.join(existing)}); refusing to overwrite it")
+        raise OutputExistsError(
+            f"case {case.case_id!r} already exists ({', '.join(existing)}); refusing to overwrite it"
+        )
     _dataset_json_for_update(dataset_dir)  # one that contradicts this layout is refused before any file is written
     try:
         with contextlib.ExitStack() as stack:
@@ -163,6 +167,8 @@ def write_case(dataset_dir: Path, case: NnUNetCase, overwrite: bool = False) -> 
             # succeeded, so a failure leaves no partial case behind.
             tmps = {channel: stack.enter_context(atomic_output(paths[channel], overwrite)) for channel in images}
             write_nifti_gz_files({tmps[channel]: image for channel, image in images.items()})
+    except OutputExistsError:  # a file that appeared since the check above
+        raise
     except (OSError, RuntimeError) as error:
         raise NnUNetError(f"case {case.case_id!r}: cannot write it under {dataset_dir}: {error}") from error
     update_dataset_json(dataset_dir)

@@ -55,7 +55,8 @@ from xml.sax.saxutils import escape
 
 import numpy as np
 
-from ..fileio import OutputExistsError, atomic_output, atomic_write_text
+from ..errors import InputError, OutputExistsError
+from ..fileio import atomic_output, atomic_write_text
 from ..lesions import SliceBox
 
 VALID_CLASSES: Tuple[str, ...] = ("A", "B", "E", "G")
@@ -70,7 +71,7 @@ _UNSAFE_NAME_CHARS = re.compile(r'[\\/:*?"<>|\x00-\x1f\x7f]')
 _INDENT = "  "
 
 
-class VocError(ValueError):
+class VocError(InputError):
     """A VOC annotation file (or one to be written) is unusable; the message names file and problem."""
 
 
@@ -407,7 +408,7 @@ def write_voc_annotation(annotation: VocAnnotation, out_dir: Path, overwrite: bo
     """Write ``out_dir/<SOPInstanceUID>.xml`` atomically; returns its path.
 
     Raises :class:`VocError` for an unusable annotation or an ``out_dir`` that is not a folder,
-    and :class:`~PETCTLesionsLib.fileio.OutputExistsError` when the file exists and ``overwrite``
+    and :class:`~PETCTLesionsLib.errors.OutputExistsError` when the file exists and ``overwrite``
     is False.
     """
     out_dir = Path(out_dir)

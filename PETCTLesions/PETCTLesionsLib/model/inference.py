@@ -2,7 +2,7 @@
 
 Input: CT (HU) already on the PET grid and PET (SUVbw), numpy [k, j, i], plus the PET
 spacing. Output: the lesion probability on the PET grid. Nothing is written anywhere, so a
-cancelled run (``cancel()`` returning True between tiles raises :class:`RunCancelledError`) leaves
+cancelled run (``cancel()`` returning True between tiles raises :class:`~PETCTLesionsLib.errors.Cancelled`) leaves
 nothing half-made; callers write their files only from a finished result.
 
 Tiling: the working-grid volume is cut into overlapping tiles whose predictions are blended
@@ -36,11 +36,11 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from ..errors import InputError
+from ..jobs import CancelCallback, ProgressCallback, check_cancel
 from . import preprocessing
 from .network import LesionUNet
 
-ProgressCallback = Callable[[float, str], None]
-CancelCallback = Callable[[], bool]
 DeviceProbe = Callable[[torch.device], Optional[str]]  # None: the device runs the model; else why it cannot
 DEVICES = ("auto", "cuda", "mps", "cpu")
 CPU_TILE_VOXELS = 3_500_000  # working voxels per tile on CPU: about 2.5 GB peak with the default network
@@ -49,10 +49,6 @@ TILE_OVERLAP = 16  # working voxels shared by neighbouring tiles (about 5 cm)
 # The probe's output (a probability) may differ from the CPU's by rounding (float16, other kernels),
 # never by this much: a larger difference is a backend computing something else.
 PROBE_TOLERANCE = 0.02
-
-
-class RunCancelledError(RuntimeError):
-    """The user cancelled the run; nothing was produced."""
 
 
 @dataclass
@@ -66,18 +62,18 @@ class ProbabilityResult:
 def choose_device(requested: str = "auto") -> torch.device:
     """'auto' picks CUDA, then Apple MPS, then CPU; an explicit device that is missing is an error."""
     if requested not in DEVICES and not requested.startswith("cuda:"):
-        raise ValueError(f"device must be one of {', '.join(DEVICES)} (or cuda:N), got {requested!r}")
+        raise InputError(f"device must be one of {', '.join(DEVICES)} (or cuda:N), got {requested!r}")
     has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     if requested == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         return torch.device("mps") if has_mps else torch.device("cpu")
     if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(
+        raise InputError(
             f"device {requested!r} was asked for but torch sees no CUDA GPU (torch.cuda.is_available() is False)"
         )
     if requested == "mps" and not has_mps:
-        raise ValueError("device 'mps' was asked for but torch's Apple MPS backend is not available")
+        raise InputError("device 'mps' was asked for but torch's Apple MPS backend is not available")
     return torch.device(requested)
 
 
@@ -91,7 +87,7 @@ def choose_working_device(requested: str = "auto", probe: Optional[DeviceProbe] 
     """:func:`choose_device`, then a probe of Apple MPS (``probe``, default :func:`probe_device`).
 
     A failing probe sends 'auto' to the CPU with a note, as CUDA running out of memory does; an
-    explicit 'mps' is refused (ValueError), as a missing device is: the user asked for that device.
+    explicit 'mps' is refused (InputError), as a missing device is: the user asked for that device.
     CUDA is not probed: it has every operation the model uses, and running out of memory is handled
     where it happens.
     """
@@ -104,7 +100,7 @@ def choose_working_device(requested: str = "auto", probe: Optional[DeviceProbe] 
     why = f"Apple MPS cannot run the lesion model with torch {torch.__version__} ({failure})"
     if requested == "auto":
         return DeviceChoice(torch.device("cpu"), f"{why}; running on the CPU instead")
-    raise ValueError(f"device 'mps' was asked for but {why}; choose 'auto' or 'cpu' (torch 2.8 or later may run it)")
+    raise InputError(f"device 'mps' was asked for but {why}; choose 'auto' or 'cpu' (torch 2.8 or later may run it)")
 
 
 _PROBED: Dict[str, Optional[str]] = {}  # device -> None (works) or why not: probed once per process
@@ -297,8 +293,7 @@ def sliding_window_logits(
     blend = None if single else _blend_weight(tile, device)
     autocast = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else contextlib.nullcontext()
     for index, (z, y, x) in enumerate(positions):
-        if cancel is not None and cancel():
-            raise RunCancelledError("lesion detection was cancelled")
+        check_cancel(cancel, "lesion detection was cancelled")
         report(0.05 + 0.9 * index / len(positions), f"network: tile {index + 1} of {len(positions)} on {device}")
         window = (slice(z, z + tile[0]), slice(y, y + tile[1]), slice(x, x + tile[2]))
         with autocast:

@@ -31,6 +31,7 @@ from typing import Any, Dict, Optional, Union
 
 import torch
 
+from ..errors import ModelFileError
 from ..fileio import atomic_output, atomic_write_text, is_inside, is_safe_file_name
 from .network import ARCHITECTURE, ARCHITECTURE_VERSION, LesionUNet
 from .preprocessing import WORKING_SPACING_MM
@@ -40,10 +41,6 @@ MODELS_DIR = Path(__file__).resolve().parents[2] / "Resources" / "Models"
 MODEL_ENV_VARIABLE = "PETCTLESIONS_MODEL"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
-
-
-class ModelFileError(ValueError):  # a bad input file, as the readers' errors are
-    """A model file is missing, corrupt or made for another network; the message names the file."""
 
 
 @dataclass
@@ -119,6 +116,7 @@ def load_model(manifest_path: Optional[Union[str, Path]] = None) -> LoadedModel:
         )
     payload = _read_weights(weights_path)
     _check_architecture(payload, weights_path)
+    _check_features(payload["features"], weights_path)
     if "features" in manifest and list(payload["features"]) != list(manifest["features"]):
         raise ModelFileError(
             f"{weights_path}: holds a network with features {list(payload['features'])}, its manifest {manifest_path} "
@@ -211,13 +209,20 @@ def _check_numbers(manifest: Dict[str, Any], path: Path) -> None:
                 f"{list(WORKING_SPACING_MM)} mm: the model was trained for another working grid"
             )
     if "features" in manifest:
-        features = manifest["features"]
-        if not (
-            isinstance(features, list)
-            and features
-            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in features)
-        ):
-            raise ModelFileError(f'{path}: "features" must be a list of positive whole numbers, got {features!r}')
+        _check_features(manifest["features"], path)
+
+
+def _check_features(features: object, path: Path) -> None:
+    """The network's widths, level by level: a list of positive whole numbers, at least two (a U-Net of one level
+    is none), so that a file that says otherwise is refused as such, not by the network's constructor."""
+    if not (
+        isinstance(features, (list, tuple))
+        and len(features) >= 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in features)
+    ):
+        raise ModelFileError(
+            f'{path}: "features" must be a list of positive whole numbers, at least two, got {features!r}'
+        )
 
 
 def _is_finite_number(value: object) -> bool:

@@ -17,6 +17,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import slicer
 
+from ..errors import InputError
 from ..formats.voc import (
     VALID_CLASSES,
     VocAnnotation,
@@ -60,7 +61,7 @@ def _ct_slices(ct_node: slicer.vtkMRMLScalarVolumeNode) -> Tuple[Grid, List[str]
     uids = slice_sop_instance_uids(ct_node)
     grid = grid_from_volume_node(ct_node)
     if len(uids) != grid.size[2]:
-        raise ValueError(
+        raise InputError(
             f"CT volume {ct_node.GetName()!r} does not know the SOPInstanceUID of each slice "
             f"({len(uids)} UIDs for {grid.size[2]} slices); VOC boxes need it: load the CT from DICOM"
         )

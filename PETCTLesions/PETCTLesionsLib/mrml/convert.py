@@ -14,6 +14,7 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 from ..dicom.index import IndexedStudy, scan_paths
 from ..dicom.pairing import pair_pet_with_ct
+from ..errors import InputError
 from ..formats import nnunet, voc
 from ..geometry import Grid
 from ..study import load_series_image, load_study
@@ -47,14 +48,14 @@ def convert(dicom_paths: Sequence[Path], out_dir: Path, options: ConvertOptions)
     out_dir = Path(out_dir)
     if not dicom_paths:
         if options.nnunet_dataset is None or options.case_id is None:
-            raise ValueError("give --dicom, or --nnunet DATASET --case ID")
+            raise InputError("give --dicom, or --nnunet DATASET --case ID")
         nodes = _nodes_from_nnunet_case(options, report)
         _export(nodes, out_dir, options, report)
         return report
     scan = scan_paths(dicom_paths)
     report.skipped.extend(f"{problem.path}: {problem.message}" for problem in scan.problems)
     if not scan.studies:
-        raise ValueError(f"no DICOM image series under {', '.join(str(p) for p in dicom_paths)}")
+        raise InputError(f"no DICOM image series under {', '.join(str(p) for p in dicom_paths)}")
     voc_files = _PatientAnnotations(options.voc_dir, report)
     for study in scan.studies:
         for nodes in _nodes_from_dicom_study(study, scan, report, voc_files.uids(study.patient_id)):
@@ -94,7 +95,7 @@ def _nodes_from_dicom_study(
             continue
         try:
             loaded = load_study([], scan=scan, study_uid=study.study_uid, pet_series_uid=pairing.pet.series_uid)
-        except ValueError as error:  # a study given but unreadable: its exports are due and missing
+        except InputError as error:  # a study given but unreadable: its exports are due and missing
             report.failed.append(str(error))
             continue
         report.notes.extend(loaded.warnings)
@@ -124,7 +125,7 @@ def _ct_only_nodes(study: IndexedStudy, series, report: ExportReport, annotated:
     without them (and without a PET, no nnU-Net case) no export was due from it."""
     try:
         image, info = load_series_image(series)
-    except ValueError as error:
+    except InputError as error:
         if annotated:
             report.failed.append(str(error))
         else:
@@ -220,7 +221,7 @@ def _import_annotations(
             return
         pet_grid, label_grid = grid_from_volume_node(nodes.pet), Grid.from_sitk(case.label)
         if not label_grid.same_as(pet_grid, tolerance_mm=1e-3):
-            raise ValueError(
+            raise InputError(
                 f"nnU-Net label of case {options.case_id!r} ({label_grid.describe()}) is not on the PET grid of "
                 f"{nodes.patient_id} ({pet_grid.describe()}): it belongs to another study or was resampled"
             )

@@ -19,6 +19,7 @@ import slicer
 import vtk
 
 from ..detection import Detection, ct_slice_boxes
+from ..errors import InputError
 from ..formats.voc import VocBox, histology_class
 from ..geometry import Grid
 from .boxes import SEGMENT_ID_ATTRIBUTE, add_lesion_boxes, colour_box
@@ -72,7 +73,7 @@ def detection_inputs(
 ) -> Tuple[np.ndarray, np.ndarray, Grid]:
     """What the model reads, from the study's nodes: CT (HU) on the PET grid, PET in SUVbw, the PET grid."""
     if not is_suv_bw(pet_node):
-        raise ValueError(f"PET volume {pet_node.GetName()!r} is not in SUVbw; load it through the module first")
+        raise InputError(f"PET volume {pet_node.GetName()!r} is not in SUVbw; load it through the module first")
     ct_on_pet, pet = study_images(ct_node, pet_node)
     ct_hu = sitk.GetArrayFromImage(ct_on_pet).astype(np.float32, copy=False)
     return ct_hu, sitk.GetArrayFromImage(pet), Grid.from_sitk(pet)
@@ -93,7 +94,7 @@ def add_detection_nodes(
     """
     pet_grid = grid_from_volume_node(pet_node)
     if not pet_grid.same_as(found.pet_grid, tolerance_mm=1e-3):
-        raise ValueError(
+        raise InputError(
             f"detections were made on {found.pet_grid.describe()}, but PET node {pet_node.GetName()!r} is "
             f"{pet_grid.describe()}"
         )

@@ -20,7 +20,8 @@ from typing import Callable, List, Optional, Protocol, Sequence, Tuple
 
 import slicer
 
-from ..dicom.index import CancelCallback, ProgressCallback, check_cancel, scan_paths
+from ..dicom.index import scan_paths
+from ..jobs import CancelCallback, ProgressCallback, check_cancel, report
 from ..study import StudyLoadError, describe_scan, load_pet_suv
 from .study_nodes import convert_pet_node_to_suv, is_suv_bw, slice_sop_instance_uids
 
@@ -130,21 +131,17 @@ class DicomDatabaseStudyLoader:
         """Load ``choice``'s CT and PET; the PET ends in SUVbw. Nodes of a failed load are removed."""
         added: List[slicer.vtkMRMLNode] = []
         try:
-            if progress:
-                progress(0.0, "Loading CT from the DICOM database")
+            report(progress, 0.0, "Loading CT from the DICOM database")
             ct_node = self._single_volume(choice.ct_series_uid, cancel, added)
-            if progress:
-                progress(0.4, "Loading PET from the DICOM database")
+            report(progress, 0.4, "Loading PET from the DICOM database")
             pet_node = self._single_volume(choice.pet_series_uid, cancel, added)
-            if progress:
-                progress(0.7, "Computing SUVbw")
+            report(progress, 0.7, "Computing SUVbw")
             self.convert_to_suv(pet_node, cancel=cancel)
         except BaseException:
             for node in added:
                 slicer.mrmlScene.RemoveNode(node)
             raise
-        if progress:
-            progress(1.0, "PET/CT study loaded")
+        report(progress, 1.0, "PET/CT study loaded")
         return ct_node, pet_node
 
     def convert_to_suv(self, pet_node: slicer.vtkMRMLScalarVolumeNode, cancel: Optional[CancelCallback] = None) -> None:

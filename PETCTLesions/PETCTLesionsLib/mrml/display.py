@@ -18,6 +18,7 @@ from ..display import (
     DEFAULT_SUV_WINDOW,
     PET_COLORMAPS,
 )
+from ..errors import InputError
 from .headless import application_logic
 
 # The PET's colour bar: Slicer's colour legend (a vtkMRMLColorLegendDisplayNode on the PET, drawn by
@@ -40,7 +41,7 @@ def _display_node(volume_node: slicer.vtkMRMLScalarVolumeNode) -> slicer.vtkMRML
 def apply_ct_preset(ct_node: slicer.vtkMRMLScalarVolumeNode, name: str) -> None:
     """Set the CT window to one of the project's presets (Mediastinum W350/L40, Lung W1400/L-700, Bone)."""
     if name not in CT_WINDOW_PRESETS:
-        raise ValueError(f"unknown CT window preset {name!r}; choose one of {', '.join(CT_WINDOW_PRESETS)}")
+        raise InputError(f"unknown CT window preset {name!r}; choose one of {', '.join(CT_WINDOW_PRESETS)}")
     width, level = CT_WINDOW_PRESETS[name]
     display = _display_node(ct_node)
     display.SetAutoWindowLevel(False)
@@ -50,7 +51,7 @@ def apply_ct_preset(ct_node: slicer.vtkMRMLScalarVolumeNode, name: str) -> None:
 def set_pet_colormap(pet_node: slicer.vtkMRMLScalarVolumeNode, name: str) -> None:
     """Colour the PET with one of Slicer's PET colour tables (PET-Heat, PET-Rainbow2, PET-DICOM)."""
     if name not in PET_COLORMAPS:
-        raise ValueError(f"unknown PET colour map {name!r}; choose one of {', '.join(PET_COLORMAPS)}")
+        raise InputError(f"unknown PET colour map {name!r}; choose one of {', '.join(PET_COLORMAPS)}")
     scene = pet_node.GetScene()
     color_node = next(
         (node for node in scene.GetNodesByClass("vtkMRMLColorNode") if node.GetName() == name),
@@ -64,7 +65,7 @@ def set_pet_colormap(pet_node: slicer.vtkMRMLScalarVolumeNode, name: str) -> Non
 def set_suv_window(pet_node: slicer.vtkMRMLScalarVolumeNode, suv_min: float, suv_max: float) -> None:
     """Map SUV ``suv_min``..``suv_max`` onto the colour table (values above saturate)."""
     if not suv_max > suv_min:
-        raise ValueError(f"SUV window maximum ({suv_max}) must be above its minimum ({suv_min})")
+        raise InputError(f"SUV window maximum ({suv_max}) must be above its minimum ({suv_min})")
     display = _display_node(pet_node)
     display.SetAutoWindowLevel(False)
     display.SetWindowLevelMinMax(float(suv_min), float(suv_max))
@@ -101,7 +102,7 @@ def slice_composite_nodes(scene: slicer.vtkMRMLScene) -> List[slicer.vtkMRMLSlic
 def set_pet_opacity(scene: slicer.vtkMRMLScene, opacity: float) -> None:
     """Opacity of the PET (foreground) layer in every slice view."""
     if not 0.0 <= opacity <= 1.0:
-        raise ValueError(f"PET opacity must be between 0 and 1, got {opacity}")
+        raise InputError(f"PET opacity must be between 0 and 1, got {opacity}")
     for composite in slice_composite_nodes(scene):
         composite.SetForegroundOpacity(float(opacity))
 

@@ -18,7 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 import slicer
 
-from ..fileio import OutputExistsError
+from ..errors import InputError, OutputExistsError
 from ..formats import nnunet, voc
 from ..resampling import resample_label_to_grid
 from .boxes import SEGMENT_ID_ATTRIBUTE, box_nodes_of, voc_from_box_nodes, voc_from_segmentation
@@ -76,7 +76,7 @@ def export_study(
     StudyInstanceUID, StudyDate); either export is skipped when its folder is not given.
     """
     if nnunet_dataset is None and voc_root is None:
-        raise ValueError("choose an nnU-Net dataset folder, a VOC folder, or both")
+        raise InputError("choose an nnU-Net dataset folder, a VOC folder, or both")
     nodes = StudyNodes(
         patient_id_of(ct_node) or ct_node.GetName(), study_case_id(ct_node), ct_node, pet_node, segmentation
     )
@@ -170,11 +170,11 @@ def export_nnunet(
     case = export_nnunet_case(nodes.ct, nodes.pet, label, nodes.case_id)
     try:
         paths = nnunet.write_case(Path(dataset_dir), case, overwrite=overwrite)
-    except nnunet.NnUNetError as error:
-        if "already exists" not in str(error):
-            report.failed.append(str(error))  # e.g. a full disk
-            return
+    except OutputExistsError as error:
         report.skipped.append(f"{error} ({report.replace_hint.format('it')})")
+        return
+    except nnunet.NnUNetError as error:  # e.g. a full disk
+        report.failed.append(str(error))
         return
     except OSError as error:  # dataset.json, written after the case's files (e.g. a full disk there)
         report.failed.append(

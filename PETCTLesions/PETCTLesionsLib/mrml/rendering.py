@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -34,9 +34,13 @@ import vtk
 from vtk.util import numpy_support
 
 from ..display import CT_WINDOW_PRESETS
+from ..errors import SetupError
 from ..fileio import atomic_output
 from ..geometry import lps_to_ras
 from .headless import application_logic, ensure_scene, in_slicer_application
+
+if TYPE_CHECKING:
+    from ..study import LoadedStudy
 
 # The displayable managers a slice view needs for what this project shows. In Slicer the
 # Segmentations, Markups and Colors modules register them with the slice view factory in their
@@ -54,7 +58,7 @@ ANNOTATION_FONT_SIZE = 14
 ORIENTATION_LABEL_TOLERANCE_DEG = 30.0
 
 
-class OffscreenRenderingError(RuntimeError):
+class OffscreenRenderingError(SetupError):
     """No OpenGL context could be created (no display, no EGL/OSMesa): nothing can be rendered."""
 
 
@@ -416,22 +420,21 @@ def frame_study_views(
         logic.SnapSliceOffsetToIJK()  # a CT slice itself, as the user steps through them
 
 
-def write_detection_views(study_dir: Path, found, folder: Path, overwrite: bool = False) -> List[Path]:
-    """A DICOM study and its detections as the module shows them, written as PNGs of the Slicer views.
+def write_detection_views(loaded: LoadedStudy, found, folder: Path, overwrite: bool = False) -> List[Path]:
+    """A loaded DICOM study and its detections as the module shows them, written as PNGs of the Slicer views.
 
-    The study is loaded from ``study_dir`` into the (headless) scene, shown fused with the
-    mediastinum window and the SUV colour bar, the detections (``found``, a ``detection.Detection``
-    on its PET grid) added as segments and boxes, and the axial and coronal views fitted to the CT
-    and moved to the slices through the largest lesion; each picture carries the view's text
-    (:func:`view_annotations`).
+    The study (``loaded``, as ``study.load_study`` gives it: the one the detections were found in,
+    not read again) is added to the (headless) scene, shown fused with the mediastinum window and
+    the SUV colour bar, the detections (``found``, a ``detection.Detection`` on its PET grid) added
+    as segments and boxes, and the axial and coronal views fitted to the CT and moved to the slices
+    through the largest lesion; each picture carries the view's text (:func:`view_annotations`).
     """
-    from ..study import load_study
     from .detection_nodes import add_detection_nodes
     from .display import show_fused_study
     from .study_nodes import add_study_nodes
 
     ensure_scene()
-    ct_node, pet_node = add_study_nodes(load_study([Path(study_dir)]))
+    ct_node, pet_node = add_study_nodes(loaded)
     show_fused_study(ct_node, pet_node, preset="Mediastinum")
     add_detection_nodes(found, pet_node, ct_node)
     largest = lps_to_ras(found.lesions[0].centroid_lps) if found.lesions else None

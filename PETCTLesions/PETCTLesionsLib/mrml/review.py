@@ -22,6 +22,7 @@ import numpy as np
 import slicer
 import vtk
 
+from ..errors import InputError
 from ..formats.voc import VALID_CLASSES, VocBox, histology_class
 from ..geometry import lps_to_ras
 from ..lesions import slice_boxes
@@ -78,7 +79,7 @@ def lesion_rows(
     The class is the segment's own, else the histology letter of ``patient_id`` (Lung-PET-CT-Dx).
     """
     if not is_suv_bw(pet_node):
-        raise ValueError(f"PET volume {pet_node.GetName()!r} is not in SUVbw; load it through the module first")
+        raise InputError(f"PET volume {pet_node.GetName()!r} is not in SUVbw; load it through the module first")
     ids = segment_ids(segmentation)
     lesion_map, _ = lesion_map_on(segmentation, pet_node)
     pet_grid = grid_from_volume_node(pet_node)
@@ -231,7 +232,7 @@ def add_box_on_slice(
     ijk = (np.linalg.inv(grid.ijk_to_ras()) @ np.array([*ras, 1.0]))[:3]
     k = int(np.floor(ijk[2] + 0.5))
     if not 0 <= k < grid.size[2]:
-        raise ValueError(f"the point {tuple(round(v, 1) for v in ras)} (RAS) is outside CT {ct_node.GetName()!r}")
+        raise InputError(f"the point {tuple(round(v, 1) for v in ras)} (RAS) is outside CT {ct_node.GetName()!r}")
     box = None
     if segmentation is not None and segment_id:
         box = _segment_box_on_slice(segmentation, segment_id, ct_node, k)

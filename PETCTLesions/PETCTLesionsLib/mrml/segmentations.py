@@ -18,6 +18,7 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
+from ..errors import InputError
 from ..geometry import Grid
 from ..lesions import check_binary, label_lesions, lesion_extents
 from .headless import ensure_scene
@@ -174,7 +175,7 @@ def lesion_map_on(
     if not ids:
         return np.zeros(shape, np.uint16), names
     if segmentation.GetParentTransformNode() is not None or reference.GetParentTransformNode() is not None:
-        raise ValueError(
+        raise InputError(
             f"segmentation {segmentation.GetName()!r} or volume {reference.GetName()!r} is under a transform; "
             "harden it first so the export matches what is shown"
         )

@@ -9,6 +9,7 @@ import numpy as np
 import SimpleITK as sitk
 import slicer
 
+from ..errors import InputError
 from ..geometry import Grid
 from ..resampling import resample_ct_to_pet
 from .volumes import grid_from_volume_node, image_from_volume_node, volume_node_from_image
@@ -152,13 +153,13 @@ def convert_pet_node_to_suv(pet_node: slicer.vtkMRMLScalarVolumeNode, pet: Loade
     node_grid = grid_from_volume_node(pet_node)
     pet_grid = pet.series_grid
     if not node_grid.same_as(pet_grid, tolerance_mm=1e-3):
-        raise ValueError(
+        raise InputError(
             f"PET volume {name!r} does not lie where its DICOM files {pet.series.label} put it "
             f"(node: {node_grid.describe()}; files: {pet_grid.describe()})"
         )
     node_uids = slice_sop_instance_uids(pet_node)
     if node_uids and pet.series.slice_sop_instance_uids and node_uids != pet.series.slice_sop_instance_uids:
-        raise ValueError(f"PET volume {name!r} has its slices in another order than {pet.series.label}")
+        raise InputError(f"PET volume {name!r} has its slices in another order than {pet.series.label}")
     slicer.util.updateVolumeFromArray(pet_node, np.ascontiguousarray(sitk.GetArrayViewFromImage(pet.pet_suv)))
     mark_as_suv_bw(pet_node)
     if pet.series.slice_sop_instance_uids and not node_uids:

@@ -12,6 +12,7 @@ import numpy as np
 import SimpleITK as sitk
 import slicer
 
+from ..errors import InputError
 from ..geometry import Grid, lps_to_ras_matrix
 from .headless import ensure_scene
 
@@ -35,7 +36,7 @@ def grid_from_volume_node(node: slicer.vtkMRMLVolumeNode) -> Grid:
     """The LPS grid of a volume node (its IJKToRAS matrix and image dimensions)."""
     image_data = node.GetImageData()
     if image_data is None:
-        raise ValueError(f"volume node {node.GetName()!r} has no voxels")
+        raise InputError(f"volume node {node.GetName()!r} has no voxels")
     ijk_to_ras = np.array(slicer.util.arrayFromVTKMatrix(_ijk_to_ras_vtk(node)))
     ijk_to_lps = lps_to_ras_matrix() @ ijk_to_ras
     axes = ijk_to_lps[:3, :3]
@@ -54,7 +55,7 @@ def image_from_volume_node(node: slicer.vtkMRMLVolumeNode, pixel_type: Optional[
     if node.GetParentTransformNode() is not None:
         # A transformed volume's voxels are not where its IJKToRAS says; exporting it
         # silently would misplace every lesion.
-        raise ValueError(f"volume node {node.GetName()!r} is under a transform; harden the transform first")
+        raise InputError(f"volume node {node.GetName()!r} is under a transform; harden the transform first")
     grid = grid_from_volume_node(node)
     image = grid.to_sitk(slicer.util.arrayFromVolume(node))  # GetImageFromArray copies the voxels
     if pixel_type is not None and image.GetPixelID() != pixel_type:

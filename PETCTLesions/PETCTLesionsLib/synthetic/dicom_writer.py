@@ -34,7 +34,8 @@ from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from .. import __version__
 from ..dicom.suv import suv_bw_factors
-from ..fileio import OutputExistsError, atomic_write_bytes
+from ..errors import OutputExistsError
+from ..fileio import atomic_write_bytes
 from ..geometry import Grid
 
 CT_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.2")

@@ -34,6 +34,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
+from ..errors import InputError
 from ..geometry import Grid
 
 SIZES = ("small", "full")
@@ -144,20 +145,20 @@ class PhantomConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
-            raise ValueError(f"PhantomConfig.seed must be a non-negative integer, got {self.seed!r}")
+            raise InputError(f"PhantomConfig.seed must be a non-negative integer, got {self.seed!r}")
         if self.size not in SIZES:
-            raise ValueError(f"PhantomConfig.size must be one of {SIZES}, got {self.size!r}")
+            raise InputError(f"PhantomConfig.size must be one of {SIZES}, got {self.size!r}")
         if self.body not in BODIES:
-            raise ValueError(f"PhantomConfig.body must be one of {BODIES}, got {self.body!r}")
+            raise InputError(f"PhantomConfig.body must be one of {BODIES}, got {self.body!r}")
         if self.n_lesions is not None and (not isinstance(self.n_lesions, (int, np.integer)) or self.n_lesions < 0):
-            raise ValueError(f"PhantomConfig.n_lesions must be None or an integer >= 0, got {self.n_lesions!r}")
+            raise InputError(f"PhantomConfig.n_lesions must be None or an integer >= 0, got {self.n_lesions!r}")
         _check_range("lesion_diameter_mm", self.lesion_diameter_mm, minimum=1.0)
         _check_range("lesion_suvmax", self.lesion_suvmax, minimum=1e-3)
 
 
 def _check_range(name: str, value: Sequence[float], minimum: float) -> None:
     if len(value) != 2 or not (minimum <= float(value[0]) <= float(value[1])) or not np.isfinite(value[1]):
-        raise ValueError(f"PhantomConfig.{name} must be (low, high) with {minimum} <= low <= high, got {value!r}")
+        raise InputError(f"PhantomConfig.{name} must be (low, high) with {minimum} <= low <= high, got {value!r}")
 
 
 @dataclass
@@ -1147,7 +1148,7 @@ class _LesionPlacer:
                 if trial <= lo:
                     break
                 trial = max(lo, trial * 0.75)
-        raise ValueError(
+        raise InputError(
             f"phantom seed {config.seed}: could not place lesion {label} of {count} "
             f"(diameters {lo}-{hi} mm): no site in the {config.body} has room for it apart from the other lesions; "
             "ask for fewer or smaller lesions"

@@ -24,12 +24,14 @@ import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from ..errors import InputError
 from ..fileio import atomic_write_text, refuse_overwriting
 from ..formats import nnunet, voc
+from ..jobs import ProgressCallback, report
 from ..lesions import slice_boxes
 from ..resampling import resample_ct_to_pet
 from .dicom_writer import (
@@ -50,8 +52,6 @@ COLLECTION_FOLDERS = {"lung": "Lung-PET-CT-Dx", "autopet": "FDG-PET-CT-Lesions"}
 HISTOLOGY_LETTERS = ("A", "B", "E", "G")
 F18_HALF_LIFE_S = 6586.2  # physical constant of fluorine-18 (109.77 min)
 FDG_ACTIVITY_BQ_PER_KG = 4.44e6  # the Lung-PET-CT-Dx protocol (4.44 MBq/kg); the synthetic patients follow it
-
-ProgressCallback = Callable[[float, str], None]
 
 
 @dataclass
@@ -128,7 +128,7 @@ def write_synthetic_case(
 ) -> SyntheticCase:
     """Write one generated patient as DICOM, VOC (lung flavour), nnU-Net and a truth table."""
     if flavour not in FLAVOURS:
-        raise ValueError(f"unknown flavour {flavour!r}; choose one of {', '.join(FLAVOURS)}")
+        raise InputError(f"unknown flavour {flavour!r}; choose one of {', '.join(FLAVOURS)}")
     out_dir = Path(out_dir)
     identity = _identity(flavour, seed, index)
     study_dir, truth_path, dataset_dir = _output_places(out_dir, flavour, identity)
@@ -288,20 +288,19 @@ def generate_dataset(
 ) -> List[SyntheticCase]:
     """Generate and write ``cases`` synthetic patients; returns what was written for each."""
     if flavour not in FLAVOURS:
-        raise ValueError(f"unknown flavour {flavour!r}; choose one of {', '.join(FLAVOURS)}")
+        raise InputError(f"unknown flavour {flavour!r}; choose one of {', '.join(FLAVOURS)}")
     if cases < 1:
-        raise ValueError("cases must be at least 1")
+        raise InputError("cases must be at least 1")
     refuse_earlier_cases(out_dir, flavour, seed, cases, overwrite)
     body = "torso" if flavour == "lung" else "wholebody"
     written = []
     for index in range(cases):
-        if progress:
-            progress(index / cases, f"case {index + 1}/{cases}: generating phantom")
+        report(progress, index / cases, f"case {index + 1}/{cases}: generating phantom")
         study = make_phantom(PhantomConfig(seed=case_seed(seed, index), size=size, body=body, n_lesions=n_lesions))
-        if progress:
-            progress((index + 0.5) / cases, f"case {index + 1}/{cases}: writing DICOM, annotations and nnU-Net files")
+        report(
+            progress, (index + 0.5) / cases, f"case {index + 1}/{cases}: writing DICOM, annotations and nnU-Net files"
+        )
         written.append(write_synthetic_case(study, out_dir, flavour, seed, index, overwrite=overwrite))
     nnunet.update_dataset_json(Path(out_dir) / "nnUNet_raw" / DATASET_FOLDER, dataset_name=DATASET_FOLDER)
-    if progress:
-        progress(1.0, f"wrote {cases} case(s) to {out_dir}")
+    report(progress, 1.0, f"wrote {cases} case(s) to {out_dir}")
     return written

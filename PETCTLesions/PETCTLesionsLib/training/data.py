@@ -26,6 +26,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from ..errors import InputError
 from ..lesions import label_lesions
 from ..model import preprocessing
 
@@ -216,7 +217,7 @@ def synthetic_specs(rank: int = 0, world: int = 1, seed: int = 0, size: str = "f
 def nnunet_specs(dataset_dir: Path, case_ids: Sequence[str], rank: int = 0, seed: int = 0) -> Iterator[Tuple]:
     """Endless passes over the training cases, each pass shuffled (differently per rank)."""
     if not case_ids:
-        raise ValueError(f"{dataset_dir}: no training cases")
+        raise InputError(f"{dataset_dir}: no training cases")
     rng = random.Random(seed * 7919 + rank)
     while True:
         order = list(case_ids)

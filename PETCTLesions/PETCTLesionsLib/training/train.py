@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from .. import metrics
+from ..errors import InputError, OutputExistsError
+from ..fileio import atomic_output
 from ..model.network import DEFAULT_FEATURES, LesionUNet, count_parameters
 from ..model.preprocessing import WORKING_SPACING_MM
 from . import data as training_data
@@ -115,7 +117,7 @@ def _split(settings: TrainingSettings) -> Tuple[List[str], List[str], str]:
     folds = nnunet.read_splits(settings.dataset)
     if folds:
         if not 0 <= settings.fold < len(folds):
-            raise ValueError(f"{settings.dataset}/splits_final.json has {len(folds)} folds; fold {settings.fold} asked")
+            raise InputError(f"{settings.dataset}/splits_final.json has {len(folds)} folds; fold {settings.fold} asked")
         fold = folds[settings.fold]
         return list(fold["train"]), list(fold["val"]), f"splits_final.json fold {settings.fold}"
     # No split file: a fixed 80/20 split of the sorted case ids (every fifth case validates).
@@ -333,11 +335,10 @@ def train(settings: TrainingSettings, log=print) -> Path:
                 _log_epoch(out, row, settings, log)
                 if scores["dice"] > state["best_dice"]:
                     state["best_dice"] = scores["dice"]
-                    torch.save(
-                        {"model": network.state_dict(), "epoch": state["epoch"], "scores": scores},
-                        out / "checkpoint_best.pt",
-                    )
-                _save_checkpoint(out / "checkpoint_last.pt", network, optimizer, state)
+                    best = {"model": network.state_dict(), "epoch": state["epoch"], "scores": scores}
+                    _save_checkpoint(out / "checkpoint_best.pt", best)
+                last = {"model": network.state_dict(), "optimizer": optimizer.state_dict(), "state": state}
+                _save_checkpoint(out / "checkpoint_last.pt", last)
             _barrier(rank)
             if settings.max_minutes is not None and (time.monotonic() - started) / 60.0 >= settings.max_minutes:
                 if rank.main:
@@ -362,9 +363,9 @@ RUN_FILES = ("checkpoint_last.pt", "checkpoint_best.pt", "training_log.csv", "mo
 def _check_resumable(out: Path) -> None:
     checkpoint = out / "checkpoint_last.pt"
     if not out.is_dir():
-        raise FileNotFoundError(f"{out}: no such folder, so no training run to resume; leave out --resume to start one")
+        raise InputError(f"{out}: no such folder, so no training run to resume; leave out --resume to start one")
     if not checkpoint.is_file():
-        raise FileNotFoundError(
+        raise InputError(
             f"{checkpoint}: no checkpoint to resume from (the run stopped before its first epoch ended, or {out} "
             "holds no run); leave out --resume to start again"
         )
@@ -380,9 +381,9 @@ def _claim_output_folder(out: Path, settings: TrainingSettings) -> None:
     if not earlier or settings.resume:
         return
     if not settings.overwrite:
-        raise FileExistsError(
-            f"{out} holds an earlier training run ({', '.join(earlier)}): "
-            "use --resume to continue it, --overwrite to start again there, or another --out"
+        raise OutputExistsError(
+            f"{out} holds an earlier training run ({', '.join(earlier)})",
+            ": use --resume to continue it, --overwrite to start again there, or another --out",
         )
     for name in earlier:
         (out / name).unlink()
@@ -412,15 +413,16 @@ def _log_epoch(out: Path, row: Dict[str, float], settings: TrainingSettings, log
         writer.writerow(row)
 
 
-def _save_checkpoint(path: Path, network: LesionUNet, optimizer, state: Dict) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    torch.save({"model": network.state_dict(), "optimizer": optimizer.state_dict(), "state": state}, temporary)
-    os.replace(temporary, path)
+def _save_checkpoint(path: Path, checkpoint: Dict) -> None:
+    """Write ``checkpoint`` through a temporary file renamed onto ``path`` (``fileio.atomic_output``): a run
+    killed or a write that fails (a full disk) part-way leaves the previous checkpoint whole, never a cut one."""
+    with atomic_output(path, overwrite=True) as temporary:
+        torch.save(checkpoint, temporary)
 
 
 def _load_checkpoint(path: Path, network: LesionUNet, optimizer, device: torch.device) -> Dict:
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no checkpoint to resume from")
+        raise InputError(f"{path}: no checkpoint to resume from")
     checkpoint = torch.load(path, map_location=device, weights_only=False)
     network.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])

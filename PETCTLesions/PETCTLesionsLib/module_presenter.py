@@ -1,0 +1,523 @@
+"""The Slicer module's panel without Qt: its state, and what each button does.
+
+``PETCTLesionsWidget`` (PETCTLesions.py) forwards every Qt signal to one method of
+:class:`ModulePresenter` and draws what the presenter asks through :class:`PanelView`. The
+presenter holds what the panel knows and decides:
+
+- the detection run: idle -> running (the widget's timer calls :meth:`ModulePresenter.poll_detection`;
+  progress; Detect turns into Cancel) -> finished (lesions added, Undo enabled), failed or cancelled,
+  each ending back at idle;
+- the lesion table: the rows the Logic measures, and the selected lesion, kept by its segment ID
+  when the rows are measured again (rows move when lesions are deleted, added or renamed);
+- which buttons are enabled and what Detect says (:class:`ButtonState`);
+- what the user is told: the detection status and progress, and each dialog as a :class:`Message`
+  (the widget shows it). Errors become dialogs by the library's error contract (:mod:`.errors`,
+  :func:`error_message`).
+
+The Logic (``PETCTLesionsLogic``: one call into the library per method), the view and the
+parameter node are passed in, so that tests drive the panel with a recording view and a real or
+stand-in Logic (Testing/Python/test_module_presenter.py). Nothing here imports Qt or Slicer.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, ContextManager, Iterator, List, Optional, Protocol, Sequence, Tuple, TypeVar
+
+from .errors import ISSUES_URL, Cancelled, PETCTLesionsError
+from .jobs import CancelCallback, ProgressCallback
+
+T = TypeVar("T")
+Translate = Callable[[str], str]
+
+INFO, WARNING, ERROR = "info", "warning", "error"
+# Where the user can say "don't show this again" to the note on detection with this PyTorch (a settings key).
+PLATFORM_NOTE_SETTINGS_KEY = "PETCTLesions/DontShowTorchPlatformNote"
+
+
+@dataclass(frozen=True)
+class Message:
+    """A dialog to show: ``kind`` is INFO, WARNING or ERROR; ``details`` is a traceback (a bug)."""
+
+    kind: str
+    text: str
+    title: str = ""
+    details: str = ""
+    dont_show_again_key: str = ""  # a settings key: the dialog offers "Don't show again"
+
+
+@dataclass(frozen=True)
+class ButtonState:
+    """Which of the panel's buttons are enabled, and what Detect says."""
+
+    load_study: bool  # a PET/CT pair to load (from the last DICOM import)
+    detect: bool  # a study to run on, or a run to cancel
+    detect_text: str  # "Detect lesions", or "Cancel" while a run is going
+    undo_detection: bool  # the last run's lesions can be taken back
+    review: bool  # accept, reject, delete, class: a lesion is selected
+    add_box: bool  # a CT to draw the box on
+    export: bool  # a study to export
+    threshold: bool  # the threshold slider: the user's own threshold, not the model's
+
+
+class PanelView(Protocol):
+    """What the presenter asks of the panel; ``PETCTLesionsWidget`` does it with Qt calls."""
+
+    def set_study_choices(self, choices: Sequence[Tuple[str, str]]) -> None:
+        """The PET/CT pairs to choose from, as (label, tooltip: the pairing's rule)."""
+
+    def set_rows(self, rows: Sequence[Sequence[str]]) -> None:
+        """The lesion table's cells, row by row, in the .ui's column order (:func:`table_cells`)."""
+
+    def set_selection(self, index: Optional[int]) -> None:
+        """Select the table row ``index`` (None: no row)."""
+
+    def set_lesion_class(self, class_name: str) -> None:
+        """Show ``class_name`` in the class chooser."""
+
+    def set_button_state(self, state: ButtonState) -> None:
+        """Enable the buttons and word Detect as ``state`` says."""
+
+    def show_progress(self, fraction: Optional[float], text: str) -> None:
+        """The detection's progress bar at ``fraction`` (None: hidden) and its status line."""
+
+    def show_message(self, message: Message) -> None:
+        """Show ``message`` as a dialog."""
+
+    def confirm(self, question: str) -> bool:
+        """Ask a yes/no question; True for yes."""
+
+    def busy(self) -> ContextManager[Any]:
+        """The wait cursor while the block runs."""
+
+    def run_with_progress(self, title: str, work: Callable[[ProgressCallback, CancelCallback], T]) -> T:
+        """``work(progress, cancel)`` under a modal progress dialog, whose Cancel button ``cancel()`` reports."""
+
+    def start_polling(self) -> None:
+        """Call :meth:`ModulePresenter.poll_detection` on a timer until :meth:`stop_polling`."""
+
+    def stop_polling(self) -> None:
+        """Stop the timer."""
+
+    def open_segment_editor(self, segmentation: Any, source_volume: Any, segment_id: Optional[str]) -> None:
+        """Switch to the Segment Editor on ``segmentation`` (thresholds on ``source_volume``), at ``segment_id``."""
+
+    def show_export_summary(self, text: str) -> None:
+        """What the export wrote and left alone."""
+
+
+def table_cells(row: Any) -> Tuple[str, ...]:
+    """One lesion row (``mrml.review.LesionRow``) as the table's text cells, in the .ui's column order:
+    Lesion, Class, SUVmax, SUVmean, MTV (mL), TLG, Slices, Status."""
+    return (
+        row.name,
+        row.class_name,
+        f"{row.suv_max:.2f}",
+        f"{row.suv_mean:.2f}",
+        f"{row.mtv_ml:.2f}",
+        f"{row.tlg:.1f}",
+        row.slices_text,
+        row.status,
+    )
+
+
+def error_message(failure: str, error: BaseException, details: str, tr: Translate = str) -> Optional[Message]:
+    """The dialog for ``error`` raised while doing what ``failure`` ("Failed to ...") names; None for none.
+
+    By the error contract (:mod:`.errors`): the user's own cancel is no failure; an error the
+    library raised on purpose, or an operating-system error, is shown with its message; anything
+    else is a bug, shown with its traceback (``details``) and a request to report it.
+    """
+    if isinstance(error, Cancelled):
+        return None
+    text = f"{failure}\n\n{error}"
+    if isinstance(error, PETCTLesionsError):
+        return Message(WARNING, text)
+    if isinstance(error, OSError):
+        return Message(ERROR, text)
+    bug = tr("This is an unexpected error (a bug in PET/CT Lesions): please report it, with the details, at {url}")
+    return Message(ERROR, f"{text}\n\n{bug.format(url=ISSUES_URL)}", details=details)
+
+
+class _Attempt:
+    """What a block run by ``ModulePresenter._attempt`` came to: ``failed`` once it raised (and was shown)."""
+
+    failed = False
+
+
+class ModulePresenter:
+    """The panel's state and decisions; the widget forwards each Qt signal to one method here.
+
+    ``logic`` is the module's ``PETCTLesionsLogic`` (or a stand-in with its methods), ``view`` a
+    :class:`PanelView`, ``tr`` Slicer's translation function (it finds the translation context
+    from the calling file, so it is called here, where the texts are).
+    """
+
+    def __init__(self, logic: Any, view: PanelView, tr: Translate = str) -> None:
+        self._logic = logic
+        self._view = view
+        self._tr = tr
+        self._parameters: Any = None  # the parameter node (PETCTLesionsParameterNode); None while the scene closes
+        self._study_choices: List[Any] = []  # PET/CT pairs of the last DICOM import (PetCtChoice)
+        self._job: Any = None  # the running detection (DetectionJob); None: idle
+        self._last_detection: Any = None  # the last finished run's nodes (DetectionNodes), for Undo
+        self._progress: Optional[float] = None  # the running detection's fraction done
+        self._status = ""  # the detection status line
+        self._rows: List[Any] = []  # the lesion table (mrml.review.LesionRow)
+        self._selected_segment: Optional[str] = None  # the selected lesion's segment ID
+        self._platform_note_shown = False  # the note on this PyTorch: once a session
+        self._refreshing = False  # the view is being redrawn: its selection signals are ours, not the user's
+
+    # ------------------------------------------------------------------ what the panel shows
+
+    @property
+    def rows(self) -> List[Any]:
+        """The lesion table's rows, as the Logic measured them last."""
+        return list(self._rows)
+
+    @property
+    def selected_row(self) -> Any:
+        """The selected lesion's row, or None."""
+        return next((row for row in self._rows if row.segment_id == self._selected_segment), None)
+
+    @property
+    def detection_running(self) -> bool:
+        return self._job is not None
+
+    @property
+    def last_detection(self) -> Any:
+        """The last finished run's nodes (``DetectionNodes``: what Undo takes back), or None."""
+        return self._last_detection
+
+    @property
+    def status(self) -> str:
+        """The detection status line."""
+        return self._status
+
+    def button_state(self) -> ButtonState:
+        params = self._parameters
+        has_study = bool(params and params.ctVolume and params.petVolume)
+        running = self._job is not None
+        return ButtonState(
+            load_study=bool(self._study_choices),
+            detect=running or has_study,
+            detect_text=self._tr("Cancel") if running else self._tr("Detect lesions"),
+            undo_detection=self._last_detection is not None,
+            review=self.selected_row is not None,
+            add_box=bool(params and params.ctVolume),
+            export=has_study,
+            threshold=bool(params) and not params.useModelThreshold,
+        )
+
+    def _update_buttons(self) -> None:
+        self._view.set_button_state(self.button_state())
+
+    def _show_progress(self, fraction: Optional[float], status: Optional[str] = None) -> None:
+        self._progress = fraction
+        if status is not None:
+            self._status = status
+        self._view.show_progress(self._progress, self._status)
+
+    @contextmanager
+    def _attempt(self, failure: str, busy: bool = False) -> Iterator[_Attempt]:
+        """Run the block; an error in it is shown (:func:`error_message`) and ``failed`` set, not raised."""
+        attempt = _Attempt()
+        try:
+            with self._view.busy() if busy else nullcontext():
+                yield attempt
+        except Exception as error:
+            attempt.failed = True
+            details = traceback.format_exc()
+            message = error_message(failure, error, details, self._tr)
+            if message is not None and message.details:
+                logging.error(f"{failure}\n{details}")  # a bug: its traceback in the log as well
+            if message is not None:
+                self._view.show_message(message)
+
+    # ------------------------------------------------------------------ the parameter node
+
+    def set_parameter_node(self, parameters: Any) -> None:
+        """The module's parameter node (None while the scene closes); the panel is drawn again, the
+        table measured quietly."""
+        self._parameters = parameters
+        self._view.show_progress(self._progress, self._status)
+        self.refresh_table(quiet=True)
+
+    def parameters_changed(self) -> None:
+        """A parameter changed (a volume chosen, a box ticked): what can be done now."""
+        self._update_buttons()
+
+    def scene_closing(self) -> None:
+        """The scene is about to close: a run is stopped and the last one cannot be undone any more."""
+        self.cancel_detection()
+        self._last_detection = None
+        self._update_buttons()
+
+    # ------------------------------------------------------------------ 1. Study
+
+    def import_dicom_folder(self) -> None:
+        with self._attempt(self._tr("Failed to import the DICOM folder."), busy=True) as attempt:
+            choices, problems = self._logic.importDicomFolder(self._parameters.dicomFolder)
+        if attempt.failed:
+            return
+        self._study_choices = list(choices)
+        self._view.set_study_choices([(choice.label, choice.rule) for choice in choices])
+        self._update_buttons()
+        if problems:
+            self._view.show_message(Message(WARNING, problems, title=self._tr("Series that cannot be loaded")))
+
+    def load_study(self, index: int) -> None:
+        """Load the PET/CT pair ``index`` of the last import (under a progress dialog with Cancel)."""
+        if not 0 <= index < len(self._study_choices):
+            return
+        choice = self._study_choices[index]
+
+        def load(progress: ProgressCallback, cancel: CancelCallback) -> Tuple[Any, Any]:
+            return self._logic.loadStudyFromDatabase(choice, progress=progress, cancel=cancel)
+
+        with self._attempt(self._tr("Failed to load the PET/CT study."), busy=True) as attempt:
+            ct_node, pet_node = self._view.run_with_progress(self._tr("Loading PET/CT study"), load)
+            self._show_study(ct_node, pet_node)
+        if not attempt.failed:
+            self._study_shown(pet_node, choice.warnings)
+
+    def load_demo_study(self) -> None:
+        with self._attempt(self._tr("Failed to create the demo study."), busy=True) as attempt:
+            ct_node, pet_node = self._logic.loadDemoStudy(self._parameters.demoSeed)
+            self._show_study(ct_node, pet_node)
+        if not attempt.failed:
+            self._study_shown(pet_node)
+
+    def _show_study(self, ct_node: Any, pet_node: Any) -> None:
+        params = self._parameters
+        params.ctVolume, params.petVolume = ct_node, pet_node
+        params.segmentation = None  # a new study's lesions go to a new segmentation
+        self._logic.showFusedStudy(params)
+
+    def _study_shown(self, pet_node: Any, pair_warnings: Sequence[str] = ()) -> None:
+        self._show_study_warnings(pet_node, pair_warnings)
+        self.refresh_table()
+
+    def _show_study_warnings(self, pet_node: Any, pair_warnings: Sequence[str] = ()) -> None:
+        """In one dialog: what the PET/CT pairing warned about (e.g. a CT covering under 90% of the PET)
+        and, once per PET node, what the SUV computation did (e.g. an uptake time unusual for a static scan)."""
+        warnings = self._logic.studyWarningsToShow(pet_node, pair_warnings)
+        if warnings:
+            title = self._tr("Study loaded, but check these warnings")
+            self._view.show_message(Message(WARNING, "\n\n".join(warnings), title=title))
+
+    # ------------------------------------------------------------------ 2. Display
+
+    def show_fused_study(self) -> None:
+        with self._attempt(self._tr("Failed to show the fused study."), busy=True) as attempt:
+            self._logic.showFusedStudy(self._parameters)
+        if not attempt.failed:
+            self._show_study_warnings(self._parameters.petVolume)
+
+    def apply_ct_preset(self, preset: str) -> None:
+        self._parameters.ctPreset = preset
+        if self._parameters.ctVolume:
+            with self._attempt(self._tr("Failed to set the CT window.")):
+                self._logic.applyCtPreset(self._parameters.ctVolume, preset)
+
+    def set_pet_colormap(self, name: str) -> None:
+        pet_node = self._parameters.petVolume if self._parameters else None
+        if pet_node and name:
+            with self._attempt(self._tr("Failed to set the PET colour map.")):
+                self._logic.setPetColormap(pet_node, name)
+
+    def set_suv_window(self, suv_min: float, suv_max: float) -> None:
+        pet_node = self._parameters.petVolume if self._parameters else None
+        if pet_node and suv_max > suv_min:
+            self._logic.setSuvWindow(pet_node, suv_min, suv_max)
+
+    def set_pet_opacity(self, opacity: float) -> None:
+        if self._parameters and self._parameters.petVolume:
+            self._logic.setPetOpacity(opacity)
+
+    # ------------------------------------------------------------------ 3. Detect
+
+    def use_bundled_model(self) -> None:
+        """Detection with the bundled model again (the widget also empties the path field)."""
+        if self._parameters is not None:
+            self._parameters.modelPath = Path()  # what the Logic reads as "the bundled model"
+
+    def detect_or_cancel(self) -> None:
+        """The Detect button: start a run in the background, or cancel the one running."""
+        if self._job is not None:
+            self.cancel_detection()
+            self._show_progress(None, self._tr("Cancelled: nothing was added."))
+            return
+        with self._attempt(self._tr("Failed to start lesion detection."), busy=True):
+            if not self._logic.ensureTorch():
+                text = self._tr("Lesion detection needs PyTorch {requirement}, which was not installed.")
+                self._show_progress(None, text.format(requirement=self._logic.torchRequirement))
+                return
+            self._show_platform_note()
+            self._job = self._logic.startDetection(self._parameters)
+            self._show_progress(0.0, self._tr("Starting..."))
+            self._update_buttons()
+            self._view.start_polling()
+
+    def _show_platform_note(self) -> None:
+        """What detection can and cannot do with this PyTorch here: once a session, until the user ticks it off."""
+        note = self._logic.torchPlatformNote()
+        if note and not self._platform_note_shown:
+            self._platform_note_shown = True
+            title = self._tr("Lesion detection on this computer")
+            self._view.show_message(Message(INFO, note, title=title, dont_show_again_key=PLATFORM_NOTE_SETTINGS_KEY))
+
+    def poll_detection(self) -> None:
+        """The timer's tick: the run's progress; once it is done, its lesions into the scene."""
+        job = self._job
+        if job is None:
+            self._view.stop_polling()
+            return
+        status = job.poll()
+        for line in status.new_log_lines:
+            logging.info(f"[lesion detection] {line}")
+        self._show_progress(status.fraction, status.message)
+        if not status.done:
+            return
+        self._end_run()
+        with self._attempt(self._tr("Lesion detection failed."), busy=True) as attempt:
+            nodes = self._logic.finishDetection(job, self._parameters)
+        if attempt.failed:
+            return
+        self._last_detection = nodes
+        notes = "; ".join(nodes.notes)
+        added = self._tr("{count} lesions added to '{name}'.").format(
+            count=len(nodes.segment_ids), name=nodes.segmentation.GetName()
+        )
+        self._show_progress(None, added + (f" {notes}" if notes else ""))
+        self.refresh_table()
+
+    def cancel_detection(self) -> None:
+        """Stop a running detection (module closed, scene closing): nothing of it reaches the scene."""
+        if self._job is not None:
+            self._job.cancel()
+            self._end_run()
+
+    def _end_run(self) -> None:
+        self._view.stop_polling()
+        self._job = None
+        self._show_progress(None)
+        self._update_buttons()
+
+    def undo_detection(self) -> None:
+        if self._last_detection is None:
+            return
+        with self._attempt(self._tr("Failed to undo the detection.")) as attempt:
+            self._logic.undoDetection(self._last_detection, self._parameters)
+            self._last_detection = None
+        if not attempt.failed:
+            self.refresh_table()
+
+    # ------------------------------------------------------------------ 4. Review
+
+    def refresh_table(self, quiet: bool = False) -> None:
+        """Measure the segments again; the selected lesion stays selected (by its segment ID) while it exists.
+
+        ``quiet`` (module entered, scene changed): a failure is logged, not shown, and the table emptied.
+        """
+        params = self._parameters
+        rows: List[Any] = []
+        if params and params.segmentation and params.petVolume:
+            if quiet:
+                try:
+                    rows = self._logic.lesionRows(params)
+                except Exception as error:
+                    known = isinstance(error, (PETCTLesionsError, OSError))
+                    logging.log(
+                        logging.WARNING if known else logging.ERROR,
+                        "Lesion table not updated: %s",
+                        error,
+                        exc_info=not known,
+                    )
+            else:
+                with self._attempt(self._tr("Failed to measure the lesions."), busy=True) as attempt:
+                    rows = self._logic.lesionRows(params)
+                if attempt.failed:
+                    return
+        self._rows = list(rows)
+        selected = self.selected_row
+        self._selected_segment = selected.segment_id if selected is not None else None
+        self._refreshing = True
+        try:
+            self._view.set_rows([table_cells(row) for row in self._rows])
+            self._view.set_selection(self._rows.index(selected) if selected is not None else None)
+        finally:
+            self._refreshing = False
+        self._update_buttons()
+
+    def select_row(self, index: Optional[int]) -> None:
+        """The user selected table row ``index`` (None or out of range: none): the views go to the lesion."""
+        if self._refreshing:
+            return
+        row = self._rows[index] if index is not None and 0 <= index < len(self._rows) else None
+        self._selected_segment = row.segment_id if row is not None else None
+        self._update_buttons()
+        if row is None:
+            return
+        if row.class_name:
+            self._view.set_lesion_class(row.class_name)
+        if row.centre_ras is not None:
+            self._logic.centreViewsOn(row.centre_ras)
+
+    def set_review_status(self, status: str) -> None:
+        """Accept or reject the selected lesion (``status``: "accepted" or "rejected")."""
+        row = self.selected_row
+        if row is None:
+            return
+        with self._attempt(self._tr("Failed to record the review decision.")) as attempt:
+            self._logic.setReviewStatus(self._parameters, row.segment_id, status)
+        if not attempt.failed:
+            self.refresh_table()
+
+    def delete_selected_lesion(self) -> None:
+        row = self.selected_row
+        if row is None:
+            return
+        question = self._tr("Delete '{name}' and its boxes? (Reject keeps it, hidden and not exported.)")
+        if not self._view.confirm(question.format(name=row.name)):
+            return
+        with self._attempt(self._tr("Failed to delete the lesion.")) as attempt:
+            self._logic.deleteLesion(self._parameters, row.segment_id)
+        if not attempt.failed:
+            self.refresh_table()
+
+    def set_lesion_class(self, class_name: str) -> None:
+        row = self.selected_row
+        if row is None:
+            return
+        with self._attempt(self._tr("Failed to set the lesion class.")) as attempt:
+            self._logic.setLesionClass(self._parameters, row.segment_id, class_name)
+        if not attempt.failed:
+            self.refresh_table()
+
+    def open_segment_editor(self) -> None:
+        """Correct the lesions in the Segment Editor, at the selected one, thresholds in SUV."""
+        params = self._parameters
+        if not params.segmentation:
+            text = self._tr("Run detection or choose a segmentation under Detect first.")
+            self._view.show_message(Message(WARNING, text))
+            return
+        row = self.selected_row
+        self._view.open_segment_editor(params.segmentation, params.petVolume or None, row.segment_id if row else None)
+
+    def add_box(self, class_name: str) -> None:
+        """A VOC box of ``class_name`` on the slice shown, for the selected lesion (if any)."""
+        row = self.selected_row
+        with self._attempt(self._tr("Failed to add the box.")):
+            self._logic.addBoxOnSlice(self._parameters, None, class_name, row.segment_id if row else None)
+
+    # ------------------------------------------------------------------ 5. Export
+
+    def export(self) -> None:
+        with self._attempt(self._tr("Failed to export the annotations."), busy=True):
+            report = self._logic.exportAnnotations(self._parameters)
+            self._view.show_export_summary(report.text())
