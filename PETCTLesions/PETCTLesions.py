@@ -42,7 +42,14 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 from PETCTLesionsLib.errors import InputError, SetupError
-from PETCTLesionsLib.module_presenter import ModulePresenter
+from PETCTLesionsLib.model.nnunet_model import PICKLE_WARNING
+from PETCTLesionsLib.module_presenter import (
+    BUNDLED_MODEL,
+    NNUNET_MODEL,
+    ModulePresenter,
+    chosen_path,
+    detection_model,
+)
 
 DEMO_SAMPLE_NAME = "PETCTLesionsDemo"
 MIN_TORCH_VERSION = (2, 1)
@@ -78,12 +85,16 @@ class PETCTLesions(ScriptedLoadableModule):
             "generated demo study (also in Sample Data).<br>"
             "2. <b>Display</b>: CT window presets (Mediastinum W350/L40, Lung W1400/L-700, Bone), PET colour map "
             "over an SUV window, PET opacity.<br>"
-            "3. <b>Detect</b>: run the bundled lesion model (GPU when there is one, else CPU) in the background; "
+            "3. <b>Detect</b>: run the bundled lesion model, or your own nnU-Net v2 model folder (its checkpoints "
+            "are pickles that can run code when loaded: use only folders you trust), on the GPU when there is one, "
+            "else the CPU, in the background; "
             "lesions are added as segments (one per lesion) beside your own, and as VOC boxes for Lung-PET-CT-Dx "
             "patients. Cancel at any time: nothing half-made is added.<br>"
             "4. <b>Review</b>: the lesion table (class, SUVmax, SUVmean, MTV, TLG, slices) is measured on the PET "
             "as the segments are now. Click a row to go to the lesion; accept, reject (hidden and not exported) or "
-            "delete it; correct it in the Segment Editor; add a box on the slice shown.<br>"
+            "delete it; correct it in the Segment Editor; add a box on the slice shown. <b>Add lesion by click</b> "
+            "and <b>Remove by click</b> open the Segment Editor's PET lesion effect (click, box, split; Undo takes a "
+            "click back); <b>Show PET MIP</b> shows the PET as a MIP in the 3D view: click a hot spot to go there.<br>"
             "5. <b>Export</b>: the kept lesions as an nnU-Net case (autoPET layout) and VOC XML (Lung-PET-CT-Dx "
             "layout). Existing files are never replaced unless you ask.<br>"
             "The bundled model was trained on generated studies only and is not validated on patients. See the "
@@ -95,8 +106,9 @@ class PETCTLesions(ScriptedLoadableModule):
             "Data layout and metrics: autoPET / PSMA-FDG-PET-CT-Lesions (Gatidis S. et al., TCIA, "
             "doi:10.7937/gkr0-xv29), nnU-Net (Isensee F. et al.)."
         )
-        # Sample Data exists only once the application has started.
+        # Sample Data exists only once the application has started; so does the Segment Editor's effect factory.
         slicer.app.connect("startupCompleted()", registerSampleData)
+        slicer.app.connect("startupCompleted()", registerEditorEffect)
 
 
 def registerSampleData() -> None:
@@ -120,6 +132,17 @@ def registerSampleData() -> None:
     )
 
 
+def registerEditorEffect() -> None:
+    """The "PET lesion" Segment Editor effect (SegmentEditorPETLesionLib/SegmentEditorEffect.py), registered the
+    way Slicer's scripted-effect template registers its effect."""
+    import qSlicerSegmentationsEditorEffectsPythonQt as qSlicerSegmentationsEditorEffects
+
+    effect = qSlicerSegmentationsEditorEffects.qSlicerSegmentEditorScriptedEffect(None)
+    effectFile = os.path.join(os.path.dirname(__file__), "SegmentEditorPETLesionLib", "SegmentEditorEffect.py")
+    effect.setPythonSource(effectFile.replace("\\", "/"))
+    effect.self().register()
+
+
 #
 # Parameter node
 #
@@ -131,9 +154,10 @@ class PETCTLesionsParameterNode:
 
     Study: dicomFolder (last imported), ctVolume and petVolume (PET in SUVbw), demoSeed.
     Display: ctPreset, petColormap, suvWindow, petOpacity.
-    Detect: segmentation (receives the lesions; none: a new one), device, modelPath (empty:
-    the bundled model), useModelThreshold (the model's own, from its manifest) else threshold
-    (model probability), minLesionVolumeMl.
+    Detect: segmentation (receives the lesions; none: a new one), device, modelKind ("Bundled":
+    modelPath, a manifest, empty: the bundled model; "nnU-Net model folder": nnunetFolder with
+    nnunetFolds (empty: all, ensembled), nnunetCheckpoint and nnunetTta), useModelThreshold (the
+    model's own, from its manifest) else threshold (model probability), minLesionVolumeMl.
     Export: nnunetRawFolder + nnunetDatasetName, vocFolder + exportVoc, overwriteExports.
     """
 
@@ -147,7 +171,12 @@ class PETCTLesionsParameterNode:
     petOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     segmentation: vtkMRMLSegmentationNode
     device: Annotated[str, Choice(["auto", "cuda", "mps", "cpu"])] = "auto"
+    modelKind: Annotated[str, Choice([BUNDLED_MODEL, NNUNET_MODEL])] = BUNDLED_MODEL
     modelPath: Path
+    nnunetFolder: Path
+    nnunetFolds: str = ""
+    nnunetCheckpoint: Annotated[str, Choice(["final", "best"])] = "final"
+    nnunetTta: bool = False
     useModelThreshold: bool = True
     threshold: Annotated[float, WithinRange(0.05, 0.95)] = 0.5
     minLesionVolumeMl: Annotated[float, WithinRange(0.0, 1000.0)] = 0.0
@@ -221,11 +250,6 @@ def _torch_platform_note(system: str, machine: str, torch_version: Optional[str]
     return " ".join(notes)
 
 
-def _chosen(path: Optional[Path]) -> Optional[Path]:
-    """A path the user chose, or None for an empty field (the wrapper stores it as '.')."""
-    return None if path is None or str(path) in ("", ".") else Path(path)
-
-
 #
 # Widget
 #
@@ -258,7 +282,11 @@ class PETCTLesionsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = PETCTLesionsLogic()
         detectionTimer = qt.QTimer()
         detectionTimer.setInterval(200)
-        self.presenter = presenter = ModulePresenter(self.logic, _QtPanelView(self.ui, detectionTimer), tr=_)
+        self._mipClicks = _MipClicks()
+        self.presenter = presenter = ModulePresenter(
+            self.logic, _QtPanelView(self.ui, detectionTimer, self._mipClicks), tr=_
+        )
+        self._mipClicks.presenter = presenter
         detectionTimer.connect("timeout()", presenter.poll_detection)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
@@ -284,6 +312,7 @@ class PETCTLesionsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # 3. Detect: the button starts a background run and turns into Cancel while it runs.
         self.ui.detectButton.connect("clicked(bool)", lambda _checked: presenter.detect_or_cancel())
         self.ui.bundledModelButton.connect("clicked(bool)", self.onBundledModelButton)
+        self.ui.nnunetWarningLabel.text = PICKLE_WARNING  # said where the user picks the folder
         self.ui.undoDetectionButton.connect("clicked(bool)", lambda _checked: presenter.undo_detection())
         # 4. Review
         self.ui.lesionTable.connect("itemSelectionChanged()", self.onLesionSelectionChanged)
@@ -299,6 +328,9 @@ class PETCTLesionsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             "clicked(bool)", lambda _checked: presenter.add_box(self.ui.lesionClassComboBox.currentText)
         )
         self.ui.refreshTableButton.connect("clicked(bool)", lambda _checked: presenter.refresh_table())
+        self.ui.addByClickButton.connect("clicked(bool)", lambda _checked: presenter.correct_by_click("add"))
+        self.ui.removeByClickButton.connect("clicked(bool)", lambda _checked: presenter.correct_by_click("remove"))
+        self.ui.petMipButton.connect("clicked(bool)", lambda _checked: presenter.show_pet_mip())
         # 5. Export
         self.ui.exportButton.connect("clicked(bool)", lambda _checked: presenter.export())
 
@@ -307,6 +339,7 @@ class PETCTLesionsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def cleanup(self) -> None:
         if self.presenter is not None:
             self.presenter.cancel_detection()
+            self._mipClicks.stop()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -360,9 +393,10 @@ class PETCTLesionsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 class _QtPanelView:
     """The presenter's ``PanelView`` (PETCTLesionsLib/module_presenter.py) with Qt widgets and Slicer's dialogs."""
 
-    def __init__(self, ui, detectionTimer) -> None:
+    def __init__(self, ui, detectionTimer, mipClicks=None) -> None:
         self.ui = ui
         self._detectionTimer = detectionTimer
+        self._mipClicks = mipClicks or _MipClicks()
 
     def set_study_choices(self, choices) -> None:
         combo = self.ui.studyComboBox
@@ -401,6 +435,9 @@ class _QtPanelView:
         self.ui.addBoxButton.enabled = state.add_box
         self.ui.exportButton.enabled = state.export
         self.ui.thresholdSliderWidget.setEnabled(state.threshold)
+        self.ui.addByClickButton.enabled = state.click_tools
+        self.ui.removeByClickButton.enabled = state.click_tools
+        self.ui.petMipButton.enabled = state.click_tools
 
     def show_progress(self, fraction, text: str) -> None:
         self.ui.detectProgressBar.setVisible(fraction is not None)
@@ -446,8 +483,78 @@ class _QtPanelView:
         if segmentId is not None:
             editor.setCurrentSegmentID(segmentId)
 
+    def open_lesion_effect(self, segmentation, sourceVolume, mode: str) -> None:
+        from PETCTLesionsLib.interactive.editor_options import EFFECT_NAME, MODE
+
+        self.open_segment_editor(segmentation, sourceVolume, None)
+        editor = slicer.util.getModuleWidget("SegmentEditor").editor
+        editor.setActiveEffectByName(EFFECT_NAME)
+        effect = editor.activeEffect()
+        if effect is None:
+            raise SetupError(_("The PET lesion effect is not registered in the Segment Editor: restart Slicer."))
+        effect.setParameter(MODE, mode)
+
+    def show_mip_view(self) -> None:
+        layoutManager = slicer.app.layoutManager()
+        if layoutManager.threeDViewCount == 0:
+            layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpView)
+        self._mipClicks.watch(layoutManager.threeDWidget(0).threeDView())
+
+    def show_model_choice(self, nnunet: bool, text: str) -> None:
+        for widget in (self.ui.modelPathLabel, self.ui.modelPathLineEdit, self.ui.bundledModelButton):
+            widget.setVisible(not nnunet)
+        self.ui.nnunetModelWidget.setVisible(nnunet)
+        if self.ui.nnunetModelTextEdit.toPlainText() != text:  # setting it again scrolls back to the top
+            self.ui.nnunetModelTextEdit.setPlainText(text)
+
     def show_export_summary(self, text: str) -> None:
         self.ui.exportSummaryTextEdit.setPlainText(text)
+
+
+class _MipClicks:
+    """Left clicks (a press and release without a drag, which rotates the view) in the 3D view of the PET MIP,
+    sent to the presenter as the ray under the mouse."""
+
+    DRAG_PIXELS = 3
+
+    def __init__(self) -> None:
+        self.presenter = None
+        self._interactor = None
+        self._tags = []
+        self._pressedAt = None
+        self._renderer = None
+
+    def watch(self, threeDView) -> None:
+        interactor = threeDView.interactor()
+        if interactor is self._interactor:
+            return
+        self.stop()
+        self._interactor = interactor
+        self._renderer = threeDView.renderWindow().GetRenderers().GetFirstRenderer()
+        for event, callback in (
+            (vtk.vtkCommand.LeftButtonPressEvent, self._onPress),
+            (vtk.vtkCommand.LeftButtonReleaseEvent, self._onRelease),
+        ):
+            self._tags.append(interactor.AddObserver(event, callback, 1.0))  # before the view's own handling
+
+    def stop(self) -> None:
+        if self._interactor is not None:
+            for tag in self._tags:
+                self._interactor.RemoveObserver(tag)
+        self._interactor, self._tags, self._pressedAt = None, [], None
+
+    def _onPress(self, interactor, event) -> None:
+        self._pressedAt = interactor.GetEventPosition()
+
+    def _onRelease(self, interactor, event) -> None:
+        pressedAt, self._pressedAt = self._pressedAt, None
+        x, y = interactor.GetEventPosition()
+        if pressedAt is None or max(abs(x - pressedAt[0]), abs(y - pressedAt[1])) > self.DRAG_PIXELS:
+            return  # a drag: the view was rotated
+        from PETCTLesionsLib.mrml.mip_view import ray_under_mouse
+
+        near, far = ray_under_mouse(self._renderer, x, y)
+        self.presenter.mip_clicked(near, far)
 
 
 class _ProgressDialog:
@@ -520,7 +627,7 @@ class PETCTLesionsLogic(ScriptedLoadableModuleLogic):
 
         from PETCTLesionsLib.mrml.dicom_database import pet_ct_choices
 
-        folder = _chosen(folder)
+        folder = chosen_path(folder)
         if folder is None or not folder.is_dir():
             raise InputError(_("Choose an existing DICOM folder first (got '{folder}').").format(folder=folder))
         if not slicer.dicomDatabase or not slicer.dicomDatabase.isOpen:
@@ -635,6 +742,32 @@ class PETCTLesionsLogic(ScriptedLoadableModuleLogic):
         torchVersion = _installed_torch_version()
         return _torch_platform_note(platform.system(), platform.machine(), torchVersion, numpy.__version__)
 
+    def describeNnUNetModel(self, folder: Path):
+        """What an nnU-Net trained-model folder holds (NnUNetModelInfo), from its JSON files and file names."""
+        from PETCTLesionsLib.model.nnunet_model import describe_model
+
+        return describe_model(folder)
+
+    def nnunetInstalled(self) -> bool:
+        from PETCTLesionsLib.model.nnunet_model import nnunet_installed
+
+        return nnunet_installed()
+
+    def nnunetRequirements(self) -> List[str]:
+        """What to pip-install: nnunetv2 for this Python, with the installed torch pinned so pip keeps it."""
+        from PETCTLesionsLib.model.nnunet_model import nnunet_pip_requirements
+
+        return nnunet_pip_requirements(_installed_torch_version())
+
+    def installNnUNet(self, requirements: List[str]) -> None:
+        """pip-install ``requirements`` into Slicer's Python (the user agreed: ModulePresenter asks first)."""
+        from PETCTLesionsLib.model.nnunet_model import NNUNET_INSTALL_HINT, nnunet_installed
+
+        slicer.util.pip_install(" ".join(requirements))
+        importlib.invalidate_caches()  # find_spec must see the new package
+        if not nnunet_installed():
+            raise SetupError(_("nnunetv2 was not installed ({hint}).").format(hint=NNUNET_INSTALL_HINT))
+
     def startDetection(self, parameterNode: PETCTLesionsParameterNode):
         """Start the model on the study in a PythonSlicer process; returns the job to poll or cancel."""
         from PETCTLesionsLib.detection_job import DetectionJob, DetectionSettings
@@ -643,9 +776,10 @@ class PETCTLesionsLogic(ScriptedLoadableModuleLogic):
         ctNode, petNode = parameterNode.ctVolume, parameterNode.petVolume
         if not ctNode or not petNode:
             raise InputError(_("Choose both a CT and a PET volume (Study panel)."))
-        modelPath = _chosen(parameterNode.modelPath)
+        model = detection_model(parameterNode)
         settings = DetectionSettings(
-            model_path=str(modelPath) if modelPath else None,
+            model_path=str(model.path) if model.path else None,
+            nnunet=model.nnunet,
             device=parameterNode.device,
             threshold=None if parameterNode.useModelThreshold else parameterNode.threshold,
             min_volume_ml=parameterNode.minLesionVolumeMl,
@@ -706,6 +840,36 @@ class PETCTLesionsLogic(ScriptedLoadableModuleLogic):
 
         return delete_lesion(parameterNode.segmentation, segmentId)
 
+    def lesionSegmentation(self, parameterNode: PETCTLesionsParameterNode):
+        """The study's lesion segmentation for the click tools (a new, empty one when there is none), knowing
+        the CT its VOC boxes lie on."""
+        from PETCTLesionsLib.mrml.lesion_edits import lesion_segmentation
+
+        if not parameterNode.petVolume:
+            raise InputError(_("Choose the PET first (Study panel)."))
+        segmentation = lesion_segmentation(parameterNode.petVolume, parameterNode.ctVolume, parameterNode.segmentation)
+        parameterNode.segmentation = segmentation
+        return segmentation
+
+    def showPetMip(self, parameterNode: PETCTLesionsParameterNode) -> None:
+        """The PET as an inverted-grey MIP in the 3D view over the SUV window, with the lesions."""
+        from PETCTLesionsLib.mrml.mip_view import show_pet_mip
+
+        if not parameterNode.petVolume:
+            raise InputError(_("Choose the PET first (Study panel)."))
+        window = parameterNode.suvWindow
+        show_pet_mip(
+            parameterNode.petVolume,
+            (window.minimum, window.maximum),
+            segmentation=parameterNode.segmentation or None,
+        )
+
+    def centreOnMipClick(self, parameterNode: PETCTLesionsParameterNode, nearRas, farRas):
+        """The slice views at the hottest PET voxel on the ray of a click on the MIP; its RAS, or None (a miss)."""
+        from PETCTLesionsLib.mrml.mip_view import centre_on_mip_click
+
+        return centre_on_mip_click(parameterNode.petVolume, nearRas, farRas)
+
     def addBoxOnSlice(self, parameterNode: PETCTLesionsParameterNode, sliceNode, className: str, segmentId=None):
         """A VOC box at the centre of ``sliceNode``'s view (None: the Red view's) on the CT slice shown."""
         from PETCTLesionsLib.mrml.review import add_box_on_slice, view_centre_ras
@@ -728,9 +892,9 @@ class PETCTLesionsLogic(ScriptedLoadableModuleLogic):
 
         if not parameterNode.ctVolume:
             raise InputError(_("Choose the CT and PET first (Study panel)."))
-        rawFolder, datasetName = _chosen(parameterNode.nnunetRawFolder), parameterNode.nnunetDatasetName.strip()
+        rawFolder, datasetName = chosen_path(parameterNode.nnunetRawFolder), parameterNode.nnunetDatasetName.strip()
         dataset = rawFolder / check_dataset_folder_name(datasetName) if rawFolder and datasetName else None
-        vocFolder = _chosen(parameterNode.vocFolder) if parameterNode.exportVoc else None
+        vocFolder = chosen_path(parameterNode.vocFolder) if parameterNode.exportVoc else None
         return export_study(
             parameterNode.ctVolume,
             parameterNode.petVolume,

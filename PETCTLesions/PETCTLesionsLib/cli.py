@@ -91,6 +91,73 @@ SIZE_HELP = "full: 512x512 CT and 200x200 PET slices; small: reduced grids for q
 DEVICE_HELP = "auto (CUDA, then MPS, then CPU), cuda, mps or cpu"
 
 
+MODEL_HELP = (
+    "model manifest (.json), or an nnU-Net v2 trained-model folder (dataset.json, plans.json, "
+    "fold_N/checkpoint_final.pth; its inputs CT and PET, or PET; see --folds): its checkpoints are Python pickles, "
+    "which can run any code when loaded: use only a folder from a source you trust; default: the bundled model"
+)
+
+
+def add_nnunet_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of a --model that is an nnU-Net trained-model folder (refused with any other model)."""
+    group = parser.add_argument_group("nnU-Net model (--model FOLDER)")
+    group.add_argument(
+        "--folds",
+        type=_names_list,
+        default=None,
+        metavar="F,F",
+        help="folds to run and average, e.g. 0,1 or all (fold_all) (default: every fold holding the checkpoint)",
+    )
+    group.add_argument(
+        "--checkpoint",
+        default=None,
+        help="final (checkpoint_final.pth), best (checkpoint_best.pth) or a checkpoint file name (default: final)",
+    )
+    group.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="mirroring test-time augmentation, nnU-Net's: up to 8 passes per tile (default: on with CUDA, off on "
+        "the CPU and MPS)",
+    )
+    group.add_argument(
+        "--tile-step",
+        type=_number(float, low=0, high=1, low_open=True),
+        default=None,
+        help="sliding-window step as a fraction of the model's patch (default: nnU-Net's 0.5)",
+    )
+    group.add_argument(
+        "--lesion-labels",
+        type=_names_list,
+        default=None,
+        metavar="L,L",
+        help="the model's labels (names or values) that are lesions (default: every label but background)",
+    )
+
+
+def _names_list(text: str) -> Tuple[str, ...]:
+    """A comma-separated list of names or numbers (folds, labels), none empty."""
+    names = tuple(part.strip() for part in text.split(","))
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"must be names or numbers separated by commas, got {text!r}")
+    return names
+
+
+def _nnunet_options(args: argparse.Namespace):
+    """The nnU-Net options given (None when none is: the defaults, and no refusal with a manifest)."""
+    from .model.nnunet_model import NnUNetOptions
+
+    given = {
+        "folds": args.folds,
+        "checkpoint": args.checkpoint,
+        "tta": args.tta,
+        "tile_step": args.tile_step,
+        "lesion_labels": args.lesion_labels,
+    }
+    given = {key: value for key, value in given.items() if value is not None}
+    return NnUNetOptions(**given) if given else None
+
+
 def _print_progress(fraction: float, message: str) -> None:
     print(f"[{fraction * 100:5.1f}%] {message}", flush=True)
 
@@ -270,6 +337,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         pictures=not args.no_pictures,
         overwrite=args.overwrite,
         pet_series_uids=tuple(args.pet_series),
+        nnunet=_nnunet_options(args),
     )
     results = predict([Path(p) for p in args.paths], Path(args.out), options, progress=_print_progress)
     failed = 0
@@ -320,12 +388,57 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# The growth rules simulate-clicks offers (PERCIST needs a liver reference, which no simulated reader places),
+# each with the value a reader would start from: 41% of SUVmax, SUV 2.5, or the model's probability at 0.2.
+RULE_DEFAULT_VALUES = {"percent_of_max": 0.41, "fixed_suv": 2.5, "probability": 0.2}
+
+
+def _cmd_simulate_clicks(args: argparse.Namespace) -> int:
+    import json
+
+    from .click_studies import ClickStudyOptions, mean_table, results_json, simulate_click_studies, study_table
+    from .interactive.prompts import GrowthRule, PromptOptions
+    from .predict import PredictionOptions
+
+    for path in [*args.paths, args.ref]:
+        if not Path(path).exists():
+            raise InputError(f"{path}: no such file or folder")
+    value = RULE_DEFAULT_VALUES[args.rule] if args.rule_value is None else args.rule_value
+    options = ClickStudyOptions(
+        clicks=args.clicks,
+        protocol=args.protocol,
+        prompt=PromptOptions(rule=GrowthRule(args.rule, value)),
+        prediction=PredictionOptions(
+            model_path=Path(args.model) if args.model else None,
+            nnunet=_nnunet_options(args),
+            device=args.device,
+            threshold=args.threshold,
+            pictures=False,
+        ),
+    )
+    # With --json, stdout is the JSON alone (`| jq`, json.loads); progress and tables go to the terminal.
+    readable = sys.stderr if args.json else sys.stdout
+
+    def progress(fraction: float, message: str) -> None:
+        print(f"[{fraction * 100:5.1f}%] {message}", file=readable, flush=True)
+
+    results = simulate_click_studies([Path(p) for p in args.paths], Path(args.ref), options, progress=progress)
+    for result in results:
+        print(study_table(result), file=readable)
+    print(f"growth rule: {options.prompt.rule.describe()}", file=readable)
+    print(mean_table(results), file=readable)
+    if args.json:
+        print(json.dumps(results_json(results, options), indent=2))
+    return EXIT_NOT_ALL_DONE if any(result.error for result in results) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="petct-lesions",
         description="PET/CT lesion tools: inspect DICOM studies (info), detect lesions in them (predict), convert "
-        "annotations between DICOM, PASCAL VOC and nnU-Net (convert), score predictions (evaluate), train the "
-        "model (train), generate synthetic studies (synth) and run it all on a demo study (demo). Exit status: "
+        "annotations between DICOM, PASCAL VOC and nnU-Net (convert), score predictions (evaluate), correct the "
+        "model's lesions with simulated clicks (simulate-clicks), train the model (train), generate synthetic "
+        "studies (synth) and run it all on a demo study (demo). Exit status: "
         "0 done, 1 a study could not be processed (none of its files is left) or convert could not write an export "
         "(each line says why), 2 refused before starting: bad arguments or input (the message says why), 3 an "
         "internal error (a bug: the traceback is printed; please report it), 130 cancelled.",
@@ -409,14 +522,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = commands.add_parser(
         "predict",
-        help="detect lesions in DICOM PET/CT studies (or an nnU-Net dataset) with the bundled model",
+        help="detect lesions in DICOM PET/CT studies (or an nnU-Net dataset) with the bundled model or your own",
         description="Run the lesion model on every PET/CT study under the paths (any layout, many patients) and "
         "write per study a lesion table (CSV), pictures, an nnU-Net case with the predicted label and VOC boxes "
-        "on the CT slices. Given an nnU-Net raw dataset folder, write <case>.nii.gz predictions instead.",
+        "on the CT slices. Given an nnU-Net raw dataset folder, write <case>.nii.gz predictions instead. "
+        "--model takes a model manifest or an nnU-Net v2 trained-model folder (e.g. a published autoPET model), "
+        "which nnU-Net's own predictor runs (pip install nnunetv2); its lesions go through the same measurements, "
+        "boxes and exports.",
     )
     pr.add_argument("paths", nargs="+", help="DICOM files/folders, or one nnU-Net raw dataset folder")
     pr.add_argument("--out", required=True, help="output folder")
-    pr.add_argument("--model", help="model manifest (.json); default: the bundled model")
+    pr.add_argument("--model", help=MODEL_HELP)
     pr.add_argument("--device", default="auto", help=f"{DEVICE_HELP} {DEFAULT}")
     pr.add_argument(
         "--threshold", type=PROBABILITY, default=None, help="lesion probability threshold (default: the model's)"
@@ -434,6 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="process this PET series (SeriesInstanceUID, as `info` lists them) instead of its study's preferred "
         "one, e.g. the non-attenuation-corrected images; repeat for series of other studies",
     )
+    add_nnunet_arguments(pr)
     pr.set_defaults(func=_cmd_predict)
 
     ev = commands.add_parser(
@@ -458,6 +575,57 @@ def build_parser() -> argparse.ArgumentParser:
         "when a reference case has no prediction, as nnU-Net's evaluation without --chill)",
     )
     ev.set_defaults(func=_cmd_evaluate)
+
+    sc = commands.add_parser(
+        "simulate-clicks",
+        help="interactive benchmark: the model's lesions corrected by N simulated clicks, scored after each",
+        description="Detect the lesions of every study under the paths (as predict: DICOM studies or an nnU-Net "
+        "dataset), then let a simulated reader correct them with --clicks steps of positive (add, grow) and "
+        "negative (remove) clicks through the prompt engine, and print per step the Dice, FPV and FNV (autoPET), "
+        "lesion sensitivity, false-positive lesions and seconds per click, per study and as the mean over "
+        "studies, and the AUC over steps (the trapezoid over steps 0..N divided by N). Nothing is written.",
+    )
+    sc.add_argument("paths", nargs="+", help="DICOM files/folders, or one nnU-Net raw dataset folder (as predict)")
+    sc.add_argument(
+        "--ref",
+        required=True,
+        help="reference labels on the PET grid: a folder of <case id>.nii.gz (as evaluate's --ref, e.g. a labelsTr "
+        "folder), or one label file for a single study; binary or one number per lesion",
+    )
+    sc.add_argument("--clicks", type=POSITIVE_INT, default=10, help=f"correction steps after the detection {DEFAULT}")
+    sc.add_argument(
+        "--protocol",
+        choices=("corrective", "autopet4"),
+        default="corrective",
+        help="corrective: each step clicks the largest remaining error (a missed lesion or part: positive; a "
+        "false-positive lesion: negative) at its point farthest from its border; autopet4: autoPET IV's "
+        f"simulator (one tumour and one background click per step, placed once from the reference) {DEFAULT}",
+    )
+    sc.add_argument(
+        "--rule",
+        choices=tuple(RULE_DEFAULT_VALUES),
+        default="percent_of_max",
+        help=f"how a positive click grows its lesion: a fraction of its SUVmax, a fixed SUV or the model's "
+        f"probability {DEFAULT}",
+    )
+    sc.add_argument(
+        "--rule-value",
+        type=POSITIVE_FLOAT,
+        default=None,
+        help="the rule's value: fraction of SUVmax (default 0.41), SUV (default 2.5) or probability (default 0.2)",
+    )
+    sc.add_argument("--model", help=MODEL_HELP)
+    sc.add_argument("--device", default="auto", help=f"{DEVICE_HELP} {DEFAULT}")
+    sc.add_argument(
+        "--threshold", type=PROBABILITY, default=None, help="lesion probability threshold (default: the model's)"
+    )
+    sc.add_argument(
+        "--json",
+        action="store_true",
+        help="print the per-study and mean curves as JSON, alone on stdout (progress and tables go to stderr)",
+    )
+    add_nnunet_arguments(sc)
+    sc.set_defaults(func=_cmd_simulate_clicks)
 
     tr = commands.add_parser(
         "train",
@@ -549,7 +717,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-MODEL_COMMANDS = ("demo", "predict", "train")  # the commands that run the network
+MODEL_COMMANDS = ("demo", "predict", "train", "simulate-clicks")  # the commands that run the network
 
 
 # Which torch to install depends on the computer (CUDA, ROCm, CPU; Intel Macs have no build after 2.2.2).

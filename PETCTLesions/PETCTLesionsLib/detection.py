@@ -73,12 +73,10 @@ def detect_lesions(
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelCallback] = None,
 ) -> Detection:
-    """Run ``model`` (a weights.LoadedModel) on one study and measure what it finds."""
-    from .model.inference import predict_probability  # torch is imported only when detection runs
-
+    """Run ``model`` (a weights.LoadedModel, or an nnunet_model.NnUNetModel: both have ``threshold`` and
+    ``predict_probability``) on one study and measure what it finds."""
     threshold = model.threshold if threshold is None else float(threshold)
-    result = predict_probability(
-        model.network,
+    result = model.predict_probability(
         ct_hu_on_pet,
         pet_suv,
         pet_grid.spacing,

@@ -46,6 +46,7 @@ from .geometry import Grid
 from .hugepages import environment_with_huge_pages
 from .jobs import sub_progress
 from .measurements import LesionMeasurement
+from .model.nnunet_model import NnUNetOptions, load_detection_model
 
 PROGRESS_PREFIX = "PETCTLESIONS-PROGRESS"
 RESULT_FILE = "result.json"
@@ -64,10 +65,16 @@ _LIBRARY_PARENT = Path(__file__).resolve().parents[1]  # the folder that holds P
 class DetectionSettings:
     """What the user chose for one detection run (``None`` threshold: the model's own)."""
 
-    model_path: Optional[str] = None  # model manifest (.json); None: the bundled model
+    model_path: Optional[str] = None  # model manifest (.json) or nnU-Net trained-model folder; None: the bundled model
     device: str = "auto"  # auto, cuda, mps or cpu
     threshold: Optional[float] = None
     min_volume_ml: float = 0.0
+    nnunet: Optional[NnUNetOptions] = None  # folds, checkpoint, ... of an nnU-Net model folder; None: its defaults
+
+    @classmethod
+    def from_json(cls, content: Dict[str, object]) -> DetectionSettings:
+        """The settings as ``asdict`` wrote them into the job file (the nnU-Net options as an object)."""
+        return cls(**{**content, "nnunet": NnUNetOptions.from_json(content.get("nnunet"))})
 
 
 @dataclass
@@ -285,14 +292,13 @@ def read_result(job_dir: Path, pet_grid: Grid) -> Detection:
 def run_job(job_dir: Path) -> None:
     """The worker: read the inputs, detect, write the result (lesion map first, result.json last)."""
     from .detection import detect_lesions
-    from .model.weights import load_model
 
     _start_watchdog(job_dir)
     job = json.loads((job_dir / "job.json").read_text(encoding="utf-8"))
-    settings = DetectionSettings(**job["settings"])
+    settings = DetectionSettings.from_json(job["settings"])
     pet_grid = _grid_from_json(job["pet_grid"])
     report_progress(0.0, "loading the model")
-    model = load_model(settings.model_path)
+    model = load_detection_model(settings.model_path, settings.nnunet)
     ct_hu = np.load(job_dir / "ct_hu.npy")
     pet_suv = np.load(job_dir / "pet_suv.npy")
     found = detect_lesions(

@@ -154,8 +154,8 @@ def label_pairs(prediction: Path, reference: Path, partial: bool = False) -> Lab
         return LabelPairs([(reference.name, prediction, reference)])
     if not (prediction.is_dir() and reference.is_dir()):
         raise InputError(f"--pred {prediction} and --ref {reference} must both be label files or both folders")
-    references = _label_files(reference)
-    predictions = _label_files(prediction)
+    references = label_files(reference)
+    predictions = label_files(prediction)
     if not references:
         raise InputError(f"{reference}: no {LABEL_ENDING} label file to evaluate against")
     unpredicted = [path for name, path in references.items() if name not in predictions]
@@ -173,7 +173,8 @@ def label_pairs(prediction: Path, reference: Path, partial: bool = False) -> Lab
     return LabelPairs(pairs, unpredicted=unpredicted, unreferenced=unreferenced)
 
 
-def _label_files(folder: Path) -> Dict[str, Path]:
+def label_files(folder: Path) -> Dict[str, Path]:
+    """The ``<case>.nii.gz`` label files in ``folder`` by file name."""
     # Hidden files (".case.nii.gz": macOS resource forks, editors' leftovers) are not cases.
     return {
         p.name: p
@@ -191,7 +192,7 @@ def evaluate_label_files(pairs: Sequence[Tuple[str, Path, Path]]) -> Evaluation:
 
     result = Evaluation()
     for name, predicted_path, reference_path in pairs:
-        predicted, reference = (_read_label(path) for path in (predicted_path, reference_path))
+        predicted, reference = (read_label(path) for path in (predicted_path, reference_path))
         if not Grid.from_sitk(predicted).same_as(Grid.from_sitk(reference), tolerance_mm=1e-3):
             raise InputError(
                 f"{predicted_path}: grid {Grid.from_sitk(predicted).describe()} differs from the reference "
@@ -206,7 +207,8 @@ def evaluate_label_files(pairs: Sequence[Tuple[str, Path, Path]]) -> Evaluation:
     return result
 
 
-def _read_label(path: Path):
+def read_label(path: Path):
+    """A label file as a SimpleITK image, checked whole (``formats.nifti.read_nifti``)."""
     from .formats.nifti import read_nifti
 
     # Checked whole: SimpleITK alone reads a cut-short or damaged file, and NaN voxels as 0.

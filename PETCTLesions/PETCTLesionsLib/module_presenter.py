@@ -28,8 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterator, List, Optional, Protocol, Sequence, Tuple, TypeVar
 
-from .errors import ISSUES_URL, Cancelled, PETCTLesionsError
+from .errors import ISSUES_URL, Cancelled, InputError, PETCTLesionsError
 from .jobs import CancelCallback, ProgressCallback
+from .model.nnunet_model import NnUNetOptions, choose_folds
 
 T = TypeVar("T")
 Translate = Callable[[str], str]
@@ -37,6 +38,8 @@ Translate = Callable[[str], str]
 INFO, WARNING, ERROR = "info", "warning", "error"
 # Where the user can say "don't show this again" to the note on detection with this PyTorch (a settings key).
 PLATFORM_NOTE_SETTINGS_KEY = "PETCTLesions/DontShowTorchPlatformNote"
+# The parameter node's modelKind choices: the bundled model (or a manifest the user trained), or an nnU-Net folder.
+BUNDLED_MODEL, NNUNET_MODEL = "Bundled", "nnU-Net model folder"
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ class ButtonState:
     add_box: bool  # a CT to draw the box on
     export: bool  # a study to export
     threshold: bool  # the threshold slider: the user's own threshold, not the model's
+    click_tools: bool = False  # "Add lesion by click", "Remove by click", the PET MIP: a PET to click on
 
 
 class PanelView(Protocol):
@@ -106,8 +110,18 @@ class PanelView(Protocol):
     def open_segment_editor(self, segmentation: Any, source_volume: Any, segment_id: Optional[str]) -> None:
         """Switch to the Segment Editor on ``segmentation`` (thresholds on ``source_volume``), at ``segment_id``."""
 
+    def open_lesion_effect(self, segmentation: Any, source_volume: Any, mode: str) -> None:
+        """Switch to the Segment Editor on ``segmentation`` with ``source_volume`` (the PET in SUV) as source
+        volume, its "PET lesion" effect active in ``mode`` (``interactive.editor_options``: "add", "remove")."""
+
+    def show_mip_view(self) -> None:
+        """A layout with the 3D view that shows the PET MIP; its clicks go to :meth:`ModulePresenter.mip_clicked`."""
+
     def show_export_summary(self, text: str) -> None:
         """What the export wrote and left alone."""
+
+    def show_model_choice(self, nnunet: bool, text: str) -> None:
+        """The nnU-Net folder's fields shown (``nnunet``) or the bundled model's, and the folder's description."""
 
 
 def table_cells(row: Any) -> Tuple[str, ...]:
@@ -143,6 +157,54 @@ def error_message(failure: str, error: BaseException, details: str, tr: Translat
     return Message(ERROR, f"{text}\n\n{bug.format(url=ISSUES_URL)}", details=details)
 
 
+def chosen_path(path: Any) -> Optional[Path]:
+    """A path the user chose, or None for an empty field (the parameter node stores it as '.')."""
+    return None if path is None or str(path) in ("", ".") else Path(path)
+
+
+def parse_folds(text: str) -> Optional[Tuple[str, ...]]:
+    """The folds field: empty -> None (every fold that holds the checkpoint, ensembled); "0, 1" or "0 1" ->
+    ("0", "1"); "all" is nnU-Net's fold_all (a model trained on all cases). Anything else: InputError."""
+    folds = tuple(fold for fold in text.replace(",", " ").split() if fold)
+    bad = [fold for fold in folds if not (fold.isdigit() or fold == "all")]
+    if bad:
+        raise InputError(f"folds: {bad[0]!r} is not a fold number (0, 1, ...) or 'all'; leave empty for every fold")
+    return folds or None
+
+
+@dataclass(frozen=True)
+class DetectionModel:
+    """The model a detection run uses, as the Detect panel chose it."""
+
+    path: Optional[Path]  # a model manifest (.json) or an nnU-Net trained-model folder; None: the bundled model
+    nnunet: Optional[NnUNetOptions] = None  # with an nnU-Net folder: folds, checkpoint, mirroring
+
+
+def detection_model(parameters: Any) -> DetectionModel:
+    """The model and options the parameter node's Detect fields choose (modelKind, modelPath, nnunet*)."""
+    if parameters.modelKind != NNUNET_MODEL:
+        return DetectionModel(chosen_path(parameters.modelPath))
+    folder = chosen_path(parameters.nnunetFolder)
+    if folder is None:
+        raise InputError("Choose an nnU-Net trained-model folder (Detect panel), or the bundled model.")
+    options = NnUNetOptions(
+        folds=parse_folds(parameters.nnunetFolds),
+        checkpoint=parameters.nnunetCheckpoint,
+        tta=bool(parameters.nnunetTta),
+    )
+    return DetectionModel(folder, options)
+
+
+def nnunet_model_text(info: Any) -> str:
+    """What the panel's model box shows for an nnU-Net folder (``model.nnunet_model.NnUNetModelInfo``): its
+    name, inputs and what feeds each, labels, folds and checkpoints, and its licence text when it has one.
+    (The pickle warning, :data:`.model.nnunet_model.PICKLE_WARNING`, stands beside the folder picker.)"""
+    lines = list(info.summary())
+    if info.licence:
+        lines += ["", f"----- {info.licence_file.name} -----", info.licence]
+    return "\n".join(lines)
+
+
 class _Attempt:
     """What a block run by ``ModulePresenter._attempt`` came to: ``failed`` once it raised (and was shown)."""
 
@@ -171,6 +233,8 @@ class ModulePresenter:
         self._selected_segment: Optional[str] = None  # the selected lesion's segment ID
         self._platform_note_shown = False  # the note on this PyTorch: once a session
         self._refreshing = False  # the view is being redrawn: its selection signals are ours, not the user's
+        self._described_folder: Optional[Path] = None  # the nnU-Net folder whose description the panel shows
+        self._model_text = ""  # that description (or why the folder cannot be used)
 
     # ------------------------------------------------------------------ what the panel shows
 
@@ -211,6 +275,7 @@ class ModulePresenter:
             add_box=bool(params and params.ctVolume),
             export=has_study,
             threshold=bool(params) and not params.useModelThreshold,
+            click_tools=bool(params and params.petVolume),
         )
 
     def _update_buttons(self) -> None:
@@ -245,10 +310,12 @@ class ModulePresenter:
         table measured quietly."""
         self._parameters = parameters
         self._view.show_progress(self._progress, self._status)
+        self._show_model_choice()
         self.refresh_table(quiet=True)
 
     def parameters_changed(self) -> None:
-        """A parameter changed (a volume chosen, a box ticked): what can be done now."""
+        """A parameter changed (a volume chosen, a box ticked, a model folder picked): what can be done now."""
+        self._show_model_choice()
         self._update_buttons()
 
     def scene_closing(self) -> None:
@@ -346,6 +413,49 @@ class ModulePresenter:
         if self._parameters is not None:
             self._parameters.modelPath = Path()  # what the Logic reads as "the bundled model"
 
+    def _show_model_choice(self) -> None:
+        """The Detect panel's model fields: an nnU-Net folder is described once when picked (JSON and file names
+        only, nothing unpickled); why it cannot be used is shown in its place, not as a dialog, while the user
+        browses (Detect says it as a dialog)."""
+        params = self._parameters
+        nnunet = params is not None and params.modelKind == NNUNET_MODEL
+        folder = chosen_path(params.nnunetFolder) if nnunet else None
+        if nnunet and (folder != self._described_folder or not self._model_text):
+            self._described_folder = folder
+            self._model_text = self._describe_nnunet_folder(folder)
+        self._view.show_model_choice(nnunet, self._model_text if nnunet else "")
+
+    def _describe_nnunet_folder(self, folder: Optional[Path]) -> str:
+        if folder is None:
+            return self._tr("Choose the folder nnU-Net's training wrote (dataset.json, plans.json, fold_N/).")
+        with self._attempt(self._tr("Failed to read the nnU-Net model folder.")):
+            try:
+                return nnunet_model_text(self._logic.describeNnUNetModel(folder))
+            except PETCTLesionsError as error:  # the folder's fault, said in the box
+                return f"{self._tr('This folder cannot be used:')} {error}"
+        return ""  # a bug, shown as a dialog by _attempt
+
+    def _ensure_nnunet(self, model: DetectionModel) -> bool:
+        """The chosen nnU-Net folder can run (else a dialog says why) and nnunetv2 is installed, or the user
+        agreed to install it; False when the user declined (the status line says what is missing)."""
+        info = self._logic.describeNnUNetModel(model.path)  # the folder as it is now, not as it was picked
+        self._described_folder, self._model_text = model.path, nnunet_model_text(info)
+        self._view.show_model_choice(True, self._model_text)
+        choose_folds(info, model.nnunet)  # the folds asked for hold the checkpoint asked for
+        if self._logic.nnunetInstalled():
+            return True
+        requirements = self._logic.nnunetRequirements()
+        question = self._tr(
+            "Running an nnU-Net model needs the Python package nnunetv2, which is not installed.\n\n"
+            "Install it now ({requirements})? pip downloads it and its dependencies from the Python Package "
+            "Index, which can take several minutes; the installed PyTorch is kept."
+        ).format(requirements=" ".join(requirements))
+        if not self._view.confirm(question):
+            self._show_progress(None, self._tr("Running an nnU-Net model needs nnunetv2, which was not installed."))
+            return False
+        self._logic.installNnUNet(requirements)
+        return True
+
     def detect_or_cancel(self) -> None:
         """The Detect button: start a run in the background, or cancel the one running."""
         if self._job is not None:
@@ -353,9 +463,12 @@ class ModulePresenter:
             self._show_progress(None, self._tr("Cancelled: nothing was added."))
             return
         with self._attempt(self._tr("Failed to start lesion detection."), busy=True):
+            model = detection_model(self._parameters)
             if not self._logic.ensureTorch():
                 text = self._tr("Lesion detection needs PyTorch {requirement}, which was not installed.")
                 self._show_progress(None, text.format(requirement=self._logic.torchRequirement))
+                return
+            if model.nnunet is not None and not self._ensure_nnunet(model):
                 return
             self._show_platform_note()
             self._job = self._logic.startDetection(self._parameters)
@@ -508,6 +621,34 @@ class ModulePresenter:
             return
         row = self.selected_row
         self._view.open_segment_editor(params.segmentation, params.petVolume or None, row.segment_id if row else None)
+
+    def correct_by_click(self, mode: str) -> None:
+        """The buttons "Add lesion by click" and "Remove by click": the Segment Editor's PET lesion effect in
+        ``mode`` ("add", "remove") on the study's lesions (a new, empty segmentation when there are none yet),
+        the PET as source volume."""
+        params = self._parameters
+        if not (params and params.petVolume):
+            self._view.show_message(Message(WARNING, self._tr("Choose the PET first (Study panel).")))
+            return
+        with self._attempt(self._tr("Failed to open the PET lesion effect.")) as attempt:
+            segmentation = self._logic.lesionSegmentation(params)
+        if not attempt.failed:
+            self._view.open_lesion_effect(segmentation, params.petVolume, mode)
+
+    def show_pet_mip(self) -> None:
+        """The PET as an inverted-grey MIP in the 3D view, in the SUV window, with the lesions."""
+        with self._attempt(self._tr("Failed to show the PET MIP."), busy=True) as attempt:
+            self._logic.showPetMip(self._parameters)
+        if not attempt.failed:
+            self._view.show_mip_view()
+
+    def mip_clicked(self, near_ras: Tuple[float, float, float], far_ras: Tuple[float, float, float]) -> None:
+        """A click on the MIP (the ray under the mouse, from the view's near to its far plane): the slice views
+        go to the hottest PET voxel along it."""
+        if not (self._parameters and self._parameters.petVolume):
+            return
+        with self._attempt(self._tr("Failed to go to the hot spot.")):
+            self._logic.centreOnMipClick(self._parameters, near_ras, far_ras)
 
     def add_box(self, class_name: str) -> None:
         """A VOC box of ``class_name`` on the slice shown, for the selected lesion (if any)."""

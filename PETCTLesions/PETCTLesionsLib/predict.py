@@ -49,6 +49,7 @@ from .geometry import Grid, lps_to_ras
 from .jobs import CancelCallback, ProgressCallback
 from .lesions import SliceBox
 from .measurements import LesionMeasurement
+from .model.nnunet_model import NnUNetOptions, load_detection_model
 from .resampling import resample_ct_to_pet
 
 if TYPE_CHECKING:
@@ -91,7 +92,8 @@ LESION_COLUMNS = IDENTITY_COLUMNS + (
 
 @dataclass
 class PredictionOptions:
-    model_path: Optional[Path] = None  # model manifest; None: the bundled model
+    model_path: Optional[Path] = None  # model manifest or nnU-Net trained-model folder; None: the bundled model
+    nnunet: Optional[NnUNetOptions] = None  # an nnU-Net model's folds, checkpoint, mirroring, ...; None: its defaults
     device: str = "auto"
     threshold: Optional[float] = None  # None: the model's own
     min_volume_ml: float = 0.0
@@ -252,12 +254,11 @@ def predict(
 ) -> List[StudyPrediction]:
     """Detect lesions in every study under ``paths`` and write the results under ``out_dir``."""
     from .model.inference import choose_working_device
-    from .model.weights import load_model
 
     report = progress or (lambda fraction, message: None)
     check_options(options)
     refuse_output_inside_inputs(paths, Path(out_dir))
-    model = load_model(options.model_path)
+    model = load_detection_model(options.model_path, options.nnunet)  # imports torch (and nnunetv2) only here
     choose_working_device(options.device)  # a misspelt, missing or unusable device fails here, before any study
     if len(paths) == 1 and is_nnunet_dataset(Path(paths[0])):
         return _predict_dataset(Path(paths[0]), Path(out_dir), model, options, report, cancel)
@@ -442,9 +443,12 @@ def _dicom_outputs(out_dir: Path, case_id: str) -> List[Path]:
     return [out_dir / case_id / "lesions.csv", *nnunet.case_paths(dataset, case_id).values()]
 
 
-def _predict_loaded(loaded, case_id: str, out_dir: Path, model, options, cancel, notes: List[str]):
+def detect_in_study(
+    loaded: LoadedStudy, model, options: PredictionOptions, cancel: Optional[CancelCallback] = None
+) -> Tuple[Detection, sitk.Image]:
+    """A loaded DICOM study's lesions, found by ``model`` (a weights.LoadedModel) with ``options``' threshold,
+    minimum volume and device; and the CT resampled onto the PET grid that the model was given."""
     pet_grid = Grid.from_sitk(loaded.pet_suv)
-    ct_grid = Grid.from_sitk(loaded.ct)
     ct_on_pet = resample_ct_to_pet(loaded.ct, pet_grid)
     pet = sitk.GetArrayFromImage(loaded.pet_suv).astype(np.float32)
     found = detect_lesions(
@@ -457,6 +461,29 @@ def _predict_loaded(loaded, case_id: str, out_dir: Path, model, options, cancel,
         device=options.device,
         cancel=cancel,
     )
+    return found, ct_on_pet
+
+
+def detect_in_case(
+    case: nnunet.NnUNetCase, model, options: PredictionOptions, cancel: Optional[CancelCallback] = None
+) -> Detection:
+    """An nnU-Net case's lesions (its CT already lies on the PET grid), as :func:`detect_in_study`."""
+    return detect_lesions(
+        model,
+        sitk.GetArrayViewFromImage(case.ct).astype(np.float32),
+        sitk.GetArrayViewFromImage(case.pet).astype(np.float32),
+        Grid.from_sitk(case.pet),
+        threshold=options.threshold,
+        min_volume_ml=options.min_volume_ml,
+        device=options.device,
+        cancel=cancel,
+    )
+
+
+def _predict_loaded(loaded, case_id: str, out_dir: Path, model, options, cancel, notes: List[str]):
+    pet_grid = Grid.from_sitk(loaded.pet_suv)
+    ct_grid = Grid.from_sitk(loaded.ct)
+    found, ct_on_pet = detect_in_study(loaded, model, options, cancel)
     # Once, for the boxes and the pictures: the lesions traced at CT resolution.
     lesion_map_ct, boxes = lesions_on_ct(found.lesion_map, pet_grid, ct_grid, found.probability, found.threshold)
     annotations, voc_folder = _voc_annotations(loaded, ct_grid, boxes, out_dir, notes)
@@ -557,16 +584,7 @@ def _predict_dataset(dataset: Path, out_dir: Path, model, options, report, cance
             _refuse_earlier_results([label_path, out_dir / f"{case_id}_lesions.csv"], options.overwrite)
             case = nnunet.read_case(dataset, case_id, images_only=True)  # labels are not needed, maybe not there
             pet_grid = Grid.from_sitk(case.pet)
-            result.detection = detect_lesions(
-                model,
-                sitk.GetArrayViewFromImage(case.ct).astype(np.float32),
-                sitk.GetArrayViewFromImage(case.pet).astype(np.float32),
-                pet_grid,
-                threshold=options.threshold,
-                min_volume_ml=options.min_volume_ml,
-                device=options.device,
-                cancel=cancel,
-            )
+            result.detection = detect_in_case(case, model, options, cancel)
             # The label and the lesion table of a case are one unit: both or neither.
             with StagedOutputs(out_dir, options.overwrite) as staging, _named_as_targets(staging):
                 staged_label = staging.path(label_path)

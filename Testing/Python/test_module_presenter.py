@@ -53,6 +53,7 @@ class RecordingView:
         self.press_cancel = False  # the user presses Cancel in the load's progress dialog
         self.segment_editor: Optional[Tuple[Any, Any, Optional[str]]] = None
         self.summary = ""
+        self.model_choice: Optional[Tuple[bool, str]] = None  # (the nnU-Net fields shown, the folder's description)
 
     # Qt's QTableWidget emits itemSelectionChanged when the selection changes, also from code.
     def _select(self, index: Optional[int]) -> None:
@@ -111,6 +112,9 @@ class RecordingView:
 
     def show_export_summary(self, text):
         self.summary = text
+
+    def show_model_choice(self, nnunet, text):
+        self.model_choice = (nnunet, text)
 
 
 @dataclass
@@ -271,7 +275,12 @@ def parameters(**values) -> types.SimpleNamespace:
         demoSeed=1,
         ctPreset="Mediastinum",
         segmentation=None,
+        modelKind="Bundled",
         modelPath=Path(),
+        nnunetFolder=Path(),
+        nnunetFolds="",
+        nnunetCheckpoint="final",
+        nnunetTta=False,
         useModelThreshold=True,
     )
     for name, value in values.items():

@@ -390,7 +390,7 @@ def channel_suffixes(dataset_dir: Path) -> Dict[str, str]:
     return _suffixes_of_channel_names(content["channel_names"], path)
 
 
-def _channel_kind(name: str) -> Optional[str]:
+def channel_kind(name: str) -> Optional[str]:
     """ "ct", "pet", "scheme" (an nnU-Net normalisation scheme) or None for a name that is none of them."""
     key = re.sub(r"[\s_-]", "", name.casefold())
     if key in _CT_NAMES:
@@ -408,7 +408,7 @@ def _suffixes_of_channel_names(names: object, path: Path) -> Dict[str, str]:
         raise NnUNetError(
             f"{path}: channel_names {shown} has {len(names)} channel(s); a PET/CT case has two, CT and PET"
         )
-    kinds = {key: _channel_kind(value) for key, value in names.items()}
+    kinds = {key: channel_kind(value) for key, value in names.items()}
     unknown = [value for key, value in names.items() if kinds[key] is None]
     if unknown:
         raise NnUNetError(f"{path}: channel_names {shown}: {unknown[0]!r} is neither CT nor PET; {_NAMES_UNDERSTOOD}")

@@ -27,12 +27,15 @@ import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Sequence, Union
 
+import numpy as np
 import torch
 
 from ..errors import ModelFileError
 from ..fileio import atomic_output, atomic_write_text, is_inside, is_safe_file_name
+from ..jobs import CancelCallback, ProgressCallback
+from . import inference
 from .network import ARCHITECTURE, ARCHITECTURE_VERSION, LesionUNet
 from .preprocessing import WORKING_SPACING_MM
 
@@ -56,6 +59,22 @@ class LoadedModel:
     @property
     def name(self) -> str:
         return str(self.manifest.get("name", self.manifest_path.stem))
+
+    def predict_probability(
+        self,
+        ct_hu_on_pet: np.ndarray,
+        pet_suv: np.ndarray,
+        pet_spacing_xyz: Sequence[float],
+        device: str = "auto",
+        tile: Optional[Sequence[int]] = None,
+        progress: Optional[ProgressCallback] = None,
+        cancel: Optional[CancelCallback] = None,
+    ) -> inference.ProbabilityResult:
+        """The lesion probability on the PET grid (:func:`.inference.predict_probability` with this network);
+        an nnU-Net model (:class:`.nnunet_model.NnUNetModel`) answers the same call."""
+        return inference.predict_probability(
+            self.network, ct_hu_on_pet, pet_suv, pet_spacing_xyz, device, tile, progress, cancel
+        )
 
 
 def bundled_manifest_path() -> Path:

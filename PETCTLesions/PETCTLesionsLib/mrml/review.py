@@ -4,9 +4,10 @@ The table is measured from the segments as they are now (after any Segment Edito
 never from numbers stored at detection time, so it always describes what will be exported.
 Review decisions live on the segments as tags, saved with the scene:
 
-- ``PETCTLesions.status``: "accepted" or "rejected" (absent: not reviewed yet). A rejected
-  lesion is hidden with its boxes and left out of every export, but kept so the decision can
-  be undone; deleting removes the segment and its boxes.
+- ``PETCTLesions.status``: "accepted" or "rejected" (absent: not reviewed yet), or "added" for a
+  lesion the reader added by a click (``mrml/lesion_edits.py``; kept and exported like an accepted
+  one until accepted or rejected). A rejected lesion is hidden with its boxes and left out of every
+  export, but kept so the decision can be undone; deleting removes the segment and its boxes.
 - ``PETCTLesions.class``: the VOC class (A, B, E or G) of the lesion's boxes.
 
 Box markups belong to a lesion through their ``PETCTLesions.segmentID`` attribute.
@@ -35,6 +36,7 @@ from .volumes import grid_from_volume_node, volume_node_from_image
 STATUS_TAG = "PETCTLesions.status"
 CLASS_TAG = "PETCTLesions.class"
 ACCEPTED, REJECTED = "accepted", "rejected"
+ADDED = "added"  # added by the reader with a click (lesion_edits), not by detection
 NEW_BOX_SIZE_MM = 30.0  # a box added where no lesion is drawn: about a typical nodule's reach
 
 
@@ -45,7 +47,7 @@ class LesionRow:
     segment_id: str
     name: str
     class_name: str  # A, B, E, G or "" (unknown)
-    status: str  # "accepted", "rejected" or "" (not reviewed)
+    status: str  # "accepted", "rejected", "added" (by a click) or "" (not reviewed)
     voxels: int
     mtv_ml: float
     suv_max: float
