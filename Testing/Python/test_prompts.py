@@ -409,3 +409,29 @@ def test_a_click_on_a_lesion_beside_the_bladder_or_a_kidney_does_not_leak_into_i
     assert np.count_nonzero(found & organ_mask) == 0
     assert np.count_nonzero(found & truth) >= 0.9 * np.count_nonzero(truth)
     assert np.count_nonzero(found) <= 2 * np.count_nonzero(truth)
+
+
+def test_a_region_that_leaks_to_the_growth_bound_is_grown_again_higher():
+    # A hot spot (SUVmax 4) touching a thin band of uptake at SUV 1.8 (a vessel, a ureter), just above 41%
+    # of its SUVmax (1.64), in a background of SUV 1: at 41% the region runs along the band to the 40 mm
+    # bound. The threshold is raised by 15% of the way to SUVmax (1.64 + 0.15 x 2.36 = 1.99): the band
+    # falls away and the spot alone is taken.
+    grid = Grid((60, 60, 40), (2.0, 2.0, 3.0), (0.0, 0.0, 0.0))
+    centre = (20, 30, 30)
+    distance = _distance_mm(grid, centre)
+    pet = np.full(grid.shape, 1.0, np.float32)
+    pet[19:22, 29:32, 30:] = 1.8  # the band: 3 x 3 voxels across, from the spot to the field's edge
+    spot = distance <= 6.0
+    pet[spot] = 4.0
+    edit = positive_click(PromptVolumes(pet, grid), _empty_map(grid), _lps(grid, centre))
+    found = edit.applied_to(_empty_map(grid)) == 1
+    assert edit.threshold == pytest.approx(0.41 * 4.0 + 0.15 * (4.0 - 0.41 * 4.0))
+    assert np.array_equal(found, spot)
+    assert "leaked into the uptake around the hot spot" in edit.note and "40 mm growth bound" in edit.note
+    # A fixed SUV is the reader's own threshold: kept, however far it grows.
+    fixed = positive_click(
+        PromptVolumes(pet, grid), _empty_map(grid), _lps(grid, centre), PromptOptions(rule=GrowthRule(FIXED_SUV, 1.5))
+    )
+    assert fixed.threshold == pytest.approx(1.5)
+    assert np.count_nonzero(fixed.applied_to(_empty_map(grid))) > np.count_nonzero(spot) + 9 * 15
+    assert "stopped by the 40 mm growth bound" in fixed.note
