@@ -791,8 +791,10 @@ def _tightened(
     bound (57 mL from a 0.1 mL lesion in the click benchmark). A leak comes off the bound when the
     threshold rises a little; a lesion larger than the bound (or a necrotic one's hot rim) stays there.
     So the threshold is raised by each of ``TIGHTER_SHARES`` of the way up to SUVmax in turn, and the
-    first region inside the bound is taken; none: the region as grown. The note says which and why.
-    A fixed SUV or PERCIST threshold is the reader's own: kept as is.
+    first region inside the bound is taken. When none is, the region is kept as grown (a large lesion),
+    unless its threshold had already been lifted above the background (a faint spot): then ``faint`` is
+    set and the caller adds nothing. The note says which and why. A fixed SUV or PERCIST threshold is the
+    reader's own: kept as is.
     """
     assert growth.region is not None
     peak, first = float(values[growth.seed]), growth.threshold
