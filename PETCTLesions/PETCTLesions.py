@@ -82,7 +82,9 @@ class PETCTLesions(ScriptedLoadableModule):
             "Review, detect, correct and export lesions on PET/CT.<br>"
             "1. <b>Study</b>: import a DICOM folder into Slicer's DICOM database and load a PET/CT pair, or pick "
             "CT and PET volumes already loaded (a PET loaded from DICOM is converted to SUVbw), or load the "
-            "generated demo study (also in Sample Data).<br>"
+            "generated demo study (also in Sample Data). <b>Annotations</b>: import the VOC boxes of the loaded DICOM "
+            "study (the dataset's Annotation folder or a patient's), or open an nnU-Net case (dataset folder and "
+            "case); their lesions are listed as 'imported' for review.<br>"
             "2. <b>Display</b>: CT window presets (Mediastinum W350/L40, Lung W1400/L-700, Bone), PET colour map "
             "over an SUV window, PET opacity.<br>"
             "3. <b>Detect</b>: run the bundled lesion model, or your own nnU-Net v2 model folder (its checkpoints "
@@ -96,7 +98,9 @@ class PETCTLesions(ScriptedLoadableModule):
             "and <b>Remove by click</b> open the Segment Editor's PET lesion effect (click, box, split; Undo takes a "
             "click back); <b>Show PET MIP</b> shows the PET as a MIP in the 3D view: click a hot spot to go there.<br>"
             "5. <b>Export</b>: the kept lesions as an nnU-Net case (autoPET layout) and VOC XML (Lung-PET-CT-Dx "
-            "layout). Existing files are never replaced unless you ask.<br>"
+            "layout). Existing files are never replaced unless you ask. <b>Write back</b> writes the corrections over "
+            "the VOC files or nnU-Net case they were imported from, after asking, keeping each replaced file as a "
+            "backup beside it; the summary says what changed since the import.<br>"
             "The bundled model was trained on generated studies only and is not validated on patients. See the "
             "<a href='https://github.com/PETCTLesions/SlicerPETCTLesions#readme'>README</a> "
             "for the command line and the model card."
@@ -152,12 +156,15 @@ def registerEditorEffect() -> None:
 class PETCTLesionsParameterNode:
     """The module's state, saved with the scene.
 
-    Study: dicomFolder (last imported), ctVolume and petVolume (PET in SUVbw), demoSeed.
+    Study: dicomFolder (last imported), ctVolume and petVolume (PET in SUVbw), demoSeed; annotations
+    from files: annotationFolder (VOC boxes for the loaded DICOM study), nnunetCaseFolder (an nnU-Net
+    raw dataset whose case is opened).
     Display: ctPreset, petColormap, suvWindow, petOpacity.
     Detect: segmentation (receives the lesions; none: a new one), device, modelKind ("Bundled":
     modelPath, a manifest, empty: the bundled model; "nnU-Net model folder": nnunetFolder with
     nnunetFolds (empty: all, ensembled), nnunetCheckpoint and nnunetTta), useModelThreshold (the
-    model's own, from its manifest) else threshold (model probability), minLesionVolumeMl.
+    model's own, from its manifest) else threshold (model probability), minLesionVolumeMl,
+    filterFalsePositives (the bundled model's false-positive filter; off unless chosen, see the model card).
     Export: nnunetRawFolder + nnunetDatasetName, vocFolder + exportVoc, overwriteExports.
     """
 
@@ -165,6 +172,8 @@ class PETCTLesionsParameterNode:
     ctVolume: vtkMRMLScalarVolumeNode
     petVolume: vtkMRMLScalarVolumeNode
     demoSeed: Annotated[int, WithinRange(0, 999999)] = 1
+    annotationFolder: Path
+    nnunetCaseFolder: Path
     ctPreset: Annotated[str, Choice(["Mediastinum", "Lung", "Bone"])] = "Mediastinum"
     petColormap: Annotated[str, Choice(["PET-Heat", "PET-Rainbow2", "PET-DICOM"])] = "PET-Heat"
     suvWindow: Annotated[FloatRange, RangeBounds(0.0, 50.0), Default(FloatRange(0.0, 10.0))]
@@ -180,6 +189,7 @@ class PETCTLesionsParameterNode:
     useModelThreshold: bool = True
     threshold: Annotated[float, WithinRange(0.05, 0.95)] = 0.5
     minLesionVolumeMl: Annotated[float, WithinRange(0.0, 1000.0)] = 0.0
+    filterFalsePositives: bool = False
     nnunetRawFolder: Path
     nnunetDatasetName: str = "Dataset901_PETCTLesions"
     vocFolder: Path
@@ -298,6 +308,10 @@ class PETCTLesionsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             "clicked(bool)", lambda _checked: presenter.load_study(self.ui.studyComboBox.currentIndex)
         )
         self.ui.loadDemoButton.connect("clicked(bool)", lambda _checked: presenter.load_demo_study())
+        self.ui.importVocButton.connect("clicked(bool)", lambda _checked: presenter.import_voc_annotations())
+        self.ui.openNnunetCaseButton.connect(
+            "clicked(bool)", lambda _checked: presenter.open_nnunet_case(self.ui.nnunetCaseComboBox.currentText)
+        )
         # 2. Display: controls act at once on the study in view (values arrive with the signal).
         self.ui.showFusedButton.connect("clicked(bool)", lambda _checked: presenter.show_fused_study())
         for button, preset in (
@@ -333,6 +347,7 @@ class PETCTLesionsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.petMipButton.connect("clicked(bool)", lambda _checked: presenter.show_pet_mip())
         # 5. Export
         self.ui.exportButton.connect("clicked(bool)", lambda _checked: presenter.export())
+        self.ui.exportBackButton.connect("clicked(bool)", lambda _checked: presenter.export_back())
 
         self.initializeParameterNode()
 
@@ -438,6 +453,8 @@ class _QtPanelView:
         self.ui.addByClickButton.enabled = state.click_tools
         self.ui.removeByClickButton.enabled = state.click_tools
         self.ui.petMipButton.enabled = state.click_tools
+        self.ui.importVocButton.enabled = state.import_annotations
+        self.ui.exportBackButton.enabled = state.export_back
 
     def show_progress(self, fraction, text: str) -> None:
         self.ui.detectProgressBar.setVisible(fraction is not None)
@@ -509,6 +526,11 @@ class _QtPanelView:
 
     def show_export_summary(self, text: str) -> None:
         self.ui.exportSummaryTextEdit.setPlainText(text)
+
+    def set_case_choices(self, cases) -> None:
+        combo = self.ui.nnunetCaseComboBox
+        combo.clear()
+        combo.addItems(list(cases))
 
 
 class _MipClicks:
@@ -641,6 +663,32 @@ class PETCTLesionsLogic(ScriptedLoadableModuleLogic):
         from PETCTLesionsLib.mrml.dicom_database import DicomDatabaseStudyLoader
 
         return DicomDatabaseStudyLoader().load(choice, progress=progress, cancel=cancel)
+
+    def importVocAnnotations(self, parameterNode: PETCTLesionsParameterNode):
+        """The VOC files of the loaded DICOM study's patient under annotationFolder as boxes on their CT slices and
+        one lesion per group of boxes (AnnotationImport: what was made, left out and why)."""
+        from PETCTLesionsLib.mrml.annotations import import_voc_annotations
+
+        folder = chosen_path(parameterNode.annotationFolder)
+        if not parameterNode.ctVolume or folder is None:
+            raise InputError(_("Load the DICOM study and choose the VOC folder first (Study panel)."))
+        result = import_voc_annotations(
+            parameterNode.ctVolume, folder, parameterNode.petVolume or None, parameterNode.segmentation or None
+        )
+        parameterNode.segmentation = result.segmentation
+        return result
+
+    def listNnUNetCases(self, folder: Path) -> List[str]:
+        """The case ids of an nnU-Net raw dataset folder (training cases, then test cases)."""
+        from PETCTLesionsLib.mrml.annotations import list_nnunet_cases
+
+        return list_nnunet_cases(folder)
+
+    def openNnUNetCase(self, folder: Path, caseId: str):
+        """An nnU-Net case as CT and PET (SUVbw) volumes and one lesion segment per lesion (OpenedCase)."""
+        from PETCTLesionsLib.mrml.annotations import open_nnunet_case
+
+        return open_nnunet_case(folder, caseId)
 
     def suvWarnings(self, petNode) -> List[str]:
         """What converting this PET node to SUVbw warned about (kept on the node; none if never converted)."""
@@ -783,6 +831,7 @@ class PETCTLesionsLogic(ScriptedLoadableModuleLogic):
             device=parameterNode.device,
             threshold=None if parameterNode.useModelThreshold else parameterNode.threshold,
             min_volume_ml=parameterNode.minLesionVolumeMl,
+            filter_false_positives=parameterNode.filterFalsePositives,
         )
         python = shutil.which("PythonSlicer") or sys.executable
         environment = slicer.util.startupEnvironment() if hasattr(slicer.util, "startupEnvironment") else None
@@ -884,6 +933,31 @@ class PETCTLesionsLogic(ScriptedLoadableModuleLogic):
         )
 
     # 5. Export
+
+    def annotationSources(self, parameterNode: PETCTLesionsParameterNode) -> List[str]:
+        """Where the study's annotations came from (a VOC folder, an nnU-Net case): what Write back replaces."""
+        from PETCTLesionsLib.mrml.annotations import import_sources
+
+        return import_sources(parameterNode.ctVolume or None, parameterNode.petVolume or None)
+
+    def changesSinceImport(self, parameterNode: PETCTLesionsParameterNode):
+        """Lesions and boxes added, removed, changed and unchanged since import (ChangeSummary), or None."""
+        from PETCTLesionsLib.mrml.annotations import changes_since_import
+
+        return changes_since_import(
+            parameterNode.ctVolume or None, parameterNode.petVolume or None, parameterNode.segmentation or None
+        )
+
+    def exportAnnotationsBack(self, parameterNode: PETCTLesionsParameterNode, replace: bool):
+        """The corrections written over the VOC folder or nnU-Net case they came from (backups kept beside the
+        replaced files; ``replace`` once the user agreed); returns what was written and what changed."""
+        from PETCTLesionsLib.mrml.annotations import export_back
+
+        if not parameterNode.ctVolume:
+            raise InputError(_("Choose the CT and PET first (Study panel)."))
+        return export_back(
+            parameterNode.ctVolume, parameterNode.petVolume or None, parameterNode.segmentation or None, replace
+        )
 
     def exportAnnotations(self, parameterNode: PETCTLesionsParameterNode):
         """The kept lesions as an nnU-Net case and their boxes as VOC XML; returns what was written and skipped."""

@@ -158,6 +158,14 @@ def _nnunet_options(args: argparse.Namespace):
     return NnUNetOptions(**given) if given else None
 
 
+FP_FILTER_HELP = (
+    "apply the bundled model's false-positive filter: a lesion-level classifier, trained on generated studies, "
+    "removes candidates whose measurements look like normal physiology (brown fat, muscle, bowel...); the notes "
+    "list what it removed. Off by default: on studies without such uptake it can remove a true lesion "
+    "(see the model card)"
+)
+
+
 def _print_progress(fraction: float, message: str) -> None:
     print(f"[{fraction * 100:5.1f}%] {message}", flush=True)
 
@@ -175,6 +183,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         n_lesions=args.lesions,
         overwrite=args.overwrite,
         progress=None if args.quiet else _print_progress,
+        variation=None if args.variation == "none" else args.variation,
     )
     elapsed = time.perf_counter() - start
     for case in cases:
@@ -323,6 +332,41 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_fp_filter(args: argparse.Namespace) -> int:
+    from .model import weights
+    from .training.false_positive_filter import FitOptions, train_filter_on_generated, write_filter
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise OutputExistsError(f"{out}: the filter file already exists")
+    model = weights.load_model(args.model)
+    options = FitOptions(hidden=args.hidden, target_recall=args.target_recall)
+    variations = [None if name.strip() == "none" else name.strip() for name in args.variation.split(",")]
+    found_filter, card = train_filter_on_generated(
+        model,
+        args.studies,
+        variations,
+        size=args.size,
+        first_seed=args.first_seed,
+        options=options,
+        cache=Path(args.cache) if args.cache else None,
+        progress=_print_progress,
+    )
+    write_filter(found_filter, out, card, overwrite=args.overwrite)
+    numbers = card["out_of_fold"]
+    print(
+        f"{numbers['candidates']} candidates ({numbers['lesion_candidates']} on lesions) from {numbers['studies']} "
+        f"studies; out of fold at cut {numbers['cut']:.3f}: lesion candidates kept "
+        f"{numbers['out_of_fold_recall']:.3f}, false positives per study "
+        f"{numbers['out_of_fold_false_positives_per_study_before']:.2f} -> "
+        f"{numbers['out_of_fold_false_positives_per_study_after']:.2f}"
+    )
+    print(f"Wrote {out}")
+    if args.attach:
+        print(f"Named {weights.attach_filter(Path(args.attach), out).name} in {args.attach}")
+    return 0
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     from .predict import PredictionOptions, predict
 
@@ -334,6 +378,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         device=args.device,
         threshold=args.threshold,
         min_volume_ml=args.min_volume,
+        filter_false_positives=args.fp_filter,
         pictures=not args.no_pictures,
         overwrite=args.overwrite,
         pet_series_uids=tuple(args.pet_series),
@@ -413,6 +458,7 @@ def _cmd_simulate_clicks(args: argparse.Namespace) -> int:
             nnunet=_nnunet_options(args),
             device=args.device,
             threshold=args.threshold,
+            filter_false_positives=args.fp_filter,
             pictures=False,
         ),
     )
@@ -467,6 +513,12 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument(
         "--lesions", type=NON_NEGATIVE_INT, default=None, help="lesions per patient (default: drawn from the seed)"
     )
+    synth.add_argument(
+        "--variation",
+        default="none",
+        help="vary normal physiology and the scanner (domain randomisation): training, held_out (ranges disjoint "
+        f"from training's, for validation), or none: the generator as always {DEFAULT}",
+    )
     synth.add_argument("--overwrite", action="store_true", help="replace files from an earlier run")
     synth.add_argument("--quiet", action="store_true", help="no progress lines")
     synth.set_defaults(func=_cmd_synth)
@@ -502,7 +554,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Load every PET/CT (or CT-only) study under --dicom, import the VOC boxes (--voc) and/or an "
         "nnU-Net label (--nnunet/--case) as Slicer ROI boxes and lesion segments, and export from there: "
         "VOC XML in OUT/Annotation/<patient>/ and an nnU-Net case in OUT/nnUNet_raw/. Works over many "
-        "patients in one run. Existing files are never replaced unless --overwrite is given.",
+        "patients in one run. Existing files are never replaced unless --overwrite is given; a replaced file is "
+        "kept beside itself as <name>.bak-<time>. Written over its own input (--out where --voc or --nnunet read "
+        "from), VOC files of unchanged slices are left as they are and the output says what changed since the import.",
     )
     conv.add_argument("--dicom", nargs="+", help="DICOM files or folders (any layout, several patients)")
     conv.add_argument("--voc", help="Lung-PET-CT-Dx Annotation folder (with <A0001>/ subfolders) or one patient's")
@@ -540,6 +594,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument(
         "--min-volume", type=NON_NEGATIVE_FLOAT, default=0.0, help=f"drop lesions smaller than this many mL {DEFAULT}"
     )
+    pr.add_argument("--fp-filter", action="store_true", help=FP_FILTER_HELP)
     pr.add_argument("--no-pictures", action="store_true", help="skip the PNG pictures")
     pr.add_argument("--overwrite", action="store_true", help="replace files from an earlier run")
     pr.add_argument(
@@ -615,6 +670,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the rule's value: fraction of SUVmax (default 0.41), SUV (default 2.5) or probability (default 0.2)",
     )
     sc.add_argument("--model", help=MODEL_HELP)
+    sc.add_argument("--fp-filter", action="store_true", help=FP_FILTER_HELP)
     sc.add_argument("--device", default="auto", help=f"{DEVICE_HELP} {DEFAULT}")
     sc.add_argument(
         "--threshold", type=PROBABILITY, default=None, help="lesion probability threshold (default: the model's)"
@@ -626,6 +682,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_nnunet_arguments(sc)
     sc.set_defaults(func=_cmd_simulate_clicks)
+
+    fp = commands.add_parser(
+        "train-fp-filter",
+        help="train the false-positive filter (a lesion-level classifier) on the model's candidates in generated "
+        "studies; 2 CPU cores are enough",
+        description="Run the model on generated whole-body studies, measure every candidate lesion it proposes "
+        "(size, uptake, contrast, CT numbers inside and around it, shape, its mirror image across the midline) and "
+        "fit a small classifier that tells lesions from normal physiology. The cut keeps --target-recall of the "
+        "lesions' candidates, out of fold. The filter is a JSON file of numbers (loading it runs no code); "
+        "--attach names it, with its checksum, in a model manifest, and detection then applies it.",
+    )
+    fp.add_argument("--out", required=True, help="the filter's JSON file")
+    fp.add_argument("--model", help="model manifest (default: the bundled model)")
+    fp.add_argument("--studies", type=POSITIVE_INT, default=48, help=f"generated studies {DEFAULT}")
+    fp.add_argument("--first-seed", type=NON_NEGATIVE_INT, default=2_000_000, help=f"their first seed {DEFAULT}")
+    fp.add_argument(
+        "--variation",
+        default="training,none",
+        help="generator variations (see synth --variation; none: the plain generator), comma-separated; --studies "
+        f"studies of each, the n-th variation's seeds from --first-seed + n x 100000 {DEFAULT}",
+    )
+    fp.add_argument("--size", choices=("small", "full"), default="small", help=f"study size {DEFAULT}")
+    fp.add_argument("--hidden", type=NON_NEGATIVE_INT, default=16, help=f"hidden units, 0: logistic {DEFAULT}")
+    fp.add_argument(
+        "--target-recall",
+        type=PROBABILITY,
+        default=0.98,
+        help=f"share of the lesions' candidates the cut keeps, out of fold {DEFAULT}",
+    )
+    fp.add_argument("--cache", help="candidates file (.npz): read when it exists, else written")
+    fp.add_argument("--attach", help="model manifest that will name the filter (copied beside it)")
+    fp.add_argument("--overwrite", action="store_true", help="replace --out")
+    fp.set_defaults(func=_cmd_train_fp_filter)
 
     tr = commands.add_parser(
         "train",
@@ -717,7 +806,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-MODEL_COMMANDS = ("demo", "predict", "train", "simulate-clicks")  # the commands that run the network
+MODEL_COMMANDS = ("demo", "predict", "train", "train-fp-filter", "simulate-clicks")  # the commands that run the network
 
 
 # Which torch to install depends on the computer (CUDA, ROCm, CPU; Intel Macs have no build after 2.2.2).

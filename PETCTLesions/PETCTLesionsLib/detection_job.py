@@ -70,6 +70,7 @@ class DetectionSettings:
     threshold: Optional[float] = None
     min_volume_ml: float = 0.0
     nnunet: Optional[NnUNetOptions] = None  # folds, checkpoint, ... of an nnU-Net model folder; None: its defaults
+    filter_false_positives: bool = False  # apply the model's false-positive filter (off unless chosen)
 
     @classmethod
     def from_json(cls, content: Dict[str, object]) -> DetectionSettings:
@@ -310,6 +311,7 @@ def run_job(job_dir: Path) -> None:
         min_volume_ml=settings.min_volume_ml,
         device=settings.device,
         progress=sub_progress(report_progress, 0.0, 0.95),
+        filter_false_positives=settings.filter_false_positives,
     )
     report_progress(0.97, f"writing {len(found.lesions)} lesions")
     for name, array in ((LESION_MAP_FILE, found.lesion_map), (PROBABILITY_FILE, found.probability.astype(np.float16))):

@@ -184,6 +184,39 @@ def is_inside(path: PathLike, folder: PathLike) -> bool:
     return resolved == container or container in resolved.parents
 
 
+# ------------------------------------------------------------------------------ backups
+
+BACKUP_MARK = ".bak-"
+
+
+def backup_stamp() -> str:
+    """The UTC time of one export, as its backups are named (``20261206T153000Z``)."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+
+
+def back_up(path: PathLike, stamp: str, move: bool = False) -> Path:
+    """Keep the user's ``path`` beside itself as ``<name>.bak-<stamp>`` before an export replaces (a copy)
+    or removes it (``move``); returns the backup's path. An existing backup is never replaced: a second
+    one the same second gets ``-2``, ``-3``... The name no longer ends in ``.xml`` or ``.nii.gz``, so no
+    reader (ours, nnU-Net's, LabelImg's) takes it for data."""
+    source = Path(path)
+    for attempt in range(1, 1000):
+        suffix = "" if attempt == 1 else f"-{attempt}"
+        backup = source.with_name(f"{source.name}{BACKUP_MARK}{stamp}{suffix}")
+        if backup.exists():
+            continue
+        try:
+            if move:
+                os.replace(source, backup)  # same folder: a rename, the file whole or not moved
+            else:
+                with atomic_output(backup) as tmp:
+                    shutil.copy2(source, tmp)
+        except OSError as error:
+            raise no_space_error(_naming(error, backup), backup) from error
+        return backup
+    raise OutputExistsError(f"{source}: too many backups named {source.name}{BACKUP_MARK}{stamp}-N; refusing")
+
+
 # ------------------------------------------------------------------------------ staged units
 
 STAGING_PREFIX = ".petct-staging-"

@@ -10,6 +10,9 @@ presenter holds what the panel knows and decides:
 - the lesion table: the rows the Logic measures, and the selected lesion, kept by its segment ID
   when the rows are measured again (rows move when lesions are deleted, added or renamed);
 - which buttons are enabled and what Detect says (:class:`ButtonState`);
+- the annotations from files: a VOC folder's boxes imported onto the loaded DICOM study, an nnU-Net case
+  opened as a study (its cases listed when its folder is chosen), the corrections written back over them
+  once the user agreed, and what changed since the import shown after every export;
 - what the user is told: the detection status and progress, and each dialog as a :class:`Message`
   (the widget shows it). Errors become dialogs by the library's error contract (:mod:`.errors`,
   :func:`error_message`).
@@ -26,7 +29,19 @@ import traceback
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Iterator, List, Optional, Protocol, Sequence, Tuple, TypeVar
+from typing import (
+    Any,
+    Callable,
+    ContextManager,
+    FrozenSet,
+    Iterator,
+    List,
+    Optional,
+    Protocol,
+    Sequence,
+    Tuple,
+    TypeVar,
+)
 
 from .errors import ISSUES_URL, Cancelled, InputError, PETCTLesionsError
 from .jobs import CancelCallback, ProgressCallback
@@ -66,6 +81,8 @@ class ButtonState:
     export: bool  # a study to export
     threshold: bool  # the threshold slider: the user's own threshold, not the model's
     click_tools: bool = False  # "Add lesion by click", "Remove by click", the PET MIP: a PET to click on
+    import_annotations: bool = False  # "Import VOC boxes": a CT (from DICOM) to put them on
+    export_back: bool = False  # "Write back": a study whose annotations may have come from files
 
 
 class PanelView(Protocol):
@@ -123,10 +140,15 @@ class PanelView(Protocol):
     def show_model_choice(self, nnunet: bool, text: str) -> None:
         """The nnU-Net folder's fields shown (``nnunet``) or the bundled model's, and the folder's description."""
 
+    def set_case_choices(self, cases: Sequence[str]) -> None:
+        """The cases of the chosen nnU-Net dataset folder to choose from (empty: none, or not a dataset)."""
 
-def table_cells(row: Any) -> Tuple[str, ...]:
+
+def table_cells(row: Any, edited: bool = False) -> Tuple[str, ...]:
     """One lesion row (``mrml.review.LesionRow``) as the table's text cells, in the .ui's column order:
-    Lesion, Class, SUVmax, SUVmean, MTV (mL), TLG, Slices, Status."""
+    Lesion, Class, SUVmax, SUVmean, MTV (mL), TLG, Slices, Status. ``edited``: a lesion imported from files
+    that the annotator changed since (its status then says so, e.g. "imported, edited")."""
+    status = f"{row.status}, edited" if edited and row.status else ("edited" if edited else row.status)
     return (
         row.name,
         row.class_name,
@@ -135,7 +157,7 @@ def table_cells(row: Any) -> Tuple[str, ...]:
         f"{row.mtv_ml:.2f}",
         f"{row.tlg:.1f}",
         row.slices_text,
-        row.status,
+        status,
     )
 
 
@@ -230,11 +252,14 @@ class ModulePresenter:
         self._progress: Optional[float] = None  # the running detection's fraction done
         self._status = ""  # the detection status line
         self._rows: List[Any] = []  # the lesion table (mrml.review.LesionRow)
+        self._edited: FrozenSet[str] = frozenset()  # segment IDs of imported lesions changed since their import
         self._selected_segment: Optional[str] = None  # the selected lesion's segment ID
         self._platform_note_shown = False  # the note on this PyTorch: once a session
         self._refreshing = False  # the view is being redrawn: its selection signals are ours, not the user's
         self._described_folder: Optional[Path] = None  # the nnU-Net folder whose description the panel shows
         self._model_text = ""  # that description (or why the folder cannot be used)
+        self._listed_dataset: Optional[Path] = None  # the nnU-Net dataset folder whose cases the panel lists
+        self._case_list_problem = ""  # why that folder lists no case
 
     # ------------------------------------------------------------------ what the panel shows
 
@@ -276,6 +301,8 @@ class ModulePresenter:
             export=has_study,
             threshold=bool(params) and not params.useModelThreshold,
             click_tools=bool(params and params.petVolume),
+            import_annotations=bool(params and params.ctVolume),
+            export_back=bool(params and params.ctVolume),
         )
 
     def _update_buttons(self) -> None:
@@ -311,11 +338,13 @@ class ModulePresenter:
         self._parameters = parameters
         self._view.show_progress(self._progress, self._status)
         self._show_model_choice()
+        self._show_case_choices()
         self.refresh_table(quiet=True)
 
     def parameters_changed(self) -> None:
         """A parameter changed (a volume chosen, a box ticked, a model folder picked): what can be done now."""
         self._show_model_choice()
+        self._show_case_choices()
         self._update_buttons()
 
     def scene_closing(self) -> None:
@@ -368,6 +397,64 @@ class ModulePresenter:
     def _study_shown(self, pet_node: Any, pair_warnings: Sequence[str] = ()) -> None:
         self._show_study_warnings(pet_node, pair_warnings)
         self.refresh_table()
+
+    # ------------------------------------------------------------------ 1. Study: annotations from files
+
+    def import_voc_annotations(self) -> None:
+        """ "Import VOC boxes": the chosen VOC folder's files for the loaded DICOM study's CT become boxes on their
+        slices and one lesion per group of boxes (status "imported"); what was left out is shown, and why."""
+        params = self._parameters
+        if not (params and params.ctVolume):
+            self._view.show_message(
+                Message(WARNING, self._tr("Load the DICOM study first: VOC files name its CT slices."))
+            )
+            return
+        if chosen_path(params.annotationFolder) is None:
+            text = self._tr("Choose the VOC folder: the dataset's Annotation folder or one patient's folder.")
+            self._view.show_message(Message(WARNING, text))
+            return
+        with self._attempt(self._tr("Failed to import the VOC annotations."), busy=True) as attempt:
+            result = self._logic.importVocAnnotations(params)
+        if attempt.failed:
+            return
+        self.refresh_table()
+        title = self._tr("VOC annotations imported, but some were left out") if result.skipped else ""
+        self._view.show_message(Message(WARNING if result.skipped else INFO, result.text(), title=title))
+
+    def _show_case_choices(self) -> None:
+        """The cases of the nnU-Net dataset folder chosen under Study, listed once when it is picked; why a
+        folder lists none is said when the user tries to open a case."""
+        folder = chosen_path(self._parameters.nnunetCaseFolder) if self._parameters is not None else None
+        if folder == self._listed_dataset:
+            return
+        self._listed_dataset, self._case_list_problem = folder, ""
+        cases: List[str] = []
+        if folder is not None:
+            try:
+                cases = list(self._logic.listNnUNetCases(folder))
+            except (PETCTLesionsError, OSError) as error:
+                self._case_list_problem = str(error)
+        self._view.set_case_choices(cases)
+
+    def open_nnunet_case(self, case_id: str) -> None:
+        """ "Open case": the chosen case's CT and PET (SUV) shown fused as a study is, its label as one lesion per
+        segment (status "imported"); the notes say what an nnU-Net case cannot give (VOC needs DICOM)."""
+        params = self._parameters
+        folder = chosen_path(params.nnunetCaseFolder) if params is not None else None
+        if folder is None or not case_id:
+            text = self._case_list_problem or self._tr(
+                "Choose an nnU-Net dataset folder (the one holding dataset.json) and one of its cases."
+            )
+            self._view.show_message(Message(WARNING, text))
+            return
+        with self._attempt(self._tr("Failed to open the nnU-Net case."), busy=True) as attempt:
+            opened = self._logic.openNnUNetCase(folder, case_id)
+            self._show_study(opened.ct, opened.pet)
+            params.segmentation = opened.segmentation
+        if attempt.failed:
+            return
+        self._study_shown(opened.pet)
+        self._view.show_message(Message(INFO, "\n".join(opened.notes), title=self._tr("nnU-Net case opened")))
 
     def _show_study_warnings(self, pet_node: Any, pair_warnings: Sequence[str] = ()) -> None:
         """In one dialog: what the PET/CT pairing warned about (e.g. a CT covering under 90% of the PET)
@@ -539,10 +626,12 @@ class ModulePresenter:
         """
         params = self._parameters
         rows: List[Any] = []
+        changes: Any = None
         if params and params.segmentation and params.petVolume:
             if quiet:
                 try:
                     rows = self._logic.lesionRows(params)
+                    changes = self._logic.changesSinceImport(params)
                 except Exception as error:
                     known = isinstance(error, (PETCTLesionsError, OSError))
                     logging.log(
@@ -554,14 +643,16 @@ class ModulePresenter:
             else:
                 with self._attempt(self._tr("Failed to measure the lesions."), busy=True) as attempt:
                     rows = self._logic.lesionRows(params)
+                    changes = self._logic.changesSinceImport(params)
                 if attempt.failed:
                     return
         self._rows = list(rows)
+        self._edited = changes.changed_lesions if changes is not None else frozenset()
         selected = self.selected_row
         self._selected_segment = selected.segment_id if selected is not None else None
         self._refreshing = True
         try:
-            self._view.set_rows([table_cells(row) for row in self._rows])
+            self._view.set_rows([table_cells(row, row.segment_id in self._edited) for row in self._rows])
             self._view.set_selection(self._rows.index(selected) if selected is not None else None)
         finally:
             self._refreshing = False
@@ -659,6 +750,33 @@ class ModulePresenter:
     # ------------------------------------------------------------------ 5. Export
 
     def export(self) -> None:
+        """Export where the Export panel says; then what changed since the annotations were imported, if they were."""
         with self._attempt(self._tr("Failed to export the annotations."), busy=True):
             report = self._logic.exportAnnotations(self._parameters)
+            changes = self._logic.changesSinceImport(self._parameters)
+            self._view.show_export_summary(report.text() + (f"\n{changes.text()}" if changes is not None else ""))
+
+    def export_back(self) -> None:
+        """ "Write back": the corrections written over the VOC folder or nnU-Net case they were imported from, once
+        the user agreed (every replaced or removed file is kept as a backup); then what changed since the import."""
+        params = self._parameters
+        with self._attempt(self._tr("Failed to write the annotations back."), busy=True) as attempt:
+            sources = self._logic.annotationSources(params)
+        if attempt.failed:
+            return
+        if not sources:
+            text = self._tr(
+                "Nothing in this study was imported from VOC files or an nnU-Net case, so there is nothing to write "
+                "back to: Export writes the annotations elsewhere."
+            )
+            self._view.show_message(Message(WARNING, text))
+            return
+        question = self._tr(
+            "Write the corrected annotations back over {sources}?\n\nEach file this replaces or removes is kept "
+            "beside itself as <name>.bak-<date and time>; the files of slices you did not change are left as they are."
+        ).format(sources="; ".join(sources))
+        if not self._view.confirm(question):
+            return
+        with self._attempt(self._tr("Failed to write the annotations back."), busy=True):
+            report = self._logic.exportAnnotationsBack(params, True)
             self._view.show_export_summary(report.text())

@@ -97,6 +97,7 @@ class PredictionOptions:
     device: str = "auto"
     threshold: Optional[float] = None  # None: the model's own
     min_volume_ml: float = 0.0
+    filter_false_positives: bool = False  # apply the model's false-positive filter (off unless chosen)
     pictures: bool = True
     overwrite: bool = False
     # PET series (SeriesInstanceUID) to process instead of their study's preferred one, e.g. its NAC images
@@ -460,6 +461,7 @@ def detect_in_study(
         min_volume_ml=options.min_volume_ml,
         device=options.device,
         cancel=cancel,
+        filter_false_positives=options.filter_false_positives,
     )
     return found, ct_on_pet
 
@@ -477,6 +479,7 @@ def detect_in_case(
         min_volume_ml=options.min_volume_ml,
         device=options.device,
         cancel=cancel,
+        filter_false_positives=options.filter_false_positives,
     )
 
 

@@ -241,3 +241,63 @@ def test_a_pets_load_warnings_are_shown_once_and_a_later_scenes_pet_shows_its_ow
     assert study_b.GetID() == first_id
     assert logic.studyWarningsToShow(study_b) == ["study B: the uptake time is 2 min"]
     assert logic.studyWarningsToShow(None, (coverage,)) == [coverage]
+
+
+def test_annotations_from_files_through_the_logic_imported_reviewed_and_written_back(
+    slicer_module, mrml_scene, tmp_path
+):
+    from PETCTLesionsLib.formats import voc
+    from PETCTLesionsLib.mrml.study_nodes import add_study_nodes
+    from PETCTLesionsLib.study import load_study
+    from PETCTLesionsLib.synthetic.synth import generate_dataset
+
+    (case,) = generate_dataset(tmp_path, cases=1, seed=2, size="small", flavour="lung", n_lesions=2)
+    logic = slicer_module.PETCTLesionsLogic()
+    params = _parameter_node(slicer_module)
+    params.ctVolume, params.petVolume = add_study_nodes(load_study([case.study_dir]))
+    assert logic.annotationSources(params) == [] and logic.changesSinceImport(params) is None
+
+    # Study panel, "Annotations": the dataset's Annotation folder, the patient's files found by Patient ID.
+    params.annotationFolder = tmp_path / "Annotation"
+    imported = logic.importVocAnnotations(params)
+    assert params.segmentation is imported.segmentation and imported.skipped == []
+    rows = logic.lesionRows(params)
+    assert len(rows) == len(imported.segment_ids) >= 1
+    assert {row.status for row in rows} == {"imported"} and {row.voxels for row in rows} == {0}
+    assert all(row.slices is not None and row.centre_ras is not None for row in rows)  # from the boxes
+    folder = case.voc_files[0].parent
+    assert logic.annotationSources(params) == [f"VOC folder {folder}"]
+    # Boxes are no lesion outlines: until drawn, imported lesions give no nnU-Net label, and the export says so.
+    params.nnunetRawFolder, params.exportVoc = tmp_path / "nnUNet_raw", False
+    no_label = logic.exportAnnotations(params)
+    assert no_label.written == [] and "have VOC boxes but no voxels" in no_label.skipped[0]
+
+    # Reviewed: the first lesion rejected; written back over its files after the user agreed.
+    logic.setReviewStatus(params, rows[0].segment_id, "rejected")
+    report = logic.exportAnnotationsBack(params, True)
+    changes = logic.changesSinceImport(params)
+    assert report.notes[-1] == changes.text() and changes.lesions.removed == 1
+    remaining, problems = voc.read_voc_folder(folder)
+    assert problems == [] and sum(len(a.boxes) for a in remaining) == changes.boxes.unchanged
+    # Each file that held a box of the rejected lesion is kept as a backup; a file left without boxes is gone.
+    rejected_files = {
+        box.GetAttribute("DICOM.instanceUID")
+        for box in imported.boxes
+        if box.GetAttribute("PETCTLesions.segmentID") == rows[0].segment_id
+    }
+    kept_files = {box.GetAttribute("DICOM.instanceUID") for box in imported.boxes} - rejected_files
+    assert sorted(path.name.split(".xml.bak-")[0] for path in folder.glob("*.bak-*")) == sorted(rejected_files)
+    assert {path.stem for path in folder.glob("*.xml")} == kept_files | {
+        uid for uid in rejected_files if any(a.sop_instance_uid == uid for a in remaining)
+    }
+
+    # Study panel, "Open nnU-Net case": the generated case's CT and PET, its lesions "imported".
+    dataset = case.nnunet_files["label"].parent.parent
+    assert logic.listNnUNetCases(dataset) == [case.case_id]
+    opened = logic.openNnUNetCase(dataset, case.case_id)
+    params.ctVolume, params.petVolume, params.segmentation = opened.ct, opened.pet, opened.segmentation
+    logic.showFusedStudy(params)
+    assert {row.status for row in logic.lesionRows(params)} == {"imported"}
+    assert logic.annotationSources(params) == [f"nnU-Net case {case.case_id!r} of {dataset}"]
+    unchanged = logic.exportAnnotationsBack(params, False)
+    assert unchanged.written == [] and "refusing to overwrite" in unchanged.skipped[0]

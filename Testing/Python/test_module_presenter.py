@@ -54,6 +54,7 @@ class RecordingView:
         self.segment_editor: Optional[Tuple[Any, Any, Optional[str]]] = None
         self.summary = ""
         self.model_choice: Optional[Tuple[bool, str]] = None  # (the nnU-Net fields shown, the folder's description)
+        self.cases: List[str] = []  # the nnU-Net dataset's cases to choose from
 
     # Qt's QTableWidget emits itemSelectionChanged when the selection changes, also from code.
     def _select(self, index: Optional[int]) -> None:
@@ -116,6 +117,9 @@ class RecordingView:
     def show_model_choice(self, nnunet, text):
         self.model_choice = (nnunet, text)
 
+    def set_case_choices(self, cases):
+        self.cases = list(cases)
+
 
 @dataclass
 class Row:
@@ -171,6 +175,11 @@ class StandInLogic:
     problems: str = ""
     suv_warnings: Dict[str, List[str]] = field(default_factory=dict)  # PET node -> its SUV warnings
     errors: Dict[str, BaseException] = field(default_factory=dict)  # method name -> what it raises
+    sources: List[str] = field(default_factory=list)  # where the study's annotations were imported from
+    imported: List[Row] = field(default_factory=list)  # what importVocAnnotations / openNnUNetCase add
+    changes: Optional[str] = None  # changesSinceImport's text (None: nothing imported)
+    cases: Dict[Path, List[str]] = field(default_factory=dict)  # nnU-Net dataset folder -> its cases
+    edited: List[str] = field(default_factory=list)  # segment IDs of imported lesions changed since import
     calls: List[Tuple[str, tuple]] = field(default_factory=list)
 
     def _call(self, name: str, *args) -> None:
@@ -265,11 +274,50 @@ class StandInLogic:
         self._call("exportAnnotations")
         return types.SimpleNamespace(text=lambda: "wrote 1 nnU-Net case")
 
+    def importVocAnnotations(self, parameterNode):
+        self._call("importVocAnnotations", parameterNode.annotationFolder)
+        parameterNode.segmentation = parameterNode.segmentation or Segmentation("Lesions")
+        self.rows += self.imported
+        self.sources = [f"VOC folder {parameterNode.annotationFolder / 'A0001'}"]
+        self.changes = "changes since import: lesions 0 added, 0 removed, 0 changed, 2 unchanged"
+        skipped = ["x.xml: no slice of CT 'CT' has this SOPInstanceUID; skipped"]
+        return types.SimpleNamespace(skipped=skipped, text=lambda: "note: 3 VOC boxes imported\nskipped: " + skipped[0])
+
+    def listNnUNetCases(self, folder):
+        self._call("listNnUNetCases", folder)
+        if folder not in self.cases:
+            raise InputError(f"{folder}: not an nnU-Net raw dataset folder (no dataset.json)")
+        return self.cases[folder]
+
+    def openNnUNetCase(self, folder, caseId):
+        self._call("openNnUNetCase", folder, caseId)
+        self.rows = list(self.imported)
+        self.sources = [f"nnU-Net case {caseId!r} of {folder}"]
+        return types.SimpleNamespace(
+            ct=f"{caseId} CT", pet=f"{caseId} PET", segmentation=Segmentation(f"{caseId} lesions"), notes=["no DICOM"]
+        )
+
+    def annotationSources(self, parameterNode):
+        self._call("annotationSources")
+        return list(self.sources)
+
+    def changesSinceImport(self, parameterNode):
+        self._call("changesSinceImport")
+        if self.changes is None:
+            return None
+        return types.SimpleNamespace(text=lambda: self.changes, changed_lesions=frozenset(self.edited))
+
+    def exportAnnotationsBack(self, parameterNode, replace):
+        self._call("exportAnnotationsBack", replace)
+        return types.SimpleNamespace(text=lambda: f"wrote 1 file\nnote: {self.changes}")
+
 
 def parameters(**values) -> types.SimpleNamespace:
     """The parameter node's fields the panel reads, with the module's defaults."""
     node = types.SimpleNamespace(
         dicomFolder=Path(),
+        annotationFolder=Path(),
+        nnunetCaseFolder=Path(),
         ctVolume=None,
         petVolume=None,
         demoSeed=1,
@@ -589,6 +637,91 @@ def test_display_and_export_go_to_the_logic():
     assert params.modelPath == Path()
     presenter.export()
     assert view.summary == "wrote 1 nnU-Net case"
+
+
+def test_voc_boxes_imported_onto_the_study_reviewed_and_written_back_after_asking():
+    logic = StandInLogic(imported=[Row("Segment_1", "Lesion 1", status="imported", mtv_ml=0.0)])
+    params = parameters()
+    presenter, view = panel(logic, params)
+    assert not view.buttons.import_annotations and not view.buttons.export_back
+    presenter.import_voc_annotations()  # no study yet
+    assert view.messages[-1] == Message(WARNING, "Load the DICOM study first: VOC files name its CT slices.")
+
+    params.ctVolume, params.petVolume = "CT", "PET"
+    presenter.parameters_changed()
+    assert view.buttons.import_annotations and view.buttons.export_back
+    presenter.import_voc_annotations()  # no folder chosen
+    assert "Choose the VOC folder" in view.messages[-1].text and logic.called("importVocAnnotations") == []
+    params.annotationFolder = Path("/data/Annotation")
+    presenter.import_voc_annotations()
+    assert logic.called("importVocAnnotations") == [(Path("/data/Annotation"),)]
+    assert view.rows[0][0] == "Lesion 1" and view.rows[0][-1] == "imported"
+    assert view.messages[-1] == Message(
+        WARNING,
+        "note: 3 VOC boxes imported\nskipped: x.xml: no slice of CT 'CT' has this SOPInstanceUID; skipped",
+        title="VOC annotations imported, but some were left out",
+    )
+
+    logic.edited = ["Segment_1"]  # the annotator corrects the lesion: the table says so
+    presenter.refresh_table()
+    assert view.rows[0][-1] == "imported, edited"
+
+    view.answer = False  # "Write back?" -> No: nothing written
+    presenter.export_back()
+    assert view.questions[-1].startswith("Write the corrected annotations back over VOC folder /data/Annotation/A0001?")
+    assert ".bak-" in view.questions[-1] and logic.called("exportAnnotationsBack") == []
+    view.answer = True
+    presenter.export_back()
+    assert logic.called("exportAnnotationsBack") == [(True,)]
+    assert view.summary.endswith("changes since import: lesions 0 added, 0 removed, 0 changed, 2 unchanged")
+    presenter.export()  # elsewhere: the Export panel's report, then the same summary
+    assert (
+        view.summary == "wrote 1 nnU-Net case\nchanges since import: lesions 0 added, 0 removed, 0 changed, 2 unchanged"
+    )
+
+
+def test_write_back_without_an_import_says_so_and_asks_nothing():
+    logic = StandInLogic()
+    presenter, view = panel(logic, parameters(ctVolume="CT", petVolume="PET"))
+    presenter.export_back()
+    assert view.questions == [] and "nothing to write back to" in view.messages[-1].text
+    presenter.export()
+    assert view.summary == "wrote 1 nnU-Net case"  # nothing imported: no summary of changes
+
+
+def test_an_nnunet_case_is_listed_when_its_dataset_is_chosen_and_opens_as_a_study():
+    dataset = Path("/data/nnUNet_raw/Dataset221_autoPETII")
+    logic = StandInLogic(cases={dataset: ["fdg_0a1b  2004-05-12", "psma_2c3d"]})
+    logic.imported = [Row("Segment_1", "Lesion 1", status="imported"), Row("Segment_2", "Lesion 2", status="imported")]
+    params = parameters(segmentation=Segmentation("old"))
+    presenter, view = panel(logic, params)
+    presenter.open_nnunet_case("")  # nothing chosen
+    assert "Choose an nnU-Net dataset folder" in view.messages[-1].text
+
+    params.nnunetCaseFolder = Path("/data/not a dataset")
+    presenter.parameters_changed()
+    assert view.cases == []
+    presenter.open_nnunet_case("")
+    assert view.messages[-1].text == "/data/not a dataset: not an nnU-Net raw dataset folder (no dataset.json)"
+    params.nnunetCaseFolder = dataset
+    presenter.parameters_changed()
+    presenter.parameters_changed()  # another field changed: the folder is not listed again
+    assert view.cases == ["fdg_0a1b  2004-05-12", "psma_2c3d"] and len(logic.called("listNnUNetCases")) == 2
+
+    presenter.open_nnunet_case("fdg_0a1b  2004-05-12")
+    assert (params.ctVolume, params.petVolume) == ("fdg_0a1b  2004-05-12 CT", "fdg_0a1b  2004-05-12 PET")
+    assert params.segmentation.GetName() == "fdg_0a1b  2004-05-12 lesions"
+    assert logic.called("showFusedStudy") == [("fdg_0a1b  2004-05-12 CT", "fdg_0a1b  2004-05-12 PET")]
+    assert [row[-1] for row in view.rows] == ["imported", "imported"]
+    assert view.messages[-1] == Message(INFO, "no DICOM", title="nnU-Net case opened")
+
+    logic.errors["openNnUNetCase"] = InputError("case 'psma_2c3d': missing labelsTr/psma_2c3d.nii.gz")
+    presenter.open_nnunet_case("psma_2c3d")  # refused: the study shown stays
+    assert params.ctVolume == "fdg_0a1b  2004-05-12 CT"
+    assert (
+        view.messages[-1].text
+        == "Failed to open the nnU-Net case.\n\ncase 'psma_2c3d': missing labelsTr/psma_2c3d.nii.gz"
+    )
 
 
 def test_errors_become_dialogs_by_the_error_contract():

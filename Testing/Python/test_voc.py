@@ -493,3 +493,76 @@ def test_boxes_on_adjacent_slices_that_overlap_form_one_lesion():
         (7, 16, 16, 18, 18),  # same place but a slice gap: another lesion
     ]
     assert group_boxes_into_lesions(boxes) == [1, 1, 2, 3]
+
+
+# ----------------------------------------------------------------------------------------- keeping a file's fields
+
+
+def _kept(path: Path, boxes, imported) -> VocAnnotation:
+    """The file at ``path`` read, given ``boxes``, to be written keeping its fields (as an export does)."""
+    annotation, _ = voc.read_voc_file(path)
+    annotation.boxes = list(boxes)
+    annotation.keep_fields_of = annotation.source_xml
+    annotation.imported_objects = frozenset(imported)
+    annotation.width = annotation.width or 512
+    annotation.height = annotation.height or 512
+    return annotation
+
+
+def test_a_file_written_keeping_its_fields_changes_only_the_boxes_the_annotator_changed(tmp_path):
+    text = _voc_document(_object("A", "278.0", 308, 360, 394) + _object("Z", 1, 1, 9, 9) + _object("A", 20, 30, 40, 50))
+    path = _write(tmp_path, f"{GOOD_UID}.xml", text)
+    annotation, problems = voc.read_voc_file(path)
+    assert [box.source_object for box in annotation.boxes] == [1, 3] and len(problems) == 1  # class Z skipped
+
+    same = _kept(path, annotation.boxes, {1, 3})
+    assert voc.is_unchanged(same)
+    assert voc.keep_fields_text(same) == text  # "278.0", <Difficult>, verified="no", the skipped Z object: all kept
+
+    moved = VocBox("A", 23, 30, 43, 50, source_object=3)
+    added = VocBox("B", 10, 20, 30, 40)
+    changed = _kept(path, [annotation.boxes[0], moved, added], {1, 3})
+    assert not voc.is_unchanged(changed)
+    assert voc.keep_fields_text(changed) == _voc_document(
+        _object("A", "278.0", 308, 360, 394)
+        + _object("Z", 1, 1, 9, 9)
+        + _object("A", 23, 30, 43, 50)
+        + _object("B", 10, 20, 30, 40)
+    )
+    # The annotator removed both imported boxes: only the object the import skipped is left.
+    assert voc.keep_fields_text(_kept(path, [], {1, 3})) == _voc_document(_object("Z", 1, 1, 9, 9))
+
+
+def test_a_file_without_size_is_written_with_the_slice_size_and_its_other_fields(tmp_path):
+    text = _voc_document(_object("A", 1, 2, 3, 4, "difficult"))
+    no_size = text.replace("<width>512</width>", "<width>0</width>").replace("    <height>512</height>\n", "")
+    path = _write(tmp_path, f"{GOOD_UID}.xml", no_size)
+    annotation, _ = voc.read_voc_file(path)
+    assert (annotation.width, annotation.height) == (None, None)
+
+    written = voc.write_voc_annotation(_kept(path, annotation.boxes, {1}), tmp_path / "out")
+
+    size = "<size>\n    <width>512</width>\n    <depth>1</depth>\n    <height>512</height>\n  </size>"
+    assert written.read_text(encoding="utf-8") == no_size.replace(
+        "<size>\n    <width>0</width>\n    <depth>1</depth>\n  </size>", size
+    )
+    assert voc.parse_voc_xml(written).boxes == annotation.boxes
+
+
+def test_a_changed_file_keeps_its_declaration_comments_and_tab_indentation(tmp_path):
+    # LabelImg indents with tabs; files may start with an XML declaration and carry comments. A changed box
+    # changes its values, and nothing else of the file.
+    text = (
+        _voc_document(_object("A", 20, 30, 40, 50))
+        .replace("  ", "\t")
+        .replace("<segmented>", "<!-- checked by reader 2 --><segmented>")
+    )
+    text = '<?xml version="1.0" encoding="utf-8"?>\n<!-- LabelImg -->\n' + text
+    path = _write(tmp_path, f"{GOOD_UID}.xml", text)
+    annotation, _ = voc.read_voc_file(path)
+
+    moved = VocBox("A", 23, 30, 43, 50, source_object=1)
+    written = voc.keep_fields_text(_kept(path, [moved], {1}))
+
+    assert written == text.replace("<xmin>20</xmin>", "<xmin>23</xmin>").replace("<xmax>40</xmax>", "<xmax>43</xmax>")
+    assert voc.keep_fields_text(_kept(path, annotation.boxes, {1})) == text

@@ -44,13 +44,14 @@ identity) their lesion numbers.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import math
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple
 from xml.sax.saxutils import escape
 
 import numpy as np
@@ -66,9 +67,12 @@ _UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 # A DOCTYPE is the only place entities can be declared; refusing both markers keeps the
 # parser away from every entity-expansion attack whatever the parser's own defences are.
 _FORBIDDEN_MARKUP = re.compile(r"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
+# What a file has before its root element: the XML declaration, comments, processing instructions.
+_PROLOG = re.compile(r"\A(?:\s*(?:<\?.*?\?>|<!--.*?-->))*\s*", re.DOTALL)
 _LUNG_DX_PATIENT = re.compile(r"^Lung_Dx-([A-Za-z])(\w*)$")
 _UNSAFE_NAME_CHARS = re.compile(r'[\\/:*?"<>|\x00-\x1f\x7f]')
 _INDENT = "  "
+_SIZE_ELEMENT = f"<size>\n{_INDENT * 2}<width />\n{_INDENT * 2}<height />\n{_INDENT * 2}<depth />\n{_INDENT}</size>"
 
 
 class VocError(InputError):
@@ -87,6 +91,9 @@ class VocBox:
     pose: str = "Unspecified"
     truncated: int = 0
     difficult: int = 0
+    # The 1-based <object> of the file this box was read from (None: not read from a file); an export
+    # that keeps the file's fields writes the box in that element's place and spelling.
+    source_object: Optional[int] = field(default=None, compare=False)
 
     def to_pixel_ranges(self) -> Tuple[int, int, int, int]:
         """0-based inclusive (c0, r0, c1, r1): the columns and rows of the slice array the box covers."""
@@ -164,6 +171,13 @@ class VocAnnotation:
     folder: str = ""
     source_path: Optional[Path] = None
     notes: List[str] = field(default_factory=list)
+    source_xml: Optional[str] = None  # the text of the file it was read from
+    # Written keeping this file's fields (root attributes, folder, filename, path, source, size, element
+    # order and spelling; see keep_fields_text) when set; else written afresh (voc_xml_text).
+    keep_fields_of: Optional[str] = None
+    # With keep_fields_of: its <object>s that were imported as boxes. Each is written only where a box
+    # still refers to it (source_object); the file's other objects (skipped at import) are kept as they are.
+    imported_objects: FrozenSet[int] = frozenset()
 
 
 def is_dicom_uid(text: str) -> bool:
@@ -199,7 +213,8 @@ def read_voc_file(
     uid = path.name[: -len(".xml")] if path.name.lower().endswith(".xml") else path.name
     if not is_dicom_uid(uid):
         raise VocError(f"{path}: file name is not <SOPInstanceUID>.xml (digits and dots, at most {MAX_UID_LENGTH})")
-    root = _parse_xml_safely(path)
+    text = _read_xml_text(path)
+    root = _parse_xml_text(text, path)
     if root.tag != "annotation":
         raise VocError(f"{path}: root element is <{root.tag}>, expected <annotation>")
     width, height, depth, notes = _read_size(root, path)
@@ -211,6 +226,7 @@ def read_voc_file(
         except VocError as error:
             problems.append(f"{path}: object {index}: {error}")
             continue
+        box.source_object = index
         box, cut = box.clipped(width, height)
         if cut:
             notes.append(f"{path}: object {index} ({box.name or 'no name'}) {cut}")
@@ -228,6 +244,7 @@ def read_voc_file(
         folder=_child_text(root, "folder"),
         source_path=path,
         notes=notes,
+        source_xml=text,
     )
     return annotation, problems
 
@@ -260,7 +277,7 @@ def read_voc_folder(
     return annotations, problems
 
 
-def _parse_xml_safely(path: Path) -> ET.Element:
+def _read_xml_text(path: Path) -> str:
     try:
         with open(path, "rb") as handle:
             data = handle.read(MAX_XML_BYTES + 1)
@@ -274,10 +291,20 @@ def _parse_xml_safely(path: Path) -> ET.Element:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         raise VocError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from error
+    return text
+
+
+def _parse_xml_text(text: str, path: object, keep_comments: bool = False) -> ET.Element:
+    """The root element of ``text``; ``keep_comments``: with its comments and processing instructions as
+    elements (for rewriting the file; a reader skips them)."""
     if _FORBIDDEN_MARKUP.search(text):
         raise VocError(f"{path}: contains a DOCTYPE or ENTITY declaration; refused (entities are never expanded)")
     try:
-        return ET.fromstring(text)
+        if not keep_comments:
+            return ET.fromstring(text)
+        parser = ET.XMLParser(target=ET.TreeBuilder(insert_comments=True, insert_pis=True))
+        parser.feed(text)
+        return parser.close()
     except ET.ParseError as error:
         raise VocError(f"{path}: malformed XML ({error})") from error
 
@@ -404,6 +431,170 @@ def _box_lines(box: VocBox) -> List[str]:
     ]
 
 
+def annotation_xml_text(annotation: VocAnnotation, folder: str) -> str:
+    """What a writer writes for ``annotation``: its original file's fields kept when it has one
+    (:func:`keep_fields_text`), else a fresh LabelImg file (:func:`voc_xml_text`)."""
+    if annotation.keep_fields_of is None:
+        return voc_xml_text(annotation, folder)
+    _check_annotation(annotation)
+    return keep_fields_text(annotation)
+
+
+def keep_fields_text(annotation: VocAnnotation) -> str:
+    """``annotation`` written into its original file (``keep_fields_of``), changing only what changed.
+
+    Kept as the file has them: what precedes the root element (the XML declaration, comments), comments
+    inside it, the root element and its attributes (``verified="no"``), ``folder``,
+    ``filename``, ``path``, ``source`` (mixed text included), ``size`` when it gives width and height,
+    ``segmented``, any other element, element order, indentation, and each object whose box is unchanged,
+    as written (its ``<Difficult>`` spelling, ``278.0`` coordinates). Rewritten: an object whose box the
+    annotator changed gets the new name, pose, truncated, difficult and bndbox values in its own element
+    (its spelling and extra children kept); an added box is a copy of the file's first object with its
+    values (or LabelImg's layout when the file had none); a removed box's object is left out; a ``<size>``
+    without width or height gets the CT slice's (a reader needs it). Objects the import skipped (an
+    unknown class, say) are kept as they are: they are the annotator's data too.
+    """
+    original = annotation.keep_fields_of
+    assert original is not None
+    root = _parse_xml_text(original, f"{annotation.sop_instance_uid}.xml", keep_comments=True)
+    children = list(root)
+    objects = [child for child in children if child.tag == "object"]
+    objects_rebuilt = _objects_for(annotation, objects)
+    if objects:
+        position = children.index(objects[0])
+        last_tail = objects[-1].tail
+        # Between two objects: as between the file's first two, else as before the first one.
+        between = objects[0].tail if len(objects) > 1 else (children[position - 1].tail if position else root.text)
+        for element in objects:
+            root.remove(element)
+    else:  # objects go last, indented as the file's other elements
+        position = len(children)
+        last_tail = (children[-1].tail if children else root.text) or "\n"
+        between = (children[-2].tail if len(children) > 1 else root.text) or "\n" + _INDENT
+        if children and objects_rebuilt:
+            children[-1].tail = between
+    for offset, element in enumerate(objects_rebuilt):
+        element.tail = last_tail if offset == len(objects_rebuilt) - 1 else between
+        root.insert(position + offset, element)
+    if objects and not objects_rebuilt and position > 0:
+        root[position - 1].tail = last_tail  # the element before the objects now closes the file
+    _fill_missing_size(root, annotation)
+    prolog = _PROLOG.match(original).group(0)  # type: ignore[union-attr]  # matches any text, if only ""
+    text = ET.tostring(root, encoding="unicode")
+    return prolog + text + ("\n" if original.endswith("\n") else "")
+
+
+def objects_to_write(annotation: VocAnnotation) -> int:
+    """How many <object>s :func:`keep_fields_text` writes: the boxes and the original's never-imported objects."""
+    if annotation.keep_fields_of is None:
+        return len(annotation.boxes)
+    objects = _parse_xml_text(annotation.keep_fields_of, f"{annotation.sop_instance_uid}.xml").findall("object")
+    never_imported = [n for n in range(1, len(objects) + 1) if n not in annotation.imported_objects]
+    return len(annotation.boxes) + len(never_imported)
+
+
+def is_unchanged(annotation: VocAnnotation) -> bool:
+    """True when keeping the original file's fields writes exactly the boxes it holds: every imported
+    object referred to once, in the file's order, by a box equal to it, and no other box."""
+    if annotation.keep_fields_of is None:
+        return False
+    root = _parse_xml_text(annotation.keep_fields_of, f"{annotation.sop_instance_uid}.xml")
+    objects = root.findall("object")
+    referred = [box.source_object for box in annotation.boxes]
+    if None in referred or sorted(referred) != sorted(annotation.imported_objects):  # type: ignore[type-var]
+        return False
+    for box in annotation.boxes:
+        if not 1 <= box.source_object <= len(objects) or not _same_box(objects[box.source_object - 1], box, annotation):
+            return False
+    return True
+
+
+def _objects_for(annotation: VocAnnotation, objects: List[ET.Element]) -> List[ET.Element]:
+    """The <object> elements to write, in order: the boxes (each in its original element when it has one)
+    and, in their places, the original objects that were never imported."""
+    by_index = dict(enumerate(objects, start=1))
+    difficult_tag = _difficult_spelling(objects)
+    template = objects[0] if objects else None
+    result: List[Tuple[float, ET.Element]] = []
+    for index, element in by_index.items():
+        if index not in annotation.imported_objects:
+            result.append((index, element))  # skipped at import: kept as it is
+    new_boxes = 0
+    for box in annotation.boxes:
+        element = by_index.get(box.source_object) if box.source_object in annotation.imported_objects else None
+        if element is not None and _same_box(element, box, annotation):
+            result.append((box.source_object, element))
+            continue
+        if element is not None:
+            result.append((box.source_object, _set_box_values(copy.deepcopy(element), box, difficult_tag)))
+            continue
+        new_boxes += 1
+        made = copy.deepcopy(template) if template is not None else _fresh_object_element()
+        result.append((len(objects) + new_boxes, _set_box_values(made, box, difficult_tag)))
+    return [element for _, element in sorted(result, key=lambda pair: pair[0])]
+
+
+def _same_box(element: ET.Element, box: VocBox, annotation: VocAnnotation) -> bool:
+    """True when ``box`` is what reading ``element`` gave: its values, cut to the image as an import cuts them
+    (a box one pixel past the edge comes back as the file has it, not rewritten to the cut one)."""
+    try:
+        return _read_box(element).clipped(annotation.width, annotation.height)[0] == box
+    except VocError:
+        return False
+
+
+def _difficult_spelling(objects: Sequence[ET.Element]) -> str:
+    for element in objects:
+        for child in element:
+            if isinstance(child.tag, str) and child.tag.lower() == "difficult":
+                return child.tag
+    return "difficult"
+
+
+def _fresh_object_element() -> ET.Element:
+    """An <object> laid out as :func:`voc_xml_text` lays it out (values set by the caller)."""
+    return ET.fromstring("\n".join(_box_lines(VocBox("A", 0, 0, 1, 1))).strip())
+
+
+def _set_box_values(element: ET.Element, box: VocBox, difficult_tag: str) -> ET.Element:
+    values = {"name": box.name, "pose": box.pose, "truncated": str(int(box.truncated))}
+    values[difficult_tag] = str(int(box.difficult))
+    for tag, text in values.items():
+        _child_to_write(element, tag).text = text
+    bndbox = _child_to_write(element, "bndbox")
+    for tag in ("xmin", "ymin", "xmax", "ymax"):
+        _child_to_write(bndbox, tag).text = str(int(getattr(box, tag)))
+    return element
+
+
+def _child_to_write(parent: ET.Element, tag: str) -> ET.Element:
+    """``parent``'s child ``tag`` (any spelling of it), appended when missing, indented as its siblings."""
+    child = _find_child(parent, tag)
+    if child is not None:
+        return child
+    siblings = list(parent)
+    child = ET.SubElement(parent, tag)
+    if siblings:
+        child.tail = siblings[-1].tail
+        siblings[-1].tail = siblings[0].tail if len(siblings) > 1 else parent.text
+    return child
+
+
+def _fill_missing_size(root: ET.Element, annotation: VocAnnotation) -> None:
+    size = _find_child(root, "size")
+    if size is None:  # after <source> (or <path>), as LabelImg places it
+        size = ET.fromstring(_SIZE_ELEMENT)
+        anchors = [n for n, child in enumerate(root) if isinstance(child.tag, str) and child.tag in ("source", "path")]
+        position = anchors[-1] + 1 if anchors else 0
+        size.tail = root[position - 1].tail if position > 0 else root.text
+        root.insert(position, size)
+    for tag, value in (("width", annotation.width), ("height", annotation.height), ("depth", annotation.depth)):
+        child = _child_to_write(size, tag)
+        text = (child.text or "").strip()
+        if not text or text in ("0", "0.0"):
+            child.text = str(value)
+
+
 def write_voc_annotation(annotation: VocAnnotation, out_dir: Path, overwrite: bool = False) -> Path:
     """Write ``out_dir/<SOPInstanceUID>.xml`` atomically; returns its path.
 
@@ -416,7 +607,7 @@ def write_voc_annotation(annotation: VocAnnotation, out_dir: Path, overwrite: bo
     if out_dir.exists() and not out_dir.is_dir():
         raise VocError(f"{out_dir}: exists and is not a folder; cannot write {annotation.sop_instance_uid}.xml")
     target = out_dir / f"{annotation.sop_instance_uid}.xml"
-    text = voc_xml_text(annotation, annotation.folder or out_dir.name)
+    text = annotation_xml_text(annotation, annotation.folder or out_dir.name)
     try:
         return atomic_write_text(target, text, overwrite=overwrite)
     except OutputExistsError:
@@ -450,7 +641,7 @@ def write_voc_folder(annotations: Sequence[VocAnnotation], out_dir: Path, overwr
         with contextlib.ExitStack() as stack:
             for annotation, target in zip(annotations, targets):
                 tmp = stack.enter_context(atomic_output(target, overwrite=overwrite))
-                tmp.write_text(voc_xml_text(annotation, annotation.folder or out_dir.name), encoding="utf-8")
+                tmp.write_text(annotation_xml_text(annotation, annotation.folder or out_dir.name), encoding="utf-8")
     except OSError as error:
         if isinstance(error, OutputExistsError):
             raise

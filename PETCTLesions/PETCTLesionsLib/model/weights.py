@@ -12,6 +12,10 @@ The manifest's numbers that the code uses (``threshold``, ``working_spacing_mm``
 and its ``file`` (a file name beside the manifest, never a path out of its folder) are checked
 before the weights are read; a bad value names the manifest and the key.
 
+A manifest may name a false-positive filter (``"false_positive_filter": {"file": ..., "sha256": ...}``,
+a JSON file of numbers beside it, :mod:`.false_positive_filter`): it is checked the same way and
+carried as ``LoadedModel.false_positive_filter``; detection applies it.
+
 The bundled model lives in ``PETCTLesions/Resources/Models`` (installed next to the module
 by the extension's CMakeLists); ``PETCTLESIONS_MODEL`` (a manifest path) overrides it.
 """
@@ -33,9 +37,10 @@ import numpy as np
 import torch
 
 from ..errors import ModelFileError
-from ..fileio import atomic_output, atomic_write_text, is_inside, is_safe_file_name
+from ..fileio import atomic_output, atomic_write_bytes, atomic_write_text, is_inside, is_safe_file_name
 from ..jobs import CancelCallback, ProgressCallback
 from . import inference
+from .false_positive_filter import FalsePositiveFilter, read_filter
 from .network import ARCHITECTURE, ARCHITECTURE_VERSION, LesionUNet
 from .preprocessing import WORKING_SPACING_MM
 
@@ -51,6 +56,7 @@ class LoadedModel:
     network: LesionUNet
     manifest: Dict[str, Any]
     manifest_path: Path
+    false_positive_filter: Optional[FalsePositiveFilter] = None
 
     @property
     def threshold(self) -> float:
@@ -124,15 +130,7 @@ def load_model(manifest_path: Optional[Union[str, Path]] = None) -> LoadedModel:
     """Load a model by its manifest (default: the bundled one), checking checksum and version."""
     manifest_path = Path(manifest_path) if manifest_path is not None else bundled_manifest_path()
     manifest = _read_manifest(manifest_path)
-    weights_path = manifest_path.parent / manifest["file"]
-    if not weights_path.is_file():
-        raise ModelFileError(f"{weights_path}: model weights file is missing (named by {manifest_path})")
-    actual = sha256_of(weights_path)
-    if actual != manifest.get("sha256"):
-        raise ModelFileError(
-            f"{weights_path}: checksum {actual[:12]}... does not match the manifest's "
-            f"{str(manifest.get('sha256'))[:12]}...: the file is corrupt or not the one the manifest describes"
-        )
+    weights_path = _checked_file(manifest_path, manifest, "model weights file")
     payload = _read_weights(weights_path)
     _check_architecture(payload, weights_path)
     _check_features(payload["features"], weights_path)
@@ -148,7 +146,48 @@ def load_model(manifest_path: Optional[Union[str, Path]] = None) -> LoadedModel:
         )
     except RuntimeError as error:
         raise ModelFileError(f"{weights_path}: weights do not fit the {ARCHITECTURE} network ({error})") from error
-    return LoadedModel(network.eval(), manifest, manifest_path)
+    return LoadedModel(network.eval(), manifest, manifest_path, _load_filter(manifest, manifest_path))
+
+
+FILTER_KEY = "false_positive_filter"
+
+
+def _load_filter(manifest: Dict[str, Any], manifest_path: Path) -> Optional[FalsePositiveFilter]:
+    """The false-positive filter the manifest names (file beside it, checksum checked), or None."""
+    entry = manifest.get(FILTER_KEY)
+    if entry is None:
+        return None
+    if not isinstance(entry, dict):
+        raise ModelFileError(f'{manifest_path}: "{FILTER_KEY}" must be an object with "file" and "sha256"')
+    _check_weights_name(entry, manifest_path, "false-positive filter file")
+    return read_filter(_checked_file(manifest_path, entry, "false-positive filter file"))
+
+
+def _checked_file(manifest_path: Path, entry: Dict[str, Any], what: str) -> Path:
+    """The file ``entry`` names beside the manifest, present and with the SHA-256 the entry gives."""
+    path = manifest_path.parent / entry["file"]
+    if not path.is_file():
+        raise ModelFileError(f"{path}: {what} is missing (named by {manifest_path})")
+    actual = sha256_of(path)
+    if actual != entry.get("sha256"):
+        raise ModelFileError(
+            f"{path}: checksum {actual[:12]}... does not match the manifest's {str(entry.get('sha256'))[:12]}...: "
+            "the file is corrupt or not the one the manifest describes"
+        )
+    return path
+
+
+def attach_filter(manifest_path: Path, filter_path: Path) -> Path:
+    """Name ``filter_path`` (copied beside the manifest when elsewhere) in the model's manifest, with its checksum."""
+    manifest_path, filter_path = Path(manifest_path), Path(filter_path)
+    manifest = _read_manifest(manifest_path)
+    read_filter(filter_path)  # a file detection could not use is not attached
+    target = manifest_path.parent / filter_path.name
+    if target.resolve() != filter_path.resolve():
+        atomic_write_bytes(target, filter_path.read_bytes(), overwrite=False)
+    manifest[FILTER_KEY] = {"file": target.name, "sha256": sha256_of(target)}
+    atomic_write_text(manifest_path, json.dumps(manifest, indent=2, sort_keys=True) + "\n", overwrite=True)
+    return target
 
 
 def _read_weights(path: Path) -> Dict[str, Any]:
@@ -197,16 +236,16 @@ def _read_manifest(path: Path) -> Dict[str, Any]:
     return manifest
 
 
-def _check_weights_name(manifest: Dict[str, Any], path: Path) -> None:
+def _check_weights_name(manifest: Dict[str, Any], path: Path, what: str = "weights file") -> None:
     """The weights are a file beside the manifest: a path elsewhere (``..``, absolute, a link out) is refused
     before anything is opened, so a manifest cannot make the model loader read and hash any file."""
     name = manifest.get("file")
     if not (isinstance(name, str) and is_safe_file_name(name) and not Path(name).is_absolute()):
-        raise ModelFileError(f'{path}: "file" must be the name of the weights file beside the manifest, got {name!r}')
+        raise ModelFileError(f'{path}: "file" must be the name of the {what} beside the manifest, got {name!r}')
     if not is_inside(path.parent / name, path.parent):
         raise ModelFileError(
             f'{path}: "file" {name!r} is a link to a file outside the manifest\'s folder; '
-            "put the weights file itself beside the manifest"
+            f"put the {what} itself beside the manifest"
         )
 
 

@@ -10,9 +10,11 @@ left it: the slice under its centre and the pixels its edges enclose.
 from __future__ import annotations
 
 import colorsys
+import json
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import slicer
@@ -36,6 +38,16 @@ SOP_INSTANCE_UID_ATTRIBUTE = "DICOM.instanceUID"
 LESION_ATTRIBUTE = "VOC.lesion"
 SEGMENT_ID_ATTRIBUTE = "PETCTLesions.segmentID"  # the lesion segment a box belongs to (detections, review)
 FLAG_ATTRIBUTES = ("VOC.pose", "VOC.truncated", "VOC.difficult")
+# What a VOC import keeps, so that an export can keep the files' fields and say what changed since:
+# each imported box node carries its key "<SOPInstanceUID>#<object number in its file>"; the CT node
+# carries the folder, each imported file's text, and every imported box as it was read (JSON by key).
+# A file's text is kept JSON-encoded: a scene file stores attributes as XML attribute values, and reading
+# those back turns a tab into a space (XML attribute-value normalisation), which would change LabelImg's
+# tab-indented files on the next write.
+IMPORT_KEY_ATTRIBUTE = "PETCTLesions.vocImportKey"
+VOC_FOLDER_ATTRIBUTE = "PETCTLesions.vocFolder"
+VOC_IMPORTED_ATTRIBUTE = "PETCTLesions.vocImported"
+VOC_ORIGINAL_PREFIX = "PETCTLesions.vocOriginal."
 BOXES_FOLDER = "VOC boxes"
 AXIAL_VIEW_NODE_ID = "vtkMRMLSliceNodeRed"  # Slicer's axial view in every default layout
 BOX_FILL_OPACITY = 0.1
@@ -68,13 +80,32 @@ def _ct_slices(ct_node: slicer.vtkMRMLScalarVolumeNode) -> Tuple[Grid, List[str]
     return grid, uids
 
 
-def add_box_nodes(annotations: Sequence[VocAnnotation], ct_node: slicer.vtkMRMLScalarVolumeNode) -> BoxImport:
-    """One ROI node per box of ``annotations`` on the CT slice its file names; the rest reported."""
+@dataclass(frozen=True)
+class ImportedBox:
+    """A box as a VOC import read it: its file's slice, the lesion it was grouped into (a lesion segment's
+    ID once the import made segments, else "group <n>"), and the box."""
+
+    key: str  # "<SOPInstanceUID>#<object number in the file>"
+    slice_uid: str
+    lesion: str
+    box: VocBox
+
+
+def add_box_nodes(
+    annotations: Sequence[VocAnnotation], ct_node: slicer.vtkMRMLScalarVolumeNode, first_lesion: int = 1
+) -> BoxImport:
+    """One ROI node per box of ``annotations`` on the CT slice its file names; the rest reported.
+
+    Boxes are grouped into lesions by :func:`group_boxes_into_lesions`, numbered from ``first_lesion``.
+    What was imported is kept on the nodes for exports (:func:`imported_boxes`, :func:`voc_originals`).
+    """
     grid, uids = _ct_slices(ct_node)
     slice_of = {uid: k for k, uid in enumerate(uids)}
     width, height = grid.size[0], grid.size[1]
     result = BoxImport()
     placed: List[Tuple[int, VocBox]] = []
+    placed_from: List[VocAnnotation] = []
+    on_slices: List[VocAnnotation] = []  # files of this CT's slices, even those none of whose boxes was placed
     for annotation in annotations:
         where = str(annotation.source_path or f"{annotation.sop_instance_uid}.xml")
         k = slice_of.get(annotation.sop_instance_uid)
@@ -89,6 +120,7 @@ def add_box_nodes(annotations: Sequence[VocAnnotation], ct_node: slicer.vtkMRMLS
             )
             continue
         result.notes.extend(annotation.notes)
+        on_slices.append(annotation)
         for index, box in enumerate(annotation.boxes, start=1):
             box, cut = box.clipped(width, height)  # the file gave no size: the slice's is known here
             if cut:
@@ -98,9 +130,95 @@ def add_box_nodes(annotations: Sequence[VocAnnotation], ct_node: slicer.vtkMRMLS
                 result.skipped.append(f"{where}: object {index} ({box.name or 'no name'}) {problem}; skipped")
                 continue
             placed.append((k, box))
-    lesions = group_boxes_into_lesions([(k, *box.to_pixel_ranges()) for k, box in placed])
+            placed_from.append(annotation)
+    lesions = [
+        first_lesion - 1 + n for n in group_boxes_into_lesions([(k, *box.to_pixel_ranges()) for k, box in placed])
+    ]
     result.nodes = _place_boxes(ct_node, grid, uids, [(k, box, lesion) for (k, box), lesion in zip(placed, lesions)])
+    _record_import(ct_node, result.nodes, placed, placed_from, lesions)
+    if result.nodes:  # a refused import (nothing placed) leaves no file of its own on the CT
+        keep_voc_originals(ct_node, on_slices)
     return result
+
+
+def _record_import(
+    ct_node: slicer.vtkMRMLScalarVolumeNode,
+    nodes: Sequence[slicer.vtkMRMLMarkupsROINode],
+    placed: Sequence[Tuple[int, VocBox]],
+    sources: Sequence[VocAnnotation],
+    lesions: Sequence[int],
+) -> None:
+    """Keep on the nodes what was imported: each box's key, and on the CT the boxes as read and their folder
+    (the files' texts: :func:`keep_voc_originals`)."""
+    snapshot = _imported_json(ct_node)
+    for node, (_, box), source, lesion in zip(nodes, placed, sources, lesions):
+        if box.source_object is None:
+            continue  # made in memory, not read from a file: nothing to keep
+        key = f"{source.sop_instance_uid}#{box.source_object}"
+        node.SetAttribute(IMPORT_KEY_ATTRIBUTE, key)
+        snapshot[key] = {"lesion": f"group {lesion}", "box": _box_fields(box)}
+    if snapshot:
+        ct_node.SetAttribute(VOC_IMPORTED_ATTRIBUTE, json.dumps(snapshot, sort_keys=True))
+    folders = {source.source_path.parent for source in sources if source.source_path is not None}
+    if len(folders) == 1:
+        ct_node.SetAttribute(VOC_FOLDER_ATTRIBUTE, str(folders.pop()))
+
+
+def keep_voc_originals(ct_node: slicer.vtkMRMLScalarVolumeNode, files: Sequence[VocAnnotation]) -> None:
+    """Keep on the CT the text of each of ``files`` that belongs to one of its slices (its SOPInstanceUID, and
+    its size when it states one), so that an export over it keeps its fields. Also for a file none of whose
+    boxes could be placed (all skipped): a box the annotator adds on its slice then joins its objects
+    instead of replacing them."""
+    grid, uids = _ct_slices(ct_node)
+    slices = set(uids)
+    for source in files:
+        size = (source.width or grid.size[0], source.height or grid.size[1])
+        if source.source_xml is not None and source.sop_instance_uid in slices and size == tuple(grid.size[:2]):
+            ct_node.SetAttribute(VOC_ORIGINAL_PREFIX + source.sop_instance_uid, json.dumps(source.source_xml))
+
+
+def _box_fields(box: VocBox) -> list:
+    return [box.name, box.xmin, box.ymin, box.xmax, box.ymax, box.pose, box.truncated, box.difficult]
+
+
+def _imported_json(ct_node: slicer.vtkMRMLScalarVolumeNode) -> Dict[str, dict]:
+    value = ct_node.GetAttribute(VOC_IMPORTED_ATTRIBUTE)
+    return json.loads(value) if value else {}
+
+
+def imported_boxes(ct_node: slicer.vtkMRMLScalarVolumeNode) -> Dict[str, ImportedBox]:
+    """Every box a VOC import placed on ``ct_node``, as it was read, by key (empty: nothing imported)."""
+    result = {}
+    for key, value in _imported_json(ct_node).items():
+        name, xmin, ymin, xmax, ymax, pose, truncated, difficult = value["box"]
+        box = VocBox(name, xmin, ymin, xmax, ymax, pose, truncated, difficult, source_object=int(key.split("#")[1]))
+        result[key] = ImportedBox(key, key.split("#")[0], value["lesion"], box)
+    return result
+
+
+def set_imported_lesions(ct_node: slicer.vtkMRMLScalarVolumeNode, lesion_of: Dict[str, str]) -> None:
+    """Name the lesion each imported box (by key) was grouped into, e.g. by its lesion segment's ID."""
+    snapshot = _imported_json(ct_node)
+    for key, lesion in lesion_of.items():
+        snapshot[key]["lesion"] = lesion
+    ct_node.SetAttribute(VOC_IMPORTED_ATTRIBUTE, json.dumps(snapshot, sort_keys=True))
+
+
+def voc_import_folder(ct_node: slicer.vtkMRMLScalarVolumeNode) -> Optional[Path]:
+    """The folder the CT's VOC boxes were imported from (None: none imported)."""
+    value = ct_node.GetAttribute(VOC_FOLDER_ATTRIBUTE)
+    return Path(value) if value else None
+
+
+def voc_originals(ct_node: slicer.vtkMRMLScalarVolumeNode) -> Dict[str, str]:
+    """The text of each VOC file imported onto ``ct_node``, by its slice's SOPInstanceUID."""
+    stored = {uid: ct_node.GetAttribute(VOC_ORIGINAL_PREFIX + uid) for uid in slice_sop_instance_uids(ct_node)}
+    return {uid: json.loads(value) for uid, value in stored.items() if value is not None}
+
+
+def import_key(node: slicer.vtkMRMLMarkupsROINode) -> Optional[str]:
+    """The key of the imported box ``node`` shows (None: a box added since)."""
+    return node.GetAttribute(IMPORT_KEY_ATTRIBUTE) or None
 
 
 def _place_boxes(
@@ -220,36 +338,87 @@ def voc_from_box_nodes(
     """
     grid, uids = _ct_slices(ct_node)
     width, height = grid.size[0], grid.size[1]
-    ras_to_ijk = np.linalg.inv(grid.ijk_to_ras())
     by_slice: Dict[int, VocAnnotation] = {}
     skipped: List[str] = []
     for node in roi_nodes:
-        name = node.GetName()
-        class_name = node.GetAttribute(CLASS_ATTRIBUTE) or default_class
-        if not class_name:
-            skipped.append(
-                f"box {name!r}: no class (attribute {CLASS_ATTRIBUTE}) and no histology letter in the Patient ID"
-            )
+        placed = box_where_left(node, ct_node, default_class, (grid, uids))
+        if isinstance(placed, str):
+            skipped.append(placed)
             continue
-        corners_ijk = _roi_corners_ijk(node, ras_to_ijk)
-        low, high = corners_ijk.min(axis=0), corners_ijk.max(axis=0)
-        k = _round_half_up((low[2] + high[2]) / 2.0)
-        c0, r0 = _round_half_up(low[0] + 0.5), _round_half_up(low[1] + 0.5)
-        c1, r1 = _round_half_up(high[0] - 0.5), _round_half_up(high[1] - 0.5)
-        c0, r0, c1, r1 = max(c0, 0), max(r0, 0), min(c1, width - 1), min(r1, height - 1)
-        if not 0 <= k < len(uids) or c0 > c1 or r0 > r1:
-            skipped.append(f"box {name!r}: lies outside CT {ct_node.GetName()!r}; skipped")
-            continue
-        box = VocBox.from_pixel_ranges(class_name, c0, r0, c1, r1)
-        pose, truncated, difficult = (node.GetAttribute(a) for a in FLAG_ATTRIBUTES)
-        box.pose = pose or box.pose
-        box.truncated = int(truncated or 0)
-        box.difficult = int(difficult or 0)
+        k, box = placed
         annotation = by_slice.get(k)
         if annotation is None:
             annotation = by_slice[k] = VocAnnotation(uids[k], width=width, height=height)
         annotation.boxes.append(box)
-    return [by_slice[k] for k in sorted(by_slice)], skipped
+    annotations = [by_slice[k] for k in sorted(by_slice)]
+    _keep_original_fields(annotations, ct_node)
+    return annotations, skipped
+
+
+def box_where_left(
+    node: slicer.vtkMRMLMarkupsROINode,
+    ct_node: slicer.vtkMRMLScalarVolumeNode,
+    default_class: Optional[str],
+    slices: Optional[Tuple[Grid, List[str]]] = None,
+) -> Union[Tuple[int, VocBox], str]:
+    """(CT slice k, VOC box) of an ROI node where the user left it, or why it gives no box.
+
+    The slice is the one under the ROI's centre; the box is the pixels its edges enclose, clipped
+    to the image. A box still on the slice of the file it was imported from keeps its object number
+    (``source_object``), so that an export writes it in its original element.
+    """
+    grid, uids = slices if slices is not None else _ct_slices(ct_node)
+    width, height = grid.size[0], grid.size[1]
+    name = node.GetName()
+    class_name = node.GetAttribute(CLASS_ATTRIBUTE) or default_class
+    if not class_name:
+        return f"box {name!r}: no class (attribute {CLASS_ATTRIBUTE}) and no histology letter in the Patient ID"
+    corners_ijk = _roi_corners_ijk(node, np.linalg.inv(grid.ijk_to_ras()))
+    low, high = corners_ijk.min(axis=0), corners_ijk.max(axis=0)
+    k = _round_half_up((low[2] + high[2]) / 2.0)
+    c0, r0 = _round_half_up(low[0] + 0.5), _round_half_up(low[1] + 0.5)
+    c1, r1 = _round_half_up(high[0] - 0.5), _round_half_up(high[1] - 0.5)
+    c0, r0, c1, r1 = max(c0, 0), max(r0, 0), min(c1, width - 1), min(r1, height - 1)
+    if not 0 <= k < len(uids) or c0 > c1 or r0 > r1:
+        return f"box {name!r}: lies outside CT {ct_node.GetName()!r}; skipped"
+    box = VocBox.from_pixel_ranges(class_name, c0, r0, c1, r1)
+    pose, truncated, difficult = (node.GetAttribute(a) for a in FLAG_ATTRIBUTES)
+    box.pose = pose or box.pose
+    box.truncated = int(truncated or 0)
+    box.difficult = int(difficult or 0)
+    key = import_key(node)
+    if key is not None and key.split("#")[0] == uids[k]:
+        box.source_object = int(key.split("#")[1])
+    return k, box
+
+
+def _keep_original_fields(annotations: Sequence[VocAnnotation], ct_node: slicer.vtkMRMLScalarVolumeNode) -> None:
+    """Annotations of slices whose file was imported are written keeping that file's fields."""
+    originals = voc_originals(ct_node)
+    imported: Dict[str, set] = {}
+    for value in imported_boxes(ct_node).values():
+        imported.setdefault(value.slice_uid, set()).add(value.box.source_object)
+    for annotation in annotations:
+        original = originals.get(annotation.sop_instance_uid)
+        if original is not None:
+            annotation.keep_fields_of = original
+            annotation.imported_objects = frozenset(imported.get(annotation.sop_instance_uid, ()))
+
+
+def emptied_original_annotations(
+    annotations: Sequence[VocAnnotation], ct_node: slicer.vtkMRMLScalarVolumeNode
+) -> List[VocAnnotation]:
+    """An annotation without boxes for each imported file whose slice has none of ``annotations`` any more
+    (every box of it removed, rejected or moved): written, it keeps only what the import skipped."""
+    grid, uids = _ct_slices(ct_node)
+    present = {annotation.sop_instance_uid for annotation in annotations}
+    emptied = [
+        VocAnnotation(uid, width=grid.size[0], height=grid.size[1])
+        for uid in voc_originals(ct_node)
+        if uid not in present
+    ]
+    _keep_original_fields(emptied, ct_node)
+    return emptied
 
 
 def _roi_corners_ijk(node: slicer.vtkMRMLMarkupsROINode, ras_to_ijk: np.ndarray) -> np.ndarray:

@@ -12,18 +12,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Set, Tuple
 
+import slicer
+
 from ..dicom.index import IndexedStudy, scan_paths
 from ..dicom.pairing import pair_pet_with_ct
 from ..errors import InputError
 from ..formats import nnunet, voc
 from ..geometry import Grid
 from ..study import load_series_image, load_study
-from .boxes import add_box_nodes
-from .export import ExportReport, StudyNodes, export_nnunet, export_voc
+from .annotations import changes_since_import, mark_imported_segments, open_nnunet_case, patient_annotation_folder
+from .boxes import add_box_nodes, voc_import_folder
+from .export import ExportReport, StudyNodes, export_nnunet, export_voc, same_folder
 from .headless import ensure_scene, in_slicer_application, reset_scene
 from .segmentations import segmentation_from_mask
-from .study_nodes import add_series_volume, add_study_nodes, mark_as_suv_bw, slice_sop_instance_uids
-from .volumes import grid_from_volume_node, volume_node_from_image
+from .study_nodes import NNUNET_CASE_ATTRIBUTE, add_series_volume, add_study_nodes, slice_sop_instance_uids
+from .volumes import grid_from_volume_node
 
 NNUNET_DATASET_NAME = "Dataset901_PETCTLesionsConverted"
 
@@ -138,16 +141,14 @@ def _ct_only_nodes(study: IndexedStudy, series, report: ExportReport, annotated:
 
 
 def _nodes_from_nnunet_case(options: ConvertOptions, report: ExportReport) -> StudyNodes:
-    case = nnunet.read_case(options.nnunet_dataset, options.case_id)
-    ct = volume_node_from_image(case.ct, f"{case.case_id} CT")
-    pet = volume_node_from_image(case.pet, f"{case.case_id} PET SUVbw")
-    mark_as_suv_bw(pet)
-    nodes = StudyNodes(case.case_id, case.case_id, ct, pet)
-    if case.label is not None:
-        nodes.segmentation = segmentation_from_mask(case.label, f"{case.case_id} lesions", options.per_lesion)
-    report.notes.append(
-        f"no DICOM: VOC export impossible (no slice SOPInstanceUIDs); case {case.case_id!r} kept its id"
-    )
+    case = open_nnunet_case(options.nnunet_dataset, options.case_id, options.per_lesion)  # as the module opens it
+    case_id = case.ct.GetAttribute(NNUNET_CASE_ATTRIBUTE)
+    nodes = StudyNodes(case_id, case_id, case.ct, case.pet)
+    if case.has_label:
+        nodes.segmentation = case.segmentation
+    else:  # a test case stays one: no empty label is made up for it
+        slicer.mrmlScene.RemoveNode(case.segmentation)
+    report.notes.append(f"no DICOM: VOC export impossible (no slice SOPInstanceUIDs); case {case_id!r} kept its id")
     return nodes
 
 
@@ -169,7 +170,7 @@ class _PatientAnnotations:
         if self.voc_dir is None:
             return None, []
         if patient_id not in self._by_patient:
-            folder = _patient_annotation_folder(self.voc_dir, patient_id)
+            folder = patient_annotation_folder(self.voc_dir, patient_id)
             found: List[voc.VocAnnotation] = []
             if folder is None:
                 self.report.skipped.append(f"{self.voc_dir}: no annotation folder for {patient_id}")
@@ -226,21 +227,24 @@ def _import_annotations(
                 f"{nodes.patient_id} ({pet_grid.describe()}): it belongs to another study or was resampled"
             )
         nodes.segmentation = segmentation_from_mask(case.label, f"{nodes.patient_id} lesions", options.per_lesion)
-
-
-def _patient_annotation_folder(voc_dir: Path, patient_id: str) -> Optional[Path]:
-    candidate = voc_dir / voc.patient_folder_name(patient_id)
-    if candidate.is_dir():
-        return candidate
-    if voc_dir.is_dir() and any(p.suffix.lower() == ".xml" for p in voc_dir.iterdir()):
-        return voc_dir  # one patient's folder given directly
-    return None
+        mark_imported_segments(nodes.segmentation, nodes.pet)
 
 
 def _export(nodes: StudyNodes, out_dir: Path, options: ConvertOptions, report: ExportReport) -> None:
+    voc_root, dataset = out_dir / "Annotation", out_dir / "nnUNet_raw" / NNUNET_DATASET_NAME
+    # Written back over its input (--out where --voc or --nnunet read from): say what changed since the import,
+    # as the module's "export back" does. Nothing changes between a convert's import and its export, unless
+    # the export itself cannot keep something (a box cut to the image, a lesion rejected).
+    voc_folder = voc_import_folder(nodes.ct)
+    over_input = (
+        options.export_voc
+        and voc_folder is not None
+        and same_folder(voc_folder, voc_root / voc.patient_folder_name(nodes.patient_id))
+    ) or (options.export_nnunet and options.nnunet_dataset is not None and same_folder(options.nnunet_dataset, dataset))
+    summary = changes_since_import(nodes.ct, nodes.pet, nodes.segmentation) if over_input else None
     if options.export_voc:
-        export_voc(nodes, out_dir / "Annotation", report, options.overwrite, options.voc_from_segmentation)
+        export_voc(nodes, voc_root, report, options.overwrite, options.voc_from_segmentation)
     if options.export_nnunet:
-        export_nnunet(
-            nodes, out_dir / "nnUNet_raw" / NNUNET_DATASET_NAME, report, options.overwrite, options.boxes_as_labels
-        )
+        export_nnunet(nodes, dataset, report, options.overwrite, options.boxes_as_labels)
+    if summary is not None:
+        report.notes.append(f"{nodes.patient_id}: {summary.text()}")

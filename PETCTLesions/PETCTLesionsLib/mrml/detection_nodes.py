@@ -117,7 +117,8 @@ def add_detection_nodes(
         if detected is not None:
             slicer.mrmlScene.RemoveNode(detected)
     _tag_measurements(segmentation, ids, found)
-    result = DetectionNodes(segmentation, ids, snapshot=snapshot)
+    # The detection's own notes (a device fallback, what the false-positive filter removed) reach the reader.
+    result = DetectionNodes(segmentation, ids, snapshot=snapshot, notes=list(found.notes))
     if with_boxes and ct_node is not None:
         class_name = class_name or histology_class(patient_id_of(ct_node))
         if class_name is None:

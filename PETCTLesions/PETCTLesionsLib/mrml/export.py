@@ -10,20 +10,29 @@ unless ``overwrite``.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 import SimpleITK as sitk
 import slicer
 
 from ..errors import InputError, OutputExistsError
+from ..fileio import BACKUP_MARK, back_up, backup_stamp
 from ..formats import nnunet, voc
 from ..resampling import resample_label_to_grid
-from .boxes import SEGMENT_ID_ATTRIBUTE, box_nodes_of, voc_from_box_nodes, voc_from_segmentation
-from .review import rejected_segment_ids, without_rejected
-from .segmentations import mask_on
+from .boxes import (
+    SEGMENT_ID_ATTRIBUTE,
+    box_nodes_of,
+    emptied_original_annotations,
+    voc_from_box_nodes,
+    voc_from_segmentation,
+    voc_import_folder,
+)
+from .review import IMPORTED, STATUS_TAG, rejected_segment_ids, segment_tag, without_rejected
+from .segmentations import lesion_map_on, mask_on, segment_ids
 from .study_nodes import patient_id_of, slice_sop_instance_uids, study_case_id, study_images
 from .volumes import grid_from_volume_node
 
@@ -100,7 +109,7 @@ def export_voc(
         report.skipped.append(f"{nodes.ct.GetName()}: not loaded from DICOM (no slice SOPInstanceUIDs), so no VOC")
         return
     default_class = voc.histology_class(nodes.patient_id)
-    annotations, skipped = voc_from_box_nodes(list(_kept_boxes(nodes)), nodes.ct, default_class)
+    annotations, skipped = kept_voc_annotations(nodes)
     report.skipped.extend(skipped)
     if from_segmentation and nodes.segmentation is not None:
         if default_class is None:
@@ -108,21 +117,100 @@ def export_voc(
         else:
             with without_rejected(nodes.segmentation) as kept:
                 annotations = _merge(annotations, voc_from_segmentation(kept, nodes.ct, default_class))
-    if not annotations:
-        report.skipped.append(f"{nodes.patient_id}: no VOC boxes to write from {nodes.ct_label}")
-        return
     folder = Path(annotation_root) / voc.patient_folder_name(nodes.patient_id)
+    write_voc_annotations(nodes, annotations, folder, report, overwrite)
+
+
+def write_voc_annotations(
+    nodes: StudyNodes, annotations: List[voc.VocAnnotation], folder: Path, report: ExportReport, overwrite: bool
+) -> None:
+    """Write ``annotations`` (one per CT slice) into ``folder``; a replaced file is kept beside itself first
+    (``<name>.bak-<time>``, :func:`fileio.back_up`).
+
+    Written back into the folder the CT's boxes were imported from, a slice the annotator did not change
+    keeps its file untouched, and the file of a slice whose boxes are all gone is set aside as a backup
+    (or, when it held objects the import skipped, written with those alone). Files written from an
+    imported one keep its fields (:func:`voc.keep_fields_text`).
+    """
+    back_into_source = same_folder(voc_import_folder(nodes.ct), folder)
+    removed: List[Path] = []
+    if back_into_source:
+        for emptied in emptied_original_annotations(annotations, nodes.ct):
+            if voc.objects_to_write(emptied):
+                annotations = [*annotations, emptied]  # it keeps objects the import skipped
+            else:
+                removed.append(folder / f"{emptied.sop_instance_uid}.xml")
+        unchanged = [a for a in annotations if voc.is_unchanged(a) and (folder / f"{a.sop_instance_uid}.xml").is_file()]
+        annotations = [a for a in annotations if not any(a is same for same in unchanged)]
+        if unchanged:
+            report.notes.append(f"{folder}/: {len(unchanged)} VOC XML files unchanged since import, left as they are")
+        removed = [path for path in removed if path.is_file()]
+    if not annotations and not removed:
+        if not back_into_source:
+            report.skipped.append(f"{nodes.patient_id}: no VOC boxes to write from {nodes.ct_label}")
+        return
     for annotation in annotations:
-        annotation.folder = folder.name
+        if annotation.keep_fields_of is None:
+            annotation.folder = folder.name
+    replaced = [folder / f"{a.sop_instance_uid}.xml" for a in annotations]
+    replaced = [path for path in replaced if path.exists()] + removed
+    if replaced and not overwrite:
+        shown = ", ".join(str(path) for path in replaced[:3]) + (
+            f" and {len(replaced) - 3} more" if len(replaced) > 3 else ""
+        )
+        report.skipped.append(
+            f"{shown}: already exist; refusing to overwrite them ({report.replace_hint.format('them')})"
+        )
+        return
+    stamp = backup_stamp()
     try:
-        written = voc.write_voc_folder(annotations, folder, overwrite=overwrite)
-    except OutputExistsError as error:
+        # Every file this replaces or removes is copied aside before the first one changes: a failure
+        # part-way (a full disk) then loses none of them.
+        backups = [back_up(path, stamp) for path in replaced]
+        written = voc.write_voc_folder(annotations, folder, overwrite=overwrite) if annotations else []
+    except OutputExistsError as error:  # a file that appeared since the check above
         report.skipped.append(f"{error} ({report.replace_hint.format('them')})")
         return
     except (OSError, voc.VocError) as error:  # e.g. a full disk, a slice UID that cannot name a file
         report.failed.append(str(error))
         return
-    report.written.append(f"{folder}/ ({len(written)} VOC XML files from {nodes.ct_label})")
+    if written:
+        report.written.append(f"{folder}/ ({len(written)} VOC XML files from {nodes.ct_label})")
+    gone = _remove_emptied_files(removed, report)
+    if gone:
+        report.notes.append(f"{folder}/: {gone} VOC XML files of slices left without boxes removed")
+    if backups:
+        report.notes.append(
+            f"{folder}/: the {len(backups)} replaced or removed files are kept as <name>{BACKUP_MARK}{stamp}"
+        )
+
+
+def _remove_emptied_files(paths: List[Path], report: ExportReport) -> int:
+    """Remove the files (already backed up) of slices left without boxes; one that cannot be removed is
+    reported as failed, saying that the rest was written (its boxes would come back on the next import).
+    Returns how many were removed."""
+    removed = 0
+    for path in paths:
+        try:
+            path.unlink()
+        except OSError as error:
+            report.failed.append(
+                f"{path}: its slice has no box left, but the file cannot be removed ({error.strerror or error}); "
+                "the other VOC files were written"
+            )
+            continue
+        removed += 1
+    return removed
+
+
+def same_folder(first: Optional[Path], second: Path) -> bool:
+    """True when both name the same folder (links resolved); False when ``first`` is None."""
+    return first is not None and os.path.realpath(first) == os.path.realpath(second)
+
+
+def kept_voc_annotations(nodes: StudyNodes) -> Tuple[List[voc.VocAnnotation], List[str]]:
+    """The boxes of the lesions not rejected, one annotation per CT slice (:func:`.boxes.voc_from_box_nodes`)."""
+    return voc_from_box_nodes(list(_kept_boxes(nodes)), nodes.ct, voc.histology_class(nodes.patient_id))
 
 
 def _kept_boxes(nodes: StudyNodes) -> Iterator[slicer.vtkMRMLMarkupsROINode]:
@@ -167,8 +255,23 @@ def export_nnunet(
             "(give --nnunet DATASET --case ID, or --boxes-as-labels to write filled VOC boxes)"
         )
         return
+    if nodes.segmentation is not None:
+        _note_lesions_without_voxels(nodes, report)
+        if not sitk.GetArrayViewFromImage(label).any() and any(_kept_boxes(nodes)) and not boxes_as_labels:
+            report.skipped.append(
+                f"{nodes.patient_id}: its lesions have VOC boxes but no voxels, so no nnU-Net label "
+                "(draw them in the Segment Editor, or write filled boxes as labels)"
+            )
+            return
     case = export_nnunet_case(nodes.ct, nodes.pet, label, nodes.case_id)
+    targets = list(nnunet.case_paths(Path(dataset_dir), case.case_id).values())
+    existing = [path for path in targets if path.exists()]
     try:
+        if existing and overwrite:
+            stamp = backup_stamp()
+            for path in existing:
+                back_up(path, stamp)
+            report.notes.append(f"case {case.case_id!r}: the replaced files are kept as <name>{BACKUP_MARK}{stamp}")
         paths = nnunet.write_case(Path(dataset_dir), case, overwrite=overwrite)
     except OutputExistsError as error:
         report.skipped.append(f"{error} ({report.replace_hint.format('it')})")
@@ -183,6 +286,25 @@ def export_nnunet(
         )
         return
     report.written.extend(str(path) for path in paths.values())
+
+
+def _note_lesions_without_voxels(nodes: StudyNodes, report: ExportReport) -> None:
+    """A lesion imported from VOC boxes has no voxels until drawn: the label does not hold it, and says so."""
+    assert nodes.segmentation is not None
+    content = nodes.segmentation.GetSegmentation()
+    ids = segment_ids(nodes.segmentation)
+    imported = {sid for sid in ids if segment_tag(content.GetSegment(sid), STATUS_TAG) == IMPORTED}
+    boxed = {box.GetAttribute(SEGMENT_ID_ATTRIBUTE) for box in _kept_boxes(nodes)} & imported
+    if not boxed:
+        return  # only lesions imported with boxes can lack voxels: no second rasterisation for the others
+    lesion_map, _ = lesion_map_on(nodes.segmentation, nodes.pet)
+    present = set(np.unique(lesion_map).tolist())
+    for number, segment_id in enumerate(ids, start=1):
+        if segment_id in boxed and number not in present:
+            report.notes.append(
+                f"{nodes.case_id}: {content.GetSegment(segment_id).GetName()} has VOC boxes but no voxels; "
+                "it is not in the nnU-Net label"
+            )
 
 
 def export_nnunet_case(

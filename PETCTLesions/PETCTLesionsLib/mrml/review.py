@@ -6,7 +6,9 @@ Review decisions live on the segments as tags, saved with the scene:
 
 - ``PETCTLesions.status``: "accepted" or "rejected" (absent: not reviewed yet), or "added" for a
   lesion the reader added by a click (``mrml/lesion_edits.py``; kept and exported like an accepted
-  one until accepted or rejected). A rejected lesion is hidden with its boxes and left out of every
+  one until accepted or rejected), or "imported" for a lesion read from the annotator's files (VOC boxes
+  or an nnU-Net label, ``mrml/annotations.py``, which also keeps what was imported to say what changed
+  since). A rejected lesion is hidden with its boxes and left out of every
   export, but kept so the decision can be undone; deleting removes the segment and its boxes.
 - ``PETCTLesions.class``: the VOC class (A, B, E or G) of the lesion's boxes.
 
@@ -37,6 +39,7 @@ STATUS_TAG = "PETCTLesions.status"
 CLASS_TAG = "PETCTLesions.class"
 ACCEPTED, REJECTED = "accepted", "rejected"
 ADDED = "added"  # added by the reader with a click (lesion_edits), not by detection
+IMPORTED = "imported"  # read from the annotator's VOC or nnU-Net files (mrml/annotations.py)
 NEW_BOX_SIZE_MM = 30.0  # a box added where no lesion is drawn: about a typical nodule's reach
 
 
@@ -47,7 +50,7 @@ class LesionRow:
     segment_id: str
     name: str
     class_name: str  # A, B, E, G or "" (unknown)
-    status: str  # "accepted", "rejected", "added" (by a click) or "" (not reviewed)
+    status: str  # "accepted", "rejected", "added" (by a click), "imported" (from files) or "" (not reviewed)
     voxels: int
     mtv_ml: float
     suv_max: float
@@ -65,7 +68,8 @@ class LesionRow:
         return str(first) if first == last else f"{first}-{last}"
 
 
-def _tag(segment: slicer.vtkSegment, name: str) -> str:
+def segment_tag(segment: slicer.vtkSegment, name: str) -> str:
+    """The value of a segment's tag ("" when it has none)."""
     value = vtk.reference("")
     return str(value) if segment.GetTag(name, value) else ""
 
@@ -88,6 +92,11 @@ def lesion_rows(
     pet_suv = slicer.util.arrayFromVolume(pet_node)
     measured = {m.label: m for m in measure_lesions(lesion_map, len(ids), pet_suv, pet_grid)}
     default_class = histology_class(patient_id) or ""
+    scene_boxes = [box for box in roi_nodes(segmentation.GetScene()) if box.GetAttribute(SEGMENT_ID_ATTRIBUTE)]
+
+    def boxes_of(segment_id: str) -> List[slicer.vtkMRMLMarkupsROINode]:
+        return [box for box in scene_boxes if box.GetAttribute(SEGMENT_ID_ATTRIBUTE) == segment_id]
+
     # PET voxel -> CT voxel, to give each lesion's slices as CT slice numbers.
     pet_to_ct_ijk = None
     if ct_node is not None:
@@ -100,19 +109,49 @@ def lesion_rows(
             LesionRow(
                 segment_id=segment_id,
                 name=segment.GetName(),
-                class_name=_tag(segment, CLASS_TAG) or default_class,
-                status=_tag(segment, STATUS_TAG),
+                class_name=segment_tag(segment, CLASS_TAG) or default_class,
+                status=segment_tag(segment, STATUS_TAG),
                 voxels=lesion.voxels if lesion else 0,
                 mtv_ml=lesion.mtv_ml if lesion else 0.0,
                 suv_max=lesion.suv_max if lesion else 0.0,
                 suv_mean=lesion.suv_mean if lesion else 0.0,
                 suv_peak=lesion.suv_peak if lesion else 0.0,
                 tlg=lesion.tlg if lesion else 0.0,
-                slices=_slice_range(lesion, pet_to_ct_ijk, ct_node) if lesion else None,
-                centre_ras=lps_to_ras(lesion.centroid_lps) if lesion else None,
+                slices=_slice_range(lesion, pet_to_ct_ijk, ct_node)
+                if lesion
+                else _box_slices(boxes_of(segment_id), ct_node),
+                centre_ras=lps_to_ras(lesion.centroid_lps) if lesion else _box_centre(boxes_of(segment_id)),
             )
         )
     return rows
+
+
+def _box_centres(boxes: List[slicer.vtkMRMLMarkupsROINode]) -> np.ndarray:
+    centres = np.zeros((len(boxes), 3))
+    for n, box in enumerate(boxes):
+        centre = [0.0, 0.0, 0.0]
+        box.GetCenterWorld(centre)
+        centres[n] = centre
+    return centres
+
+
+def _box_slices(
+    boxes: List[slicer.vtkMRMLMarkupsROINode], ct_node: Optional[slicer.vtkMRMLScalarVolumeNode]
+) -> Optional[Tuple[int, int]]:
+    """The CT slices (1-based) under the boxes of a lesion without voxels (one imported from VOC boxes)."""
+    if not boxes or ct_node is None:
+        return None
+    ras_to_ijk = np.linalg.inv(grid_from_volume_node(ct_node).ijk_to_ras())
+    ks = [int(np.floor((ras_to_ijk @ np.array([*centre, 1.0]))[2] + 0.5)) + 1 for centre in _box_centres(boxes)]
+    return (min(ks), max(ks))
+
+
+def _box_centre(boxes: List[slicer.vtkMRMLMarkupsROINode]) -> Optional[Tuple[float, float, float]]:
+    """Where "go to lesion" goes for a lesion without voxels: the centre of its boxes."""
+    if not boxes:
+        return None
+    x, y, z = _box_centres(boxes).mean(axis=0)
+    return (float(x), float(y), float(z))
 
 
 def _slice_range(
@@ -159,7 +198,7 @@ def set_class(segmentation: slicer.vtkMRMLSegmentationNode, segment_id: str, cla
 
 def rejected_segment_ids(segmentation: slicer.vtkMRMLSegmentationNode) -> Set[str]:
     content = segmentation.GetSegmentation()
-    return {sid for sid in segment_ids(segmentation) if _tag(content.GetSegment(sid), STATUS_TAG) == REJECTED}
+    return {sid for sid in segment_ids(segmentation) if segment_tag(content.GetSegment(sid), STATUS_TAG) == REJECTED}
 
 
 @contextlib.contextmanager

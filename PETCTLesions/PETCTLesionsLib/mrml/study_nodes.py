@@ -28,6 +28,10 @@ INSTANCE_UIDS_ATTRIBUTE = "DICOM.instanceUIDs"
 # Node attribute holding what the SUV computation warned about (one line each): it stays with the
 # node (saved in the scene), so the module can show it whenever the study is shown.
 SUV_WARNINGS_ATTRIBUTE = "PETCTLesions.SUVWarnings"
+# Volume node attributes of a study opened from an nnU-Net case (mrml/annotations.py): where it came
+# from, so that its label can be written back there and its case id stays its own.
+NNUNET_DATASET_ATTRIBUTE = "PETCTLesions.nnunetDataset"
+NNUNET_CASE_ATTRIBUTE = "PETCTLesions.nnunetCase"
 
 
 def _coded_entry(value: str, scheme: str, meaning: str) -> slicer.vtkCodedEntry:
@@ -200,11 +204,13 @@ def study_case_id(node: slicer.vtkMRMLNode) -> str:
     """The nnU-Net case id of ``node``'s study (``<PatientID>_<10 hex>_<date>``), or one made from its name.
 
     Slicer's DICOM module and :func:`add_study_nodes` put the Patient ID, StudyInstanceUID and
-    StudyDate on the patient and study items; a volume without them (not from DICOM) is named
-    after the node.
+    StudyDate on the patient and study items; a volume opened from an nnU-Net case keeps that case's
+    id; any other volume (not from DICOM) is named after the node.
     """
     from ..formats.nnunet import case_id_for_study, case_id_from_name
 
+    if node.GetAttribute(NNUNET_CASE_ATTRIBUTE):
+        return node.GetAttribute(NNUNET_CASE_ATTRIBUTE)
     constants = slicer.vtkMRMLSubjectHierarchyConstants
     patient_id = patient_id_of(node)
     study_uid = dicom_attribute_above(node, constants.GetDICOMStudyInstanceUIDAttributeName())

@@ -20,6 +20,12 @@ How a patient is made:
    PET = true uptake (lesions with partial-volume fractions) blurred with a Gaussian PSF
    (FWHM 6-8 mm) + spatially correlated noise whose std grows with sqrt(activity), >= 0.
 
+With ``PhantomConfig.variation`` (a name in :data:`.variation.VARIATIONS`) what is normal varies too
+(domain randomisation): red marrow, myocardium, brown fat, exercised muscle, bowel and stomach, ureters,
+thyroid and tonsils, arms up or down, and the scanner's grids, resolution, noise and CT kernel, each drawn
+from its own random stream and recorded in ``PhantomStudy.variation_draws``. Without one the output is
+exactly what it was before variations existed.
+
 Coordinates are LPS millimetres (x towards the patient's left, y posterior, z superior);
 arrays are indexed [k, j, i] like ``sitk.GetArrayFromImage``. The same config gives
 bit-identical arrays; each seed gives a different patient.
@@ -28,6 +34,7 @@ bit-identical arrays; each seed gives a different patient.
 from __future__ import annotations
 
 import math
+import zlib
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -36,6 +43,7 @@ import SimpleITK as sitk
 
 from ..errors import InputError
 from ..geometry import Grid
+from .variation import VARIATIONS, VariationDraws, draw_variation
 
 SIZES = ("small", "full")
 BODIES = ("torso", "wholebody")
@@ -78,6 +86,11 @@ _TISSUE_TABLE: Tuple[Tuple[str, Tuple[float, float], Tuple[float, float]], ...] 
 TISSUE_NAMES: Tuple[str, ...] = tuple(row[0] for row in _TISSUE_TABLE)
 TISSUE_ID: Dict[str, int] = {name: index for index, name in enumerate(TISSUE_NAMES)}
 _MAX_BOWEL_SEGMENTS = 36  # each bowel segment gets its own tissue id (its own uptake)
+# Tissues only a variation paints: their ids follow the bowel segments', so the default output keeps its ids.
+VARIATION_TISSUES: Tuple[str, ...] = ("brown_fat", "active_muscle", "ureter", "thyroid", "tonsil")
+VARIATION_TISSUE_ID: Dict[str, int] = {
+    name: len(TISSUE_NAMES) + _MAX_BOWEL_SEGMENTS + index for index, name in enumerate(VARIATION_TISSUES)
+}
 
 # Where each lesion site may have its centre, and which tissues its whole extent may cover.
 _SITE_CENTRE_TISSUES = {
@@ -142,6 +155,7 @@ class PhantomConfig:
     n_lesions: Optional[int] = None
     lesion_diameter_mm: Tuple[float, float] = (5.0, 50.0)
     lesion_suvmax: Tuple[float, float] = (2.0, 25.0)
+    variation: Optional[str] = None  # a name in variation.VARIATIONS: vary physiology and scanner; None: as always
 
     def __post_init__(self) -> None:
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
@@ -154,6 +168,10 @@ class PhantomConfig:
             raise InputError(f"PhantomConfig.n_lesions must be None or an integer >= 0, got {self.n_lesions!r}")
         _check_range("lesion_diameter_mm", self.lesion_diameter_mm, minimum=1.0)
         _check_range("lesion_suvmax", self.lesion_suvmax, minimum=1e-3)
+        if self.variation is not None and self.variation not in VARIATIONS:
+            raise InputError(
+                f"PhantomConfig.variation must be None or one of {tuple(VARIATIONS)}, got {self.variation!r}"
+            )
 
 
 def _check_range(name: str, value: Sequence[float], minimum: float) -> None:
@@ -242,6 +260,8 @@ class PhantomStudy:
     psf_fwhm_mm: float = 0.0
     pet_noise_alpha: float = 0.0  # noise std = alpha * sqrt(SUV) (before clipping at 0)
     ct_noise_hu: float = 0.0
+    # With a variation: what was drawn ({"variation": name, "brown_fat_suv": 4.2, "arms": "up", ...}); else empty.
+    variation_draws: Dict[str, object] = field(default_factory=dict)
 
     def lesion_mask_pet(self) -> np.ndarray:
         """uint8 0/1 mask of all lesions on the PET grid."""
@@ -484,6 +504,7 @@ class _AnatomyBuilder:
         a, b, cx, cy = self.muscle.section(zs)
         fat = np.interp(zs, fat_z, fat_t)
         body = _ZProfile(zs, a + fat, b + fat, cx, cy, power=2.4)
+        self.body = body  # the skin (variations place arms beside it)
         thighs_muscle, thighs_body = [], []
         for side in (-1.0, 1.0):
             knots = [(-500 * k, 76 * k, 80 * k, side * 86 * k, 0.0), (-720 * k, 64 * k, 68 * k, side * 84 * k, -4 * k)]
@@ -581,6 +602,7 @@ class _AnatomyBuilder:
             _Ellipsoid(liver_c, np.array([100, 85, 80]) * k * rng.uniform(0.92, 1.08), _rotation((0, 1, 0), -10)), belly
         )
         self.add("liver", self.liver)
+        self.kidneys: List[Tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # centre, rotation, renal pelvis centre
         for side in (-1.0, 1.0):
             self.tube(
                 "muscle",
@@ -591,10 +613,11 @@ class _AnatomyBuilder:
             kidney_c = self.p(side * 68, 42, -250 - drop, 4)
             rot = _rotation((0, 0, 1), -side * 30) @ _rotation((0, 1, 0), side * 12)
             self.add("kidney", _Ellipsoid(kidney_c, np.array([27, 21, 52]) * k, rot))
-            self.add(
-                "urine", _Ellipsoid(kidney_c + rot @ np.array([-side * 12, -4, 0]) * k, np.array([8, 6, 16]) * k, rot)
-            )
-        self.add("urine", _Ellipsoid(self.p(0, -35, -445, 4), np.array([45, 38, 35]) * k * rng.uniform(0.7, 1.15)))
+            pelvis_c = kidney_c + rot @ np.array([-side * 12, -4, 0]) * k
+            self.add("urine", _Ellipsoid(pelvis_c, np.array([8, 6, 16]) * k, rot))
+            self.kidneys.append((kidney_c, rot, pelvis_c))
+        bladder_c = self.p(0, -35, -445, 4)
+        self.add("urine", _Ellipsoid(bladder_c, np.array([45, 38, 35]) * k * rng.uniform(0.7, 1.15)))
 
     # Thorax --------------------------------------------------------------------------------
 
@@ -724,11 +747,13 @@ class _AnatomyBuilder:
             return y_body(z) + radius_y(z) + canal_r(z) + 2.0 * k
 
         zs = np.arange(-384.0, 205.0 + 1e-6, 5.0) * k
+        self.paraspinal: List[_Shape] = []
         for side in (-1.0, 1.0):  # paraspinal muscles, carving the posterior lung gutters
-            self.add(
-                "muscle",
-                _ZProfile(zs[(zs < 110 * k)], 24 * k, 20 * k, side * 30 * k, canal_y(zs[zs < 110 * k]) + 14 * k),
+            self.paraspinal.append(
+                _ZProfile(zs[(zs < 110 * k)], 24 * k, 20 * k, side * 30 * k, canal_y(zs[zs < 110 * k]) + 14 * k)
             )
+            self.add("muscle", self.paraspinal[-1])
+        self.vertebral_body_y, self.vertebral_body_rx = y_body, radius_x
         self.add("disc", _ZProfile(zs, radius_x(zs), radius_y(zs), np.zeros_like(zs), y_body(zs)))
         # Levels top-down: C2-C7, T1-T12, L1-L5 as (height, disc below) in mm.
         levels = [("C", 14.0, 5.0)] * 6 + [("T", 20.0, 5.0)] * 12 + [("L", 27.0, 8.0)] * 5
@@ -998,9 +1023,11 @@ def _random_rotation(rng: np.random.Generator) -> np.ndarray:
 # Grids and tissue values
 
 
-def _make_grids(rng: np.random.Generator, config: PhantomConfig, scale: float) -> Tuple[Grid, Grid, np.ndarray]:
-    """CT grid, PET grid and the LPS position of the patient frame's origin."""
-    spec = _GRID_SPECS[config.size]
+def _make_grids(
+    rng: np.random.Generator, config: PhantomConfig, scale: float, spec: Optional[_GridSpec] = None
+) -> Tuple[Grid, Grid, np.ndarray]:
+    """CT grid, PET grid and the LPS position of the patient frame's origin (``spec``: the size's usual grids)."""
+    spec = spec or _GRID_SPECS[config.size]
     z_lo, z_hi = (z * scale for z in _SCAN_RANGE_MM[(config.body, config.size)])
     n_ct_z = int(round((z_hi - z_lo) / spec.ct_slice_mm)) + 1
     ct_z0 = round(float(rng.uniform(-1000.0, -600.0)), 1)  # table position of the lowest slice
@@ -1287,7 +1314,9 @@ def _near_points(grid: Grid, points: np.ndarray, radius: float) -> np.ndarray:
 # Image formation
 
 
-def _make_ct(rng, grid: Grid, tissue: np.ndarray, values: _TissueValues, lesions, noise_hu: float) -> np.ndarray:
+def _make_ct(
+    rng, grid: Grid, tissue: np.ndarray, values: _TissueValues, lesions, noise_hu: float, kernel: float = 0.0
+) -> np.ndarray:
     hu = values.hu[tissue]
     subsamples = 3 if min(grid.spacing) < 2.0 else 4
     for lesion, shape in lesions:
@@ -1296,6 +1325,7 @@ def _make_ct(rng, grid: Grid, tissue: np.ndarray, values: _TissueValues, lesions
             slices, fraction = window
             hu[slices] += fraction.astype(np.float32) * (np.float32(lesion.ct_hu) - hu[slices])
     hu += rng.standard_normal(hu.shape, dtype=np.float32) * np.float32(noise_hu)
+    hu = _ct_kernel(hu, grid, kernel)
     # Outside the reconstruction circle the scanner writes its air floor.
     x, y, _ = grid.axis_coordinates()
     centre = np.array([x[[0, -1]].mean(), y[[0, -1]].mean()])
@@ -1335,6 +1365,207 @@ def _lesion_labels(grid: Grid, lesions) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
+# Variations: what is normal, varied (domain randomisation; see variation.py for the ranges)
+
+
+@dataclass
+class _OverPaint:
+    """Items painted only over voxels that held one of the ``over`` tissues before the group began.
+
+    How a variation adds physiology to an anatomy it must not otherwise change: brown fat replaces fat,
+    active muscle replaces muscle, an arm fills air beside the body, a ureter crosses soft tissue only.
+    """
+
+    over: Tuple[str, ...]
+    items: List[_PaintItem]
+
+
+def _varied_grid_spec(draws: VariationDraws) -> _GridSpec:
+    return _GridSpec(
+        draws.ct_matrix, draws.ct_pixel_mm, draws.ct_slice_mm, draws.pet_matrix, draws.pet_pixel_mm, draws.pet_slice_mm
+    )
+
+
+def _apply_variation_values(values: _TissueValues, draws: VariationDraws, bowel_ids: Sequence[int]) -> None:
+    """Set the drawn uptakes on the usual tissues and add the variation's own tissues."""
+    suv, hu = values.suv, values.hu
+    suv[TISSUE_ID["cancellous_bone"]] = draws.marrow_suv  # red marrow: spine, pelvis, ribs, sternum, femoral heads
+    suv[TISSUE_ID["myocardium"]] = draws.myocardium_suv
+    suv[TISSUE_ID["stomach"]] = draws.stomach_suv
+    for tissue_id, segment_suv in zip(bowel_ids, draws.bowel_suvs):
+        suv[tissue_id] = segment_suv
+    if bowel_ids:
+        suv[TISSUE_ID["bowel"]] = suv[list(bowel_ids)].mean()
+    while len(values.names) < VARIATION_TISSUE_ID[VARIATION_TISSUES[0]]:
+        values.names.append("unused")  # ids of bowel segments this patient does not have
+    values.names.extend(VARIATION_TISSUES)
+    new = {
+        "brown_fat": (draws.brown_fat_hu, draws.brown_fat_suv),
+        "active_muscle": (hu[TISSUE_ID["muscle"]], draws.active_muscle_suv),
+        "ureter": (hu[TISSUE_ID["urine"]], suv[TISSUE_ID["urine"]] * draws.ureter_suv_fraction),
+        "thyroid": (draws.thyroid_hu, draws.thyroid_suv),
+        "tonsil": (hu[TISSUE_ID["muscle"]], draws.tonsil_suv),
+    }
+    for name, (tissue_hu, tissue_suv) in new.items():
+        hu[VARIATION_TISSUE_ID[name]], suv[VARIATION_TISSUE_ID[name]] = tissue_hu, tissue_suv
+
+
+def _ureter_radius(draws: VariationDraws, pet_grid: Grid) -> float:
+    """The drawn lumen, but at least half a PET voxel's diagonal: a connected path on the PET grid."""
+    return max(draws.ureter_radius_mm, 0.5 * float(np.linalg.norm(pet_grid.spacing)) + 0.05)
+
+
+_SIDES = (-1.0, 1.0)
+_SOFT_TISSUES = ("fat", "visceral_fat", "muscle", "mediastinum")
+
+
+def _ellipsoid_item(builder: _AnatomyBuilder, tissue_id: int, centre, semi, rotation=None) -> _PaintItem:
+    """An ellipsoid with nominal semi-axes (mm) scaled to the patient."""
+    return _PaintItem(tissue_id, _Ellipsoid(centre, np.asarray(semi, dtype=float) * builder.k, rotation))
+
+
+def _tube_items(tissue_id: int, points: Sequence[np.ndarray], radius: float) -> List[_PaintItem]:
+    return [_PaintItem(tissue_id, _Tube(a, b, radius), 2 * radius) for a, b in zip(points[:-1], points[1:])]
+
+
+def _brown_fat_depots(builder: _AnatomyBuilder) -> Dict[str, _OverPaint]:
+    """Each depot of variation.BROWN_FAT_DEPOTS: where brown fat lies and what it may replace."""
+    k, p, brown = builder.k, builder.p, VARIATION_TISSUE_ID["brown_fat"]
+
+    def paravertebral(side: float) -> List[_PaintItem]:  # beside the thoracic vertebral bodies
+        zs = np.array([95.0, 0.0, -100.0, -190.0]) * k
+        points = [np.array([side * (builder.vertebral_body_rx(z) + 9 * k), builder.vertebral_body_y(z), z]) for z in zs]
+        return _tube_items(brown, points, 8.0 * k)
+
+    # The phantom's neck, shoulders and spine are solid muscle where patients have fat between the muscles:
+    # those depots may replace muscle too.
+    return {
+        "supraclavicular": _OverPaint(
+            _SOFT_TISSUES,
+            [_ellipsoid_item(builder, brown, p(s * 60, 0, 110), (40, 35, 28)) for s in _SIDES]
+            + [_ellipsoid_item(builder, brown, p(s * 35, 5, 150), (16, 22, 35)) for s in _SIDES],
+        ),
+        "axillary": _OverPaint(
+            _SOFT_TISSUES, [_ellipsoid_item(builder, brown, p(s * 135, 15, 50), (30, 35, 40)) for s in _SIDES]
+        ),
+        "paravertebral": _OverPaint(_SOFT_TISSUES, [item for s in _SIDES for item in paravertebral(s)]),
+        "perirenal": _OverPaint(
+            ("fat", "visceral_fat"),
+            [_ellipsoid_item(builder, brown, c, (27 + 14, 21 + 14, 52 + 14), rot) for c, rot, _ in builder.kidneys],
+        ),
+    }
+
+
+def _muscle_groups(builder: _AnatomyBuilder) -> Dict[str, _OverPaint]:
+    """Each group of variation.MUSCLE_GROUPS, replacing the muscle it lies in."""
+    k, p, active = builder.k, builder.p, VARIATION_TISSUE_ID["active_muscle"]
+
+    def psoas(s: float) -> List[np.ndarray]:  # as in _AnatomyBuilder._abdomen
+        return [p(s * 28, 38, -200), p(s * 45, 25, -330), p(s * 60, 15, -420)]
+
+    items = {
+        "paraspinal": [_PaintItem(active, shape) for shape in builder.paraspinal],
+        "psoas": [item for s in _SIDES for item in _tube_items(active, psoas(s), 16.0 * k)],
+        "neck": [item for s in _SIDES for item in _tube_items(active, [p(s * 45, 10, 215), p(s * 20, -45, 95)], 9 * k)],
+        "shoulder": [_ellipsoid_item(builder, active, p(s * 140, 10, 75), (35, 50, 35)) for s in _SIDES],
+    }
+    return {name: _OverPaint(("muscle",), group) for name, group in items.items()}
+
+
+def _neck_glands(builder: _AnatomyBuilder) -> List[_OverPaint]:
+    """Thyroid lobes beside the trachea and palatine tonsils beside the upper airway, in the neck's muscle."""
+    p, ids = builder.p, VARIATION_TISSUE_ID
+    thyroid = [_ellipsoid_item(builder, ids["thyroid"], p(s * 20, -28, 150), (9, 10, 22)) for s in _SIDES]
+    tonsils = [_ellipsoid_item(builder, ids["tonsil"], p(s * 17, -20, 198), (7, 9, 12)) for s in _SIDES]
+    return [_OverPaint(("muscle", "fat"), thyroid), _OverPaint(("muscle", "fat"), tonsils)]
+
+
+def _ureters(builder: _AnatomyBuilder, radius: float) -> List[_OverPaint]:
+    """Renal pelvis -> along the psoas -> over the pelvic brim -> into the bladder, through soft tissue only."""
+    p = builder.p
+    crossed = ("fat", "visceral_fat", "muscle", "blood", "kidney", "bowel", "gas")
+    groups = []
+    for s, (_, _, pelvis) in zip(_SIDES, builder.kidneys):
+        path = [pelvis, p(s * 50, 25, -300), p(s * 45, 12, -360), p(s * 48, 0, -410), p(s * 15, -30, -440)]
+        groups.append(_OverPaint(crossed, _tube_items(VARIATION_TISSUE_ID["ureter"], path, radius)))
+    return groups
+
+
+def _variation_paint(builder: _AnatomyBuilder, draws: VariationDraws, ureter_radius: float) -> List[_OverPaint]:
+    """What a variation paints over the patient's anatomy, in order (patient frame, scaled to the patient)."""
+    depots, muscles = _brown_fat_depots(builder), _muscle_groups(builder)
+    groups = [depots[name] for name in draws.brown_fat_depots]
+    groups += [muscles[name] for name in draws.active_muscle_groups]
+    groups += _neck_glands(builder)
+    if draws.ureters:
+        groups += _ureters(builder, ureter_radius)
+    # Each arm fills only air: it never overwrites the trunk or head it touches.
+    groups += [_OverPaint(("air",), _arm(builder, side, draws.arms)) for side in _SIDES]
+    return groups
+
+
+def _arm(builder: _AnatomyBuilder, side: float, position: str) -> List[_PaintItem]:
+    """One arm (fat, muscle, humerus with yellow marrow, forearm bones), down beside the trunk or up by the head."""
+    k, p = builder.k, builder.p
+    if position == "down":
+        x = side * (float(builder.body.section(0.0)[0]) + 8.0 * k + 45.0 * k)
+        shoulder, elbow, wrist = np.array([x, 0, 80 * k]), np.array([x, 0, -200 * k]), np.array([x, -10 * k, -460 * k])
+    else:
+        shoulder, elbow, wrist = p(side * 150, 5, 90), p(side * 115, 5, 370), p(side * 40, 5, 600)
+    fat_mm = 6.0 * builder.obesity * k
+    items = []
+    for (a, b), radius in (((shoulder, elbow), 45.0 * k), ((elbow, wrist), 35.0 * k)):
+        items.append(_PaintItem(TISSUE_ID["fat"], _Tube(a, b, radius), 2 * radius))
+        items.append(_PaintItem(TISSUE_ID["muscle"], _Tube(a, b, radius - fat_mm), 2 * radius))
+    items.append(_PaintItem(TISSUE_ID["cortical_bone"], _Tube(shoulder, elbow, 11.0 * k), 22.0 * k))
+    items.append(_PaintItem(TISSUE_ID["yellow_marrow"], _Tube(shoulder, elbow, 6.5 * k), 13.0 * k))
+    for offset in (-12.0 * k, 12.0 * k):  # radius and ulna, one before the other (the forearm lies in an x-z plane)
+        beside = np.array([0.0, offset, 0.0])
+        items.append(_PaintItem(TISSUE_ID["cortical_bone"], _Tube(elbow + beside, wrist + beside, 7.0 * k), 14.0 * k))
+    return items
+
+
+def _paint_over(tissue: np.ndarray, grid: Grid, shift: np.ndarray, groups: Sequence[_OverPaint], names) -> None:
+    """Paint each group's items in order, only over the voxels that held one of its ``over`` tissues before it."""
+    axes = _axes(grid, shift)
+    thinnest = 0.5 * min(grid.spacing)
+    for group in groups:
+        lo = np.min([item.shape.lo for item in group.items], axis=0)
+        hi = np.max([item.shape.hi for item in group.items], axis=0)
+        window = _bbox_slices(axes, lo, hi)
+        if window is None:
+            continue
+        ks, js, is_ = window
+        block = tissue[ks, js, is_]
+        allowed = _tissue_lut(names, group.over)[block]
+        local_axes = (axes[0][is_], axes[1][js], axes[2][ks])
+        for item in group.items:
+            if item.feature_mm < thinnest:
+                continue
+            slices = _bbox_slices(local_axes, item.shape.lo, item.shape.hi)
+            if slices is None:
+                continue
+            k2, j2, i2 = slices
+            inside = item.shape.contains(
+                local_axes[0][i2][None, None, :], local_axes[1][j2][None, :, None], local_axes[2][k2][:, None, None]
+            )
+            view = block[k2, j2, i2]
+            view[np.broadcast_to(inside, view.shape) & allowed[k2, j2, i2]] = item.tissue
+
+
+def _ct_kernel(hu: np.ndarray, grid: Grid, kernel: float) -> np.ndarray:
+    """A reconstruction kernel in-plane: < 0 smooths (Gaussian, sigma -kernel voxels), > 0 sharpens (unsharp mask)."""
+    if kernel == 0.0:
+        return hu
+    sigma_voxels = -kernel if kernel < 0 else 1.0
+    variance = [(sigma_voxels * grid.spacing[0]) ** 2, (sigma_voxels * grid.spacing[1]) ** 2, 0.0]
+    blurred = sitk.GetArrayFromImage(sitk.DiscreteGaussian(grid.to_sitk(hu), variance, 32, 0.001, True))
+    if kernel < 0:
+        return blurred.astype(np.float32)
+    return (hu + np.float32(kernel) * (hu - blurred)).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
 # Entry point
 
 _BODY_CODE = {"torso": 1, "wholebody": 2}
@@ -1345,11 +1576,21 @@ def make_phantom(config: PhantomConfig) -> PhantomStudy:
     streams = np.random.SeedSequence([int(config.seed), _BODY_CODE[config.body], 0x9E7C]).spawn(5)
     anatomy_rng, grid_rng, value_rng, lesion_rng, noise_rng = (np.random.default_rng(s) for s in streams)
 
-    anatomy = _AnatomyBuilder(anatomy_rng).build()
-    ct_grid, pet_grid, shift = _make_grids(grid_rng, config, anatomy.scale)
+    builder = _AnatomyBuilder(anatomy_rng)
+    anatomy = builder.build()
+    draws = _draw_variation(config, len(anatomy.bowel_ids))
+    ct_grid, pet_grid, shift = _make_grids(grid_rng, config, anatomy.scale, draws and _varied_grid_spec(draws))
     values = _draw_tissue_values(value_rng, anatomy.bowel_ids)
     ct_tissue = _paint_tissues(ct_grid, shift, anatomy.items)
     pet_tissue = _paint_tissues(pet_grid, shift, anatomy.items)
+    variation_draws: Dict[str, object] = {}
+    if draws is not None:
+        _apply_variation_values(values, draws, anatomy.bowel_ids)
+        ureter_radius = _ureter_radius(draws, pet_grid)
+        groups = _variation_paint(builder, draws, ureter_radius)
+        _paint_over(ct_tissue, ct_grid, shift, groups, values.names)
+        _paint_over(pet_tissue, pet_grid, shift, groups, values.names)
+        variation_draws = {**draws.record(), "ureter_painted_radius_mm": round(ureter_radius, 4)}
 
     if config.n_lesions is None:
         low, high = _DEFAULT_LESION_COUNT[config.body]
@@ -1362,7 +1603,10 @@ def make_phantom(config: PhantomConfig) -> PhantomStudy:
     fwhm = float(noise_rng.uniform(6.0, 8.0))
     alpha = float(noise_rng.uniform(0.1, 0.2))
     ct_noise = float(noise_rng.uniform(10.0, 20.0))
-    ct_hu = _make_ct(noise_rng, ct_grid, ct_tissue, values, lesions, ct_noise)
+    kernel = 0.0
+    if draws is not None:
+        fwhm, alpha, ct_noise, kernel = draws.psf_fwhm_mm, draws.pet_noise_alpha, draws.ct_noise_hu, draws.ct_kernel
+    ct_hu = _make_ct(noise_rng, ct_grid, ct_tissue, values, lesions, ct_noise, kernel)
     pet_suv, pet_uptake = _make_pet(noise_rng, pet_grid, pet_tissue, values, lesions, fwhm, alpha)
 
     return PhantomStudy(
@@ -1378,10 +1622,26 @@ def make_phantom(config: PhantomConfig) -> PhantomStudy:
         ct_tissue=ct_tissue,
         pet_tissue=pet_tissue,
         pet_uptake=pet_uptake,
-        tissue_hu={name: float(values.hu[i]) for i, name in enumerate(TISSUE_NAMES)},
-        tissue_suv={name: float(values.suv[i]) for i, name in enumerate(TISSUE_NAMES)},
+        tissue_hu={name: float(values.hu[i]) for name, i in _named_tissue_ids(draws is not None)},
+        tissue_suv={name: float(values.suv[i]) for name, i in _named_tissue_ids(draws is not None)},
         lesion_shapes=[shape for _, shape in lesions],
         psf_fwhm_mm=fwhm,
         pet_noise_alpha=alpha,
         ct_noise_hu=ct_noise,
+        variation_draws=variation_draws,
     )
+
+
+def _draw_variation(config: PhantomConfig, bowel_segments: int) -> Optional[VariationDraws]:
+    """The variation's draws from a stream of their own (the default streams stay as they were); None without one."""
+    if config.variation is None:
+        return None
+    name_code = zlib.crc32(config.variation.encode("utf-8"))
+    stream = np.random.SeedSequence([int(config.seed), _BODY_CODE[config.body], 0x7A41, name_code])
+    return draw_variation(config.variation, np.random.default_rng(stream), config.size, bowel_segments)
+
+
+def _named_tissue_ids(varied: bool) -> List[Tuple[str, int]]:
+    """(name, id) of the tissues the study reports values for: the table's, and a variation's own."""
+    named = [(name, index) for index, name in enumerate(TISSUE_NAMES)]
+    return named + list(VARIATION_TISSUE_ID.items()) if varied else named

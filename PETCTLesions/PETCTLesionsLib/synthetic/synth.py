@@ -8,7 +8,8 @@ publish theirs, so every reader in the project is exercised on real file formats
 - Lung-PET-CT-Dx VOC boxes, one XML per annotated CT slice, ``Annotation/<A0001>/<SOPInstanceUID>.xml``
   (lung flavour only: its class letters come from the histology in the Patient ID);
 - an autoPET-style nnU-Net v2 case (CT resampled onto the PET grid, PET in SUV, lesion label);
-- ``truth/<case id>.json``: the lesions as generated (site, centre, size, uptake, voxel counts).
+- ``truth/<case id>.json``: the lesions as generated (site, centre, size, uptake, voxel counts), and the
+  generator's variation (:mod:`.variation`) with what it drew for the patient (``null`` and ``{}`` without one).
 
 Flavours: ``lung`` = Lung-PET-CT-Dx-like chest study (Patient ID ``Lung_Dx-<A|B|E|G><nnnn>``);
 ``autopet`` = whole-body FDG study with autoPET-like identifiers (Patient ID ``PETCT_<hex>``, study
@@ -45,6 +46,7 @@ from .dicom_writer import (
     write_pet_series,
 )
 from .phantom import PhantomConfig, PhantomStudy, make_phantom
+from .variation import VARIATIONS
 
 FLAVOURS = ("lung", "autopet")
 DATASET_FOLDER = "Dataset900_PETCTLesionsSynthetic"
@@ -272,6 +274,8 @@ def _truth_table(study: PhantomStudy, identity: _Identity, pet_suv: np.ndarray) 
         "size": study.config.size,
         "patient_weight_kg": identity.patient.weight_kg,
         "injected_dose_bq": identity.acquisition.injected_dose_bq,
+        "variation": study.config.variation,
+        "variation_draws": study.variation_draws,
         "lesions": lesions,
     }
 
@@ -285,10 +289,16 @@ def generate_dataset(
     n_lesions: Optional[int] = None,
     overwrite: bool = False,
     progress: Optional[ProgressCallback] = None,
+    variation: Optional[str] = None,
 ) -> List[SyntheticCase]:
-    """Generate and write ``cases`` synthetic patients; returns what was written for each."""
+    """Generate and write ``cases`` synthetic patients; returns what was written for each.
+
+    ``variation``: a name in :data:`.variation.VARIATIONS` to vary normal physiology and the scanner, or None.
+    """
     if flavour not in FLAVOURS:
         raise InputError(f"unknown flavour {flavour!r}; choose one of {', '.join(FLAVOURS)}")
+    if variation is not None and variation not in VARIATIONS:
+        raise InputError(f"unknown variation {variation!r}; choose one of {', '.join(VARIATIONS)}, or none")
     if cases < 1:
         raise InputError("cases must be at least 1")
     refuse_earlier_cases(out_dir, flavour, seed, cases, overwrite)
@@ -296,7 +306,10 @@ def generate_dataset(
     written = []
     for index in range(cases):
         report(progress, index / cases, f"case {index + 1}/{cases}: generating phantom")
-        study = make_phantom(PhantomConfig(seed=case_seed(seed, index), size=size, body=body, n_lesions=n_lesions))
+        config = PhantomConfig(
+            seed=case_seed(seed, index), size=size, body=body, n_lesions=n_lesions, variation=variation
+        )
+        study = make_phantom(config)
         report(
             progress, (index + 0.5) / cases, f"case {index + 1}/{cases}: writing DICOM, annotations and nnU-Net files"
         )
