@@ -35,6 +35,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "PETCTLesions"))
 
+from benchmark_model import sensitivity_by  # noqa: E402  (this folder: the model benchmark's own breakdown)
+
 from PETCTLesionsLib import detection, evaluation  # noqa: E402
 from PETCTLesionsLib.hugepages import restart_with_huge_pages  # noqa: E402
 from PETCTLesionsLib.lesions import slice_boxes  # noqa: E402
@@ -42,9 +44,9 @@ from PETCTLesionsLib.model import weights  # noqa: E402
 from PETCTLesionsLib.model.false_positive_filter import apply_filter, read_filter  # noqa: E402
 from PETCTLesionsLib.synthetic.phantom import PhantomConfig, make_phantom  # noqa: E402
 from PETCTLesionsLib.training.data import phantom_study_arrays  # noqa: E402
+from PETCTLesionsLib.training.false_positive_filter import tissue_under_peaks, touches_reference  # noqa: E402
 
 HELD_OUT_FIRST_SEED = 700_000
-DIAMETER_BINS_MM = ((5.0, 10.0), (10.0, 20.0), (20.0, 50.0))
 COLUMNS = ("network", "network + filter")
 
 
@@ -70,33 +72,21 @@ class Column:
         labels = study.pet_lesion_labels
         for lesion in study.lesions:
             self.found.append((lesion.diameter_mm, lesion.site, bool((lesion_map[labels == lesion.label] > 0).any())))
-        for number in range(1, int(lesion_map.max()) + 1):
-            inside = lesion_map == number
-            if inside.any() and not (labels[inside] > 0).any():
-                self.false_positive_tissues[_tissue_at_peak(study, arrays.pet_suv, inside)] += 1
+        count = int(lesion_map.max())
+        tissues = tissue_under_peaks(lesion_map, count, arrays.pet_suv, study.pet_tissue, study.tissue_names)
+        for tissue, true in zip(tissues, touches_reference(lesion_map, count, labels)):
+            if tissue and not true:  # "": a number the filter left out of the map
+                self.false_positive_tissues[tissue] += 1
         return case
 
     def summary(self, studies: int) -> Dict:
         pooled = self.evaluation.summary()
         return {
             **{key: float(value) for key, value in pooled.items()},
-            "sensitivity_by": _sensitivity_by(self.found),
+            "sensitivity_by": sensitivity_by(self.found),
             "false_positives_by_tissue": dict(self.false_positive_tissues.most_common()),
             "studies": studies,
         }
-
-
-def _tissue_at_peak(study, pet_suv: np.ndarray, inside: np.ndarray) -> str:
-    hottest = np.unravel_index(int(np.argmax(np.where(inside, pet_suv, -np.inf))), pet_suv.shape)
-    tissue_id = int(study.pet_tissue[hottest])
-    return study.tissue_names[tissue_id] if tissue_id < len(study.tissue_names) else f"tissue {tissue_id}"
-
-
-def _sensitivity_by(found: List[tuple]) -> Dict[str, Dict[str, int]]:
-    groups = {f"{lo:g}-{hi:g} mm": [row for row in found if lo <= row[0] < hi] for lo, hi in DIAMETER_BINS_MM}
-    for site in sorted({row[1] for row in found}):
-        groups[site] = [row for row in found if row[1] == site]
-    return {name: {"lesions": len(rows), "detected": sum(r[2] for r in rows)} for name, rows in groups.items() if rows}
 
 
 def run(model, candidate_filter, seeds: List[int], variation: Optional[str], size: str, device: str) -> Dict:

@@ -204,7 +204,7 @@ def candidate_features(
         rows[number - 1, :_PER_CANDIDATE] = _features_of(
             inside, window, pet_suv, ct_hu_on_pet, probability, spacing, grid.voxel_volume_ml, midline_i
         )
-        k, j, i = (np.nonzero(inside)[axis].mean() + window[axis].start for axis in range(3))
+        k, j, i = (index.mean() + start.start for index, start in zip(np.nonzero(inside), window))
         centres[number - 1] = (i * spacing[0], j * spacing[1], k * spacing[2])
     rows[:, _PER_CANDIDATE:] = _group_features(centres, midline_i, spacing)
     return rows

@@ -27,7 +27,8 @@ from ..detection import lesions_from_probability
 from ..errors import InputError
 from ..fileio import atomic_output, atomic_write_text
 from ..geometry import Grid
-from ..jobs import CancelCallback, ProgressCallback, check_cancel, report, sub_progress
+from ..jobs import CancelCallback, ProgressCallback, check_cancel, report
+from ..lesions import lesion_extents
 from ..model.false_positive_filter import FEATURE_NAMES, FalsePositiveFilter, candidate_features
 
 FILTER_SEED_BASE = 2_000_000  # generated studies for the filter; apart from the network's (>= 1,000,000 used so far)
@@ -94,18 +95,34 @@ def study_candidates(
     """(features, is_lesion, tissue under each candidate's hottest voxel) of one study's candidates."""
     lesion_map, count = lesions_from_probability(probability, threshold)
     features = candidate_features(lesion_map, count, pet_suv, ct_hu_on_pet, probability, grid)
+    if tissue_map is None:
+        tissue = [""] * count
+    else:
+        tissue = tissue_under_peaks(lesion_map, count, pet_suv, tissue_map, tissue_names)
+    return features, touches_reference(lesion_map, count, reference), tissue
+
+
+def touches_reference(lesion_map: np.ndarray, count: int, reference: np.ndarray) -> np.ndarray:
+    """Per candidate 1..count: does it touch a reference lesion (autoPET's rule for a true positive)."""
     touched = np.zeros(count + 1, bool)
     touched[np.unique(lesion_map[(reference > 0) & (lesion_map > 0)])] = True
+    return touched[1:]
+
+
+def tissue_under_peaks(
+    lesion_map: np.ndarray, count: int, pet_suv: np.ndarray, tissue_map: np.ndarray, tissue_names: Sequence[str]
+) -> List[str]:
+    """Per candidate 1..count: the generator's tissue under its hottest voxel ("" for a number not in the map)."""
     tissue = []
-    for number in range(1, count + 1):
-        if tissue_map is None:
+    for number, extent in enumerate(lesion_extents(lesion_map, count), start=1):
+        if extent is None:
             tissue.append("")
             continue
-        inside = lesion_map == number
-        hottest = np.unravel_index(int(np.argmax(np.where(inside, pet_suv, -np.inf))), pet_suv.shape)
-        tissue_id = int(tissue_map[hottest])
+        inside = lesion_map[extent] == number
+        peak = np.unravel_index(int(np.argmax(np.where(inside, pet_suv[extent], -np.inf))), inside.shape)
+        tissue_id = int(tissue_map[extent][peak])
         tissue.append(tissue_names[tissue_id] if tissue_id < len(tissue_names) else f"tissue {tissue_id}")
-    return features, touched[1:], tissue
+    return tissue
 
 
 def study_name(seed: int, variation: Optional[str], size: str) -> str:
@@ -115,22 +132,22 @@ def study_name(seed: int, variation: Optional[str], size: str) -> str:
 
 def generated_candidates(
     model,
-    seeds: Sequence[int],
-    variation: Optional[str],
+    plan: Sequence[Tuple[int, Optional[str]]],
     size: str = "small",
     body: str = "wholebody",
     device: str = "cpu",
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelCallback] = None,
 ) -> CandidateSet:
-    """The candidates ``model`` proposes on generated studies of ``seeds``, labelled from their truth."""
+    """The candidates ``model`` proposes on the generated studies of ``plan`` ((seed, variation) each),
+    labelled from their truth."""
     from ..synthetic.phantom import PhantomConfig, make_phantom
     from .data import phantom_study_arrays
 
     candidates = CandidateSet.empty()
-    for n, seed in enumerate(seeds):
+    for n, (seed, variation) in enumerate(plan):
         check_cancel(cancel)
-        report(progress, n / max(len(seeds), 1), f"study {n + 1} of {len(seeds)} (seed {seed})")
+        report(progress, n / max(len(plan), 1), f"study {n + 1} of {len(plan)} (seed {seed})")
         study = make_phantom(PhantomConfig(seed=int(seed), size=size, body=body, variation=variation))
         arrays = phantom_study_arrays(study)
         result = model.predict_probability(arrays.ct_hu_on_pet, arrays.pet_suv, study.pet_grid.spacing, device=device)
@@ -145,7 +162,7 @@ def generated_candidates(
             study.tissue_names,
         )
         candidates.extend(study_name(int(seed), variation, size), features, is_lesion, tissue)
-    report(progress, 1.0, f"{len(candidates.is_lesion)} candidates from {len(seeds)} studies")
+    report(progress, 1.0, f"{len(candidates.is_lesion)} candidates from {len(plan)} studies")
     return candidates
 
 
@@ -307,15 +324,7 @@ def train_filter_on_generated(
         candidates = CandidateSet.load(cache)
         source = f"candidates read from {Path(cache).name}: {len(candidates.study_names)} studies"
     else:
-        candidates = CandidateSet.empty()
-        for index, variation in enumerate(variations):
-            seeds = [seed for seed, v in plan if v == variation]
-            part = sub_progress(progress, index / len(variations), (index + 1) / len(variations))
-            found = generated_candidates(model, seeds, variation, size, progress=part, cancel=cancel)
-            for number, name in enumerate(found.study_names):
-                rows = found.study == number
-                tissue = [t for t, row in zip(found.tissue, rows) if row]
-                candidates.extend(name, found.features[rows], found.is_lesion[rows], tissue)
+        candidates = generated_candidates(model, plan, size, progress=progress, cancel=cancel)
         if cache is not None:
             candidates.save(cache)
         source = (
